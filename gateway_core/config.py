@@ -13,7 +13,7 @@ import re
 import secrets
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -322,7 +322,9 @@ def embedded_defaults(env: Mapping[str, str]) -> dict[str, Any]:
     """The configuration `tollgate serve` runs on without a file.
 
     The offline mock provider always; real providers when their usual
-    environment variable holds a key.
+    environment variable holds a key. TOLLGATE_HTTP_ADDRESS,
+    TOLLGATE_GRPC_ADDRESS and TOLLGATE_DATABASE_URL override the addresses
+    and the database.
     """
     providers: list[dict[str, Any]] = [{"name": "mock", "type": "mock"}]
     models: list[dict[str, Any]] = [
@@ -342,8 +344,11 @@ def embedded_defaults(env: Mapping[str, str]) -> dict[str, Any]:
             {"name": "gpt-4.1-mini", "routes": [{"provider": "openai", "model": "gpt-4.1-mini"}], "input_price": 0.40, "output_price": 1.60, "cached_input_price": 0.10},
         ]
     return {
-        "server": {"http_address": "127.0.0.1:8080", "grpc_address": "127.0.0.1:50051"},
-        "database": {"url": "sqlite:///tollgate.db"},
+        "server": {
+            "http_address": env.get("TOLLGATE_HTTP_ADDRESS") or "127.0.0.1:8080",
+            "grpc_address": env.get("TOLLGATE_GRPC_ADDRESS") or "127.0.0.1:50051",
+        },
+        "database": {"url": env.get("TOLLGATE_DATABASE_URL") or "sqlite:///tollgate.db"},
         "admin": {"token": env.get("TOLLGATE_ADMIN_TOKEN", "")},
         "keys": {"pepper": env.get("TOLLGATE_KEY_PEPPER", "")},
         "providers": providers,
@@ -357,6 +362,4 @@ def embedded_settings(env: Mapping[str, str]) -> Settings:
     settings = parse_settings(embedded_defaults(env), env)
     if settings.admin_token:
         return settings
-    from dataclasses import replace
-
     return replace(settings, admin_token=secrets.token_urlsafe(24), admin_token_generated=True)
