@@ -1,0 +1,399 @@
+"""`tollgate admin`: a human CLI over gateway.admin.v1.AdminService.
+
+The admin token comes from TOLLGATE_ADMIN_TOKEN only (never a flag, so it
+stays out of shell history and `ps`). Money is typed in USD, parsed with
+Decimal into integer micro-USD, and shown as USD with 6 decimals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import click
+import grpc
+from google.protobuf import json_format, message, timestamp_pb2
+
+from gateway_core.errors import error_info
+from gateway_core.pb.gateway.admin.v1 import admin_pb2 as pb
+from gateway_core.pb.gateway.admin.v1 import admin_pb2_grpc
+
+TOKEN_ENV = "TOLLGATE_ADMIN_TOKEN"
+MICROS_PER_USD = 1_000_000
+
+
+class AdminClient:
+    """A blocking AdminService client bound to one address and token."""
+
+    def __init__(self, address: str, token: str, timeout: float) -> None:
+        self.address = address
+        self._channel = grpc.insecure_channel(address)
+        self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._timeout = timeout
+
+    def call(self, method: str, request: message.Message, hint: str = "") -> Any:
+        """Calls one RPC; any failure becomes a one-line ClickException (exit code 1)."""
+        try:
+            return getattr(self._stub, method)(request, metadata=self._metadata, timeout=self._timeout)
+        except grpc.RpcError as err:
+            raise click.ClickException(_describe(err, self.address) + hint) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def _describe(err: grpc.RpcError, address: str) -> str:
+    code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"cannot reach the Tollgate core at {address} (is it running? see --address)"
+    details = err.details() if isinstance(err, grpc.Call) else None
+    text = f"{details or 'request failed'} ({code.name})"
+    info = error_info(err)
+    if info is not None and info.metadata.get("param"):
+        text += f" [param: {info.metadata['param']}]"
+    return text
+
+
+def _client() -> AdminClient:
+    ctx = click.get_current_context()
+    root = ctx.find_root().obj
+    if "client" not in root:
+        token = os.environ.get(TOKEN_ENV, "")
+        if not token:
+            raise click.ClickException(f"{TOKEN_ENV} is not set: export the core's admin token first")
+        client = AdminClient(root["address"], token, root["timeout"])
+        ctx.find_root().call_on_close(client.close)
+        root["client"] = client
+    return root["client"]  # type: ignore[no-any-return]
+
+
+def _json_mode() -> bool:
+    return bool(click.get_current_context().find_root().obj["json"])
+
+
+def _emit_json(value: message.Message | dict[str, Any]) -> None:
+    if isinstance(value, message.Message):
+        value = _to_dict(value)
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _to_dict(msg: message.Message) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True, unquote_int64_if_possible=True
+    )
+
+
+def usd(micros: int) -> str:
+    """Integer micro-USD as "$1.234567" (integer arithmetic only)."""
+    whole, frac = divmod(abs(micros), MICROS_PER_USD)
+    return f"{'-' if micros < 0 else ''}${whole}.{frac:06d}"
+
+
+def parse_usd(text: str, *, positive: bool) -> int:
+    """A USD amount typed by a human to integer micro-USD; never through float."""
+    try:
+        micros = Decimal(text.strip().lstrip("$")) * MICROS_PER_USD
+    except InvalidOperation:
+        raise click.BadParameter(f"{text!r} is not a USD amount like 12.50") from None
+    if not micros.is_finite() or micros != micros.to_integral_value():
+        raise click.BadParameter(f"{text!r} is not a USD amount with at most 6 decimals")
+    if micros < 0 or (positive and micros == 0):
+        raise click.BadParameter(f"{text!r} must be {'positive' if positive else 'zero or positive'}")
+    return int(micros)
+
+
+def _when(ts: timestamp_pb2.Timestamp, present: bool = True) -> str:
+    return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%SZ") if present else "-"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    for row in (headers, *rows):
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _details(pairs: Sequence[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in pairs)
+    for key, value in pairs:
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+def _account_pairs(a: pb.Account) -> list[tuple[str, str]]:
+    return [
+        ("id", a.id),
+        ("name", a.display_name),
+        ("balance", usd(a.balance_micros)),
+        ("held", usd(a.held_micros)),
+        ("available", usd(a.balance_micros - a.held_micros)),
+        ("created", _when(a.create_time)),
+    ]
+
+
+def _key_pairs(k: pb.ApiKey) -> list[tuple[str, str]]:
+    return [
+        ("id", k.id),
+        ("account", k.account_id),
+        ("name", k.display_name or "-"),
+        ("state", pb.ApiKeyState.Name(k.state).removeprefix("API_KEY_STATE_").lower()),
+        ("key", k.redacted_secret),
+        ("models", ",".join(k.allowed_models) or "all"),
+        ("rpm limit", str(k.rpm_limit or "none")),
+        ("tpm limit", str(k.tpm_limit or "none")),
+        ("spend limit", usd(k.spend_limit_micros) if k.spend_limit_micros else "none"),
+        ("expires", _when(k.expire_time, k.HasField("expire_time"))),
+        ("created", _when(k.create_time)),
+        ("revoked", _when(k.revoke_time, k.HasField("revoke_time"))),
+    ]
+
+
+def _list_all(method: str, request_type: type[message.Message], field: str, **filters: str) -> list[Any]:
+    """Every item of a paged List RPC, following next_page_token to the end."""
+    client, items, token = _client(), [], ""
+    while True:
+        reply = client.call(method, request_type(page_size=1000, page_token=token, **filters))
+        items.extend(getattr(reply, field))
+        token = reply.next_page_token
+        if not token:
+            return items
+
+
+def _show(reply: message.Message, pairs: list[tuple[str, str]]) -> None:
+    """Prints one object: the whole reply as JSON, or key/value lines."""
+    _emit_json(reply) if _json_mode() else _details(pairs)
+
+
+@click.group(name="admin")
+@click.option(
+    "--address",
+    envvar="TOLLGATE_GRPC_ADDRESS",
+    default="127.0.0.1:50051",
+    show_default=True,
+    show_envvar=True,
+    help="HOST:PORT of the core's gRPC server.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (proto field names) instead of tables.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each call.")
+@click.pass_context
+def admin_group(ctx: click.Context, address: str, as_json: bool, timeout: float) -> None:
+    """Manage accounts, API keys and balances through the core's admin API.
+
+    Reads the admin token from TOLLGATE_ADMIN_TOKEN.
+
+    \b
+    Examples:
+      export TOLLGATE_ADMIN_TOKEN=...
+      tollgate admin accounts create "Research team"
+      tollgate admin topup acct_123 25.00
+      tollgate admin keys create acct_123 --name laptop --models gpt-4o-mini
+      tollgate admin --json keys list --account acct_123
+    """
+    ctx.obj = {"address": address, "json": as_json, "timeout": timeout}
+
+
+@admin_group.group()
+def accounts() -> None:
+    """Create, list and inspect accounts.
+
+    \b
+    Example:
+      tollgate admin accounts list
+    """
+
+
+@accounts.command("create")
+@click.argument("name")
+def accounts_create(name: str) -> None:
+    """Create an account with a zero balance; prints its id.
+
+    \b
+    Example:
+      tollgate admin accounts create "Research team"
+    """
+    reply = _client().call("CreateAccount", pb.CreateAccountRequest(display_name=name))
+    _show(reply, _account_pairs(reply.account))
+
+
+@accounts.command("list")
+def accounts_list() -> None:
+    """List every account, oldest first, with its balance.
+
+    \b
+    Example:
+      tollgate admin accounts list
+    """
+    items = _list_all("ListAccounts", pb.ListAccountsRequest, "accounts")
+    if _json_mode():
+        return _emit_json({"accounts": [_to_dict(a) for a in items]})
+    rows = [(a.id, a.display_name, usd(a.balance_micros), usd(a.held_micros), _when(a.create_time)) for a in items]
+    _table(("ID", "NAME", "BALANCE", "HELD", "CREATED"), rows)
+
+
+@accounts.command("show")
+@click.argument("account_id")
+def accounts_show(account_id: str) -> None:
+    """Show one account and its balance.
+
+    \b
+    Example:
+      tollgate admin accounts show acct_123
+    """
+    reply = _client().call("GetAccount", pb.GetAccountRequest(account_id=account_id))
+    _show(reply, _account_pairs(reply.account))
+
+
+@accounts.command("ledger")
+@click.argument("account_id")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000), help="Newest entries to show.")
+def accounts_ledger(account_id: str, limit: int) -> None:
+    """Show an account's newest ledger entries (top-ups and charges).
+
+    \b
+    Example:
+      tollgate admin accounts ledger acct_123 --limit 50
+    """
+    request = pb.ListLedgerEntriesRequest(account_id=account_id, page_size=limit)
+    reply = _client().call("ListLedgerEntries", request)
+    if _json_mode():
+        return _emit_json(reply)
+    rows = [
+        (
+            str(e.id),
+            pb.LedgerEntryKind.Name(e.kind).removeprefix("LEDGER_ENTRY_KIND_").lower(),
+            usd(e.amount_micros),
+            usd(e.balance_after_micros),
+            e.request_id,
+            e.note,
+            _when(e.create_time),
+        )
+        for e in reply.entries
+    ]
+    _table(("ID", "KIND", "AMOUNT", "BALANCE AFTER", "REQUEST ID", "NOTE", "TIME"), rows)
+
+
+@admin_group.group()
+def keys() -> None:
+    """Create, list, inspect and revoke API keys.
+
+    \b
+    Example:
+      tollgate admin keys list --account acct_123
+    """
+
+
+def _parse_expiry(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time like 2026-01-31T00:00:00Z") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+@keys.command("create")
+@click.argument("account_id")
+@click.option("--name", default="", help="A human name for the key.")
+@click.option("--models", default="", help="Comma-separated model ids the key may use (default: all).")
+@click.option("--rpm", default=0, type=click.IntRange(min=0), help="Requests per minute (0: no limit).")
+@click.option("--tpm", default=0, type=click.IntRange(min=0), help="Tokens per minute (0: no limit).")
+@click.option("--expires", callback=_parse_expiry, help="ISO 8601 expiry time (UTC unless it has an offset).")
+@click.option("--spend-limit-usd", default="0", help="Most the key may spend in total, in USD (0: no limit).")
+def keys_create(
+    account_id: str, name: str, models: str, rpm: int, tpm: int, expires: datetime | None, spend_limit_usd: str
+) -> None:
+    """Create an API key for an account and print its secret, once.
+
+    \b
+    Example:
+      tollgate admin keys create acct_123 --name laptop \\
+          --models gpt-4o-mini,mock-chat --rpm 60 --spend-limit-usd 10 --expires 2026-12-31T00:00:00Z
+    """
+    request = pb.CreateApiKeyRequest(
+        account_id=account_id,
+        display_name=name,
+        rpm_limit=rpm,
+        tpm_limit=tpm,
+        allowed_models=[m.strip() for m in models.split(",") if m.strip()],
+        spend_limit_micros=parse_usd(spend_limit_usd, positive=False),
+    )
+    if expires is not None:
+        request.expire_time.FromDatetime(expires)
+    reply = _client().call("CreateApiKey", request)
+    if _json_mode():
+        return _emit_json(reply)
+    _details(_key_pairs(reply.api_key))
+    click.echo(f"\nsecret: {reply.secret}")
+    click.echo("This secret is shown only once and cannot be retrieved again: store it now.", err=True)
+
+
+@keys.command("list")
+@click.option("--account", "account_id", default="", help="Only the keys of this account.")
+def keys_list(account_id: str) -> None:
+    """List API keys (never their secrets), oldest first.
+
+    \b
+    Example:
+      tollgate admin keys list --account acct_123
+    """
+    items = _list_all("ListApiKeys", pb.ListApiKeysRequest, "api_keys", account_id=account_id)
+    if _json_mode():
+        return _emit_json({"api_keys": [_to_dict(k) for k in items]})
+    rows = [[value for _, value in _key_pairs(k)] for k in items]
+    _table(("ID", "ACCOUNT", "NAME", "STATE", "KEY"), [row[:5] for row in rows])
+
+
+@keys.command("show")
+@click.argument("key_id")
+def keys_show(key_id: str) -> None:
+    """Show one API key, its limits and state.
+
+    \b
+    Example:
+      tollgate admin keys show AbCd12Ef34Gh
+    """
+    reply = _client().call("GetApiKey", pb.GetApiKeyRequest(api_key_id=key_id))
+    _show(reply, _key_pairs(reply.api_key))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke an API key for good (takes effect within seconds everywhere).
+
+    \b
+    Example:
+      tollgate admin keys revoke AbCd12Ef34Gh
+    """
+    reply = _client().call("RevokeApiKey", pb.RevokeApiKeyRequest(api_key_id=key_id))
+    _show(reply, _key_pairs(reply.api_key))
+
+
+@admin_group.command()
+@click.argument("account_id")
+@click.argument("amount_usd")
+@click.option("--request-id", default=None, help="Idempotency key; a retry with the same id credits once.")
+@click.option("--note", default="", help="Free text kept on the ledger entry (e.g. an invoice number).")
+def topup(account_id: str, amount_usd: str, request_id: str | None, note: str) -> None:
+    """Credit an account with AMOUNT_USD (exact, up to 6 decimals).
+
+    \b
+    Example:
+      tollgate admin topup acct_123 25.00 --request-id invoice-2041 --note "invoice 2041"
+    """
+    amount = parse_usd(amount_usd, positive=True)
+    hint = ""
+    if request_id is None:
+        request_id = f"topup-{uuid.uuid4().hex}"
+        hint = f"; if unsure whether it was credited, retry with --request-id {request_id}"
+    request = pb.TopUpAccountRequest(account_id=account_id, amount_micros=amount, request_id=request_id, note=note)
+    reply = _client().call("TopUpAccount", request, hint=hint)
+    if _json_mode():
+        return _emit_json(reply)
+    click.echo(f"credited {usd(reply.entry.amount_micros)} to {reply.account.id} (request id {reply.entry.request_id})")
+    click.echo(f"balance  {usd(reply.account.balance_micros)}")

@@ -1,0 +1,1 @@
+"""Metering: balances, prices, the ledger and usage records."""

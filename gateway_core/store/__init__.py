@@ -1,0 +1,21 @@
+"""Persistence: accounts, API keys and the ledger on SQLite or PostgreSQL.
+
+Open with ``store = await open_store(url)`` (migrates the schema) and
+``await store.close()`` at shutdown; or ``Store(await Database.open(url))``.
+"""
+
+from gateway_core.store.db import Database
+from gateway_core.store.models import LedgerKind
+from gateway_core.store.records import AccountRecord, ApiKeyCredential, ApiKeyRecord, LedgerEntryRecord
+from gateway_core.store.store import Store, open_store
+
+__all__ = [
+    "AccountRecord",
+    "ApiKeyCredential",
+    "ApiKeyRecord",
+    "Database",
+    "LedgerEntryRecord",
+    "LedgerKind",
+    "Store",
+    "open_store",
+]

@@ -1,0 +1,105 @@
+"""Account rows: create, read, page, rename. Plain functions on a Session.
+
+Balances are not changed here: only ledger functions move money.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import and_, func, or_
+from sqlmodel import Session, col, select
+
+from gateway_core.errors import GatewayError, Reason, invalid_request
+from gateway_core.keys import random_base62
+from gateway_core.store.models import Account
+from gateway_core.store.paging import cursor_time, decode_token, encode_token, page_size
+from gateway_core.store.records import AccountRecord
+
+ACCOUNT_ID_PREFIX = "acct_"
+ACCOUNT_ID_RANDOM_LENGTH = 16
+MAX_DISPLAY_NAME = 200
+
+
+def new_account_id() -> str:
+    """A fresh "acct_" id with about 95 random bits."""
+    return ACCOUNT_ID_PREFIX + random_base62(ACCOUNT_ID_RANDOM_LENGTH)
+
+
+def check_display_name(name: str, *, required: bool) -> str:
+    """A display name without surrounding spaces; rejects empty (when required) or long names."""
+    name = name.strip()
+    if required and not name:
+        raise invalid_request("display_name is required", param="display_name")
+    if len(name) > MAX_DISPLAY_NAME:
+        raise invalid_request(f"display_name is longer than {MAX_DISPLAY_NAME} characters", param="display_name")
+    return name
+
+
+def account_not_found(account_id: str) -> GatewayError:
+    """The NOT_FOUND error for an unknown account id."""
+    return GatewayError(Reason.NOT_FOUND, f"account {account_id!r} does not exist", param="account_id")
+
+
+def load_account(session: Session, account_id: str) -> Account:
+    """The account row, or NOT_FOUND."""
+    row = session.get(Account, account_id)
+    if row is None:
+        raise account_not_found(account_id)
+    return row
+
+
+def create_account(session: Session, display_name: str) -> AccountRecord:
+    """Inserts an account with a zero balance."""
+    now = datetime.now(UTC)
+    row = Account(
+        id=new_account_id(),
+        display_name=check_display_name(display_name, required=True),
+        balance_micros=0,
+        held_micros=0,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return AccountRecord.from_row(row)
+
+
+def get_account(session: Session, account_id: str) -> AccountRecord:
+    """One account, or NOT_FOUND."""
+    return AccountRecord.from_row(load_account(session, account_id))
+
+
+def update_account(session: Session, account_id: str, display_name: str | None) -> AccountRecord:
+    """Changes the fields given (not None); returns the account."""
+    row = load_account(session, account_id)
+    if display_name is not None:
+        row.display_name = check_display_name(display_name, required=True)
+        row.updated_at = datetime.now(UTC)
+        session.add(row)
+        session.flush()
+    return AccountRecord.from_row(row)
+
+
+def count_accounts(session: Session) -> int:
+    """How many accounts exist."""
+    return int(session.exec(select(func.count()).select_from(Account)).one())
+
+
+def list_accounts(session: Session, requested_size: int, token: str) -> tuple[list[AccountRecord], str]:
+    """A page of accounts, oldest first, and the next page's token ("" at the end)."""
+    size = page_size(requested_size)
+    query = select(Account).order_by(col(Account.created_at), col(Account.id)).limit(size + 1)
+    cursor = decode_token(token, (str, str))
+    if cursor is not None:
+        after_time, after_id = cursor_time(str(cursor[0])), str(cursor[1])
+        query = query.where(
+            or_(
+                col(Account.created_at) > after_time,
+                and_(col(Account.created_at) == after_time, col(Account.id) > after_id),
+            )
+        )
+    rows = list(session.exec(query))
+    page = [AccountRecord.from_row(row) for row in rows[:size]]
+    more = len(rows) > size
+    return page, encode_token(page[-1].created_at.isoformat(), page[-1].id) if more else ""

@@ -1,0 +1,65 @@
+"""Engines configured for Tollgate: SQLite pragmas and write transactions.
+
+SQLite gets WAL, a busy timeout, foreign keys and full fsync on every
+connection, and write transactions start with BEGIN IMMEDIATE: a deferred
+transaction that reads and then writes can fail with SQLITE_BUSY at once,
+without waiting for the busy timeout. PostgreSQL runs through the same code.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.pool import StaticPool
+
+# Execution option that marks a connection's next transaction as a write.
+WRITE_OPTION = "tollgate_write"
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+def _on_sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+    # Autocommit at the driver level, so our "begin" listener decides how
+    # transactions start; PRAGMAs must run outside a transaction anyway.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # Money: under WAL with synchronous=NORMAL a commit can be lost on power failure.
+        cursor.execute("PRAGMA synchronous=FULL")
+    finally:
+        cursor.close()
+
+
+def _on_sqlite_begin(connection: Any) -> None:
+    write = connection.get_execution_options().get(WRITE_OPTION, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def make_engine(url: str, pool_size: int = 4) -> Engine:
+    """A SQLAlchemy engine for url, configured for Tollgate's access pattern."""
+    parsed = make_url(url)
+    # hide_parameters: SQL errors end up in logs; bound values (hashes, notes) should not.
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(
+            parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, hide_parameters=True
+        )
+    if is_sqlite_memory(url):
+        # One shared connection, or every thread would see its own empty database.
+        engine = create_engine(
+            parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}, hide_parameters=True
+        )
+    else:
+        engine = create_engine(parsed, pool_size=pool_size, max_overflow=0, hide_parameters=True)
+    event.listen(engine, "connect", _on_sqlite_connect)
+    event.listen(engine, "begin", _on_sqlite_begin)
+    return engine
+
+
+def is_sqlite_memory(url: str) -> bool:
+    """Whether url names an in-memory SQLite database (one shared connection only)."""
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")

@@ -1,0 +1,1 @@
+"""Alembic migrations for the Tollgate store (run through gateway_core.store.migrate)."""
