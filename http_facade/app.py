@@ -1,0 +1,104 @@
+"""Builds the HTTP facade: a FastAPI app speaking OpenAI's API in front of the core's gRPC API.
+
+Everything the app holds is created in its lifespan (one gRPC channel to the
+core, closed on shutdown); nothing exists at import time, so several apps can
+live in one process, as the tests do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from grpc_health.v1 import health_pb2_grpc
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from gateway_core.pb.gateway.v1 import chat_pb2_grpc
+from http_facade.errors import ApiError, invalid_request
+from http_facade.middleware import RequestIdMiddleware
+from http_facade.routes import Facade, router
+
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+# Messages to and from our own core may exceed gRPC's 4 MiB default (a 32 MiB
+# body of images, a long answer with logprobs); the facade bounds bodies itself.
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+]
+
+
+def create_app(
+    core_target: str,
+    *,
+    call_timeout_seconds: float = 600.0,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    heartbeat_seconds: float = 15.0,
+) -> FastAPI:
+    """The facade app, calling the core's gRPC API at core_target ("host:port").
+
+    call_timeout_seconds is the deadline of every core call (a whole stream
+    included); max_body_bytes bounds request bodies (413 beyond);
+    heartbeat_seconds is how long a stream may stay silent before a `: ping`.
+    """
+    if call_timeout_seconds <= 0 or max_body_bytes <= 0 or heartbeat_seconds <= 0:
+        raise ValueError("call_timeout_seconds, max_body_bytes and heartbeat_seconds must be positive")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Facade]]:
+        channel = grpc.aio.insecure_channel(core_target, options=_CHANNEL_OPTIONS)
+        try:
+            yield {
+                "facade": Facade(
+                    chat=chat_pb2_grpc.ChatServiceStub(channel),
+                    health=health_pb2_grpc.HealthStub(channel),
+                    call_timeout_seconds=call_timeout_seconds,
+                    max_body_bytes=max_body_bytes,
+                    heartbeat_seconds=heartbeat_seconds,
+                )
+            }
+        finally:
+            await channel.close()
+
+    app = FastAPI(
+        title="Tollgate",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+        redirect_slashes=False,  # an API answers 404, not a redirect a POST may not follow
+    )
+    app.include_router(router)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.to_response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's routing errors (unknown path, wrong method) in OpenAI's shape."""
+    assert isinstance(exc, HTTPException)
+    method, path = request.method, request.url.path
+    if exc.status_code == 404:
+        message = f"Invalid URL ({method} {path})"
+    elif exc.status_code == 405:
+        message = f"Method {method} is not allowed for {path}."
+    else:
+        message = str(exc.detail)
+    code = "method_not_allowed" if exc.status_code == 405 else None
+    return ApiError(exc.status_code, message, code=code, headers=exc.headers).to_response()
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    """Never FastAPI's 422 shape; routes validate by hand, so this is only a safety net."""
+    return invalid_request("The request could not be validated.").to_response()
