@@ -1,0 +1,314 @@
+"""OpenAI chat.completion and chat.completion.chunk JSON -> gateway.v1 messages. Pure.
+
+Unknown enum values (finish_reason, role) are errors, never silent defaults.
+Fields the gateway does not model (DeepSeek's reasoning_content, OpenAI's
+annotations, ...) travel on in `extra_json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway_core.errors import Reason
+from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
+from gateway_core.providers.base import ProviderError, UpstreamCall
+from gateway_core.providers.openai.error_map import error_in_body
+
+_FINISH_REASONS: Mapping[str, types_pb2.FinishReason] = {
+    "stop": types_pb2.FINISH_REASON_STOP,
+    "length": types_pb2.FINISH_REASON_LENGTH,
+    "tool_calls": types_pb2.FINISH_REASON_TOOL_CALLS,
+    "content_filter": types_pb2.FINISH_REASON_CONTENT_FILTER,
+    "function_call": types_pb2.FINISH_REASON_FUNCTION_CALL,
+}
+_MESSAGE_FIELDS = frozenset({"role", "content", "refusal", "tool_calls"})
+_INT64_MAX = 2**63 - 1
+
+
+def openai_to_finish_reason(value: Any) -> types_pb2.FinishReason:
+    """finish_reason string -> enum; null is "not finished", anything unknown is an error."""
+    if value is None:
+        return types_pb2.FINISH_REASON_UNSPECIFIED
+    reason = _FINISH_REASONS.get(value) if isinstance(value, str) else None
+    if reason is None:
+        raise malformed(f"unknown finish_reason {str(value)[:40]!r}")
+    return reason
+
+
+def openai_to_role(value: Any) -> types_pb2.Role:
+    """An assistant message's role string -> enum (only "assistant" is expected)."""
+    if value == "assistant":
+        return types_pb2.ROLE_ASSISTANT
+    raise malformed(f"unexpected role {str(value)[:40]!r}")
+
+
+def from_response(body: Any, call: UpstreamCall, *, provider: str = "") -> chat_pb2.CreateChatCompletionResponse:
+    """A whole chat.completion body -> CreateChatCompletionResponse (usage unset if none reported)."""
+    if not isinstance(body, dict):
+        raise malformed("response is not a JSON object")
+    if body.get("error") and not body.get("choices"):
+        raise error_in_body(body["error"])
+    choices = body.get("choices")
+    if not isinstance(choices, list):
+        raise malformed("response has no choices")
+    response = chat_pb2.CreateChatCompletionResponse(
+        id=_string(body.get("id")), created=_integer(body.get("created", 0)), model=call.client_model,
+        system_fingerprint=_string(body.get("system_fingerprint")), service_tier=_string(body.get("service_tier")),
+        provider=provider,
+    )
+    for position, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            raise malformed("choice is not an object")
+        response.choices.add(
+            index=_integer(choice.get("index", position)),
+            message=_message(choice.get("message")),
+            finish_reason=openai_to_finish_reason(choice.get("finish_reason")),
+            logprobs_json=_json_or_empty(choice.get("logprobs")),
+        )
+    if body.get("usage") is not None:
+        response.usage.CopyFrom(usage_from(body["usage"]))
+    return response
+
+
+def usage_from(data: Any) -> types_pb2.Usage:
+    """OpenAI usage (or DeepSeek's variant with prompt_cache_hit_tokens) -> Usage."""
+    if not isinstance(data, dict):
+        raise malformed("usage is not an object")
+    prompt, completion = _count(data.get("prompt_tokens")), _count(data.get("completion_tokens"))
+    total = data.get("total_tokens")
+    prompt_details = data.get("prompt_tokens_details") or {}
+    completion_details = data.get("completion_tokens_details") or {}
+    cached = prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else None
+    if cached is None:
+        cached = data.get("prompt_cache_hit_tokens")
+    reasoning = completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else None
+    return types_pb2.Usage(
+        prompt_tokens=prompt, completion_tokens=completion,
+        total_tokens=prompt + completion if total is None else _count(total),
+        cached_tokens=_count(cached), reasoning_tokens=_count(reasoning),
+    )
+
+
+def _message(data: Any) -> chat_pb2.Message:
+    if not isinstance(data, dict):
+        raise malformed("choice has no message")
+    message = chat_pb2.Message(role=openai_to_role(data.get("role", "assistant")))
+    content = data.get("content")
+    if isinstance(content, str):
+        message.content = content
+    elif isinstance(content, list):
+        message.parts.extend(_part(p) for p in content)
+    elif content is not None:
+        raise malformed("message content is neither text nor parts")
+    if isinstance(data.get("refusal"), str):
+        message.refusal = data["refusal"]
+    for call in data.get("tool_calls") or ():
+        if not isinstance(call, dict):
+            raise malformed("tool call is not an object")
+        function = call.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        message.tool_calls.add(
+            id=_string(call.get("id")),
+            type=_string(call.get("type")) or "function",
+            function=chat_pb2.FunctionCall(
+                name=_string(function.get("name")), arguments=_text(function.get("arguments"))
+            ),
+        )
+    message.extra_json = extra_fields(data, _MESSAGE_FIELDS)
+    return message
+
+
+def _part(data: Any) -> chat_pb2.ContentPart:
+    if isinstance(data, dict) and data.get("type") == "text" and isinstance(data.get("text"), str):
+        return chat_pb2.ContentPart(text=data["text"])
+    if isinstance(data, dict) and data.get("type") == "refusal" and isinstance(data.get("refusal"), str):
+        return chat_pb2.ContentPart(refusal=data["refusal"])
+    return chat_pb2.ContentPart(raw_json=dump(data))
+
+
+@dataclass
+class _ToolCalls:
+    """Tool-call state of one choice: upstream key -> dense index, and what each call already sent."""
+
+    indexes: dict[Any, int] = field(default_factory=dict)
+    last_key: Any = None
+    sent_id: set[int] = field(default_factory=set)
+    sent_name: set[int] = field(default_factory=set)
+
+
+class StreamTranslator:
+    """Maps OpenAI chat.completion.chunk objects to gateway.v1 chunks, one for one.
+
+    One per request; not thread-safe. Per-request state: the stream's id and
+    created (from its first chunk, so every chunk carries the same), which
+    choices have had their role and finish_reason, each choice's tool-call
+    indexes (made dense and 0-based, id/type/name sent once: clients
+    concatenate repeats), and the usage reported but not yet emitted.
+    """
+
+    def __init__(self, call: UpstreamCall, *, provider: str = "") -> None:
+        self._call = call
+        self._provider = provider
+        self._id: str | None = None
+        self._created = 0
+        self._started: set[int] = set()
+        self._finished: set[int] = set()
+        self._tool_calls: dict[int, _ToolCalls] = {}
+        self._usage: types_pb2.Usage | None = None
+        self._usage_sent = False
+        self._last: dict[str, Any] = {}
+
+    @property
+    def usage(self) -> types_pb2.Usage | None:
+        """The last usage the upstream reported, if any."""
+        return self._usage
+
+    @property
+    def finished(self) -> bool:
+        """Whether the upstream said it was done (every choice finished, or usage sent)."""
+        return self._usage is not None or (bool(self._started) and self._started <= self._finished)
+
+    def feed(self, data: Any) -> list[chat_pb2.StreamChatCompletionResponse]:
+        """The gateway chunks for one upstream chunk (an in-stream error raises ProviderError)."""
+        if not isinstance(data, dict):
+            raise malformed("stream chunk is not a JSON object")
+        if data.get("error"):
+            raise error_in_body(data["error"])
+        if self._id is None:
+            self._id, self._created = _string(data.get("id")), _integer(data.get("created", 0))
+        self._last = data
+        choices = data.get("choices") or []
+        if not isinstance(choices, list):
+            raise malformed("stream chunk choices is not a list")
+        out = []
+        if choices:
+            chunk = self._base()
+            chunk.choices.extend(self._choice(c) for c in choices)
+            out.append(chunk)
+        if data.get("usage"):
+            self._usage, self._usage_sent = usage_from(data["usage"]), False
+            if not choices:
+                out.extend(self.finish())
+        return out
+
+    def finish(self) -> list[chat_pb2.StreamChatCompletionResponse]:
+        """At the end of the stream: the usage chunk, if usage came attached to a choice chunk."""
+        if self._usage is None or self._usage_sent:
+            return []
+        self._usage_sent = True
+        chunk = self._base()
+        chunk.usage.CopyFrom(self._usage)
+        return [chunk]
+
+    def _base(self) -> chat_pb2.StreamChatCompletionResponse:
+        return chat_pb2.StreamChatCompletionResponse(
+            id=self._id or "", created=self._created, model=self._call.client_model, provider=self._provider,
+            system_fingerprint=_string(self._last.get("system_fingerprint")),
+            service_tier=_string(self._last.get("service_tier")),
+        )
+
+    def _choice(self, data: Any) -> chat_pb2.ChoiceDelta:
+        if not isinstance(data, dict):
+            raise malformed("stream choice is not an object")
+        index = _integer(data.get("index", 0))
+        delta = data.get("delta") or {}
+        if not isinstance(delta, dict):
+            raise malformed("stream delta is not an object")
+        out = chat_pb2.ChoiceDelta(
+            index=index, delta=self._delta(index, delta),
+            finish_reason=openai_to_finish_reason(data.get("finish_reason")),
+            logprobs_json=_json_or_empty(data.get("logprobs")),
+        )
+        if out.finish_reason:
+            self._finished.add(index)
+        return out
+
+    def _delta(self, index: int, data: dict[str, Any]) -> chat_pb2.Delta:
+        delta = chat_pb2.Delta()
+        if index not in self._started:
+            # The role goes on a choice's first delta only, even when the
+            # upstream repeats or omits it.
+            self._started.add(index)
+            delta.role = openai_to_role(data.get("role", "assistant") or "assistant")
+        if isinstance(data.get("content"), str):
+            delta.content = data["content"]
+        if isinstance(data.get("refusal"), str):
+            delta.refusal = data["refusal"]
+        for call in data.get("tool_calls") or ():
+            delta.tool_calls.append(self._tool_call(index, call))
+        delta.extra_json = extra_fields(data, _MESSAGE_FIELDS)
+        return delta
+
+    def _tool_call(self, choice: int, data: Any) -> chat_pb2.ToolCallDelta:
+        if not isinstance(data, dict):
+            raise malformed("tool call delta is not an object")
+        state = self._tool_calls.setdefault(choice, _ToolCalls())
+        raw_index, call_id = data.get("index"), _string(data.get("id"))
+        # Vendors that omit the index are keyed by call id, then by the call before.
+        key = raw_index if isinstance(raw_index, int) else (call_id or state.last_key or 0)
+        is_new = key not in state.indexes
+        dense = state.indexes.setdefault(key, len(state.indexes))
+        state.last_key = key
+        out = chat_pb2.ToolCallDelta(index=dense)
+        if is_new:
+            out.type = _string(data.get("type")) or "function"
+        if call_id and dense not in state.sent_id:
+            state.sent_id.add(dense)
+            out.id = call_id
+        function = data.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        if isinstance(function.get("name"), str) and dense not in state.sent_name:
+            state.sent_name.add(dense)
+            out.function.name = function["name"]
+        if function.get("arguments") is not None:
+            out.function.arguments = _text(function["arguments"])
+        return out
+
+
+def extra_fields(data: Mapping[str, Any], known: frozenset[str]) -> str:
+    """The non-null fields of data the gateway does not model, as JSON ("" if none)."""
+    extra = {k: v for k, v in data.items() if k not in known and v is not None}
+    return dump(extra) if extra else ""
+
+
+def dump(value: Any) -> str:
+    """Compact JSON text."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def malformed(detail: str) -> ProviderError:
+    """The error for an upstream answer that breaks the OpenAI format."""
+    return ProviderError(Reason.UPSTREAM_ERROR, "upstream sent a malformed response", upstream_body=detail)
+
+
+def _json_or_empty(value: Any) -> str:
+    return "" if value is None else dump(value)
+
+
+def _text(value: Any) -> str:
+    """A string field, or JSON text for vendors that send arguments as an object."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else dump(value)
+
+
+def _string(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _integer(value: Any) -> int:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not math.isfinite(value) or value != int(value) or abs(value) > _INT64_MAX:
+        raise malformed(f"expected an integer, got {str(value)[:40]!r}")
+    return int(value)
+
+
+def _count(value: Any) -> int:
+    """A token count; absent counts are 0. Sign and size are metering's to judge."""
+    return 0 if value is None else _integer(value)

@@ -1,0 +1,115 @@
+"""Offline token estimates, for the mock provider and for upstreams that report no usage.
+
+No tokenizer files, no downloads: a deterministic heuristic shaped like
+OpenAI's BPE tokenizers (short words are one token, long ones about four
+characters per token, digits in groups of three, each non-ASCII character
+about one token, punctuation runs in pairs), with OpenAI's per-message
+overhead on top. Time is linear in the input and capped: a text longer than
+SAMPLE_THRESHOLD characters is estimated from evenly spaced windows, so a
+pathological multi-megabyte string costs the same as a 64 KB one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from gateway_core.pb.gateway.v1 import chat_pb2
+from gateway_core.providers.base import ChatRequest
+
+SAMPLE_THRESHOLD = 64 * 1024
+SAMPLE_WINDOWS = 32
+SAMPLE_WINDOW_CHARS = 2 * 1024
+
+# OpenAI's chat format: every message costs a few tokens of framing, and the
+# reply is primed with a few more (see OpenAI's "counting tokens" cookbook).
+TOKENS_PER_MESSAGE = 4
+TOKENS_PER_NAME = 1
+TOKENS_REPLY_PRIMING = 3
+TOKENS_PER_TOOL_CALL = 3
+TOKENS_PER_TOOL = 8
+# Images are billed by size, which the gateway never fetches; these are
+# OpenAI's "low" detail price and a 1024x1024 "high" detail image.
+IMAGE_TOKENS_LOW = 85
+IMAGE_TOKENS_DEFAULT = 765
+# Compressed audio runs at roughly 16 KB/s and about 10 tokens/s.
+AUDIO_BYTES_PER_TOKEN = 1600
+FILE_BYTES_PER_TOKEN = 4
+
+_PIECES = re.compile(r"[A-Za-z]+|[0-9]+|[^\x00-\x7f]|[!-/:-@\[-`{-~]+|\s+")
+
+
+def estimate_text_tokens(text: str) -> int:
+    """About how many tokens an OpenAI-style tokenizer makes of text."""
+    if len(text) <= SAMPLE_THRESHOLD:
+        return _count(text)
+    # Evenly spaced windows (not just a prefix), so a long text cannot hide
+    # expensive content behind a cheap beginning.
+    step = (len(text) - SAMPLE_WINDOW_CHARS) // (SAMPLE_WINDOWS - 1)
+    sampled = sum(_count(text[i * step : i * step + SAMPLE_WINDOW_CHARS]) for i in range(SAMPLE_WINDOWS))
+    return math.ceil(sampled * len(text) / (SAMPLE_WINDOWS * SAMPLE_WINDOW_CHARS))
+
+
+def _count(text: str) -> int:
+    tokens = 0
+    for match in _PIECES.finditer(text):
+        piece = match.group()
+        first, size = piece[0], len(piece)
+        if first.isascii() and first.isalpha():
+            tokens += 1 if size <= 6 else (size + 3) // 4
+        elif first.isascii() and first.isdigit():
+            tokens += (size + 2) // 3
+        elif first.isspace():
+            # A single space belongs to the next word's token; other runs
+            # (newlines, indentation) are about one token per 8 characters.
+            tokens += 0 if piece == " " else (size + 7) // 8
+        elif not first.isascii():
+            tokens += 1
+        else:
+            tokens += (size + 1) // 2
+    return tokens
+
+
+def estimate_prompt_tokens(request: ChatRequest) -> int:
+    """About how many input tokens a chat request costs: messages, tools and formats."""
+    total = TOKENS_REPLY_PRIMING
+    for message in request.messages:
+        total += TOKENS_PER_MESSAGE + _message_tokens(message)
+    for tool in request.tools:
+        total += TOKENS_PER_TOOL + _tool_tokens(tool)
+    if request.HasField("response_format"):
+        schema = request.response_format.json_schema
+        total += sum(estimate_text_tokens(text) for text in (schema.name, schema.description, schema.schema_json))
+    return total
+
+
+def _message_tokens(message: chat_pb2.Message) -> int:
+    tokens = estimate_text_tokens(message.content) if message.HasField("content") else 0
+    tokens += sum(_part_tokens(part) for part in message.parts)
+    if message.name:
+        tokens += TOKENS_PER_NAME + estimate_text_tokens(message.name)
+    for call in message.tool_calls:
+        tokens += TOKENS_PER_TOOL_CALL + estimate_text_tokens(
+            f"{call.id} {call.function.name} {call.function.arguments}"
+        )
+    rest = (message.tool_call_id, message.refusal, message.extra_json)
+    return tokens + sum(estimate_text_tokens(text) for text in rest)
+
+
+def _part_tokens(part: chat_pb2.ContentPart) -> int:
+    kind = part.WhichOneof("part")
+    if kind == "image_url":
+        return IMAGE_TOKENS_LOW if part.image_url.detail == "low" else IMAGE_TOKENS_DEFAULT
+    if kind == "input_audio":
+        return 1 + len(part.input_audio.data) * 3 // 4 // AUDIO_BYTES_PER_TOKEN
+    if kind == "file":
+        return 1 + len(part.file.file_data) * 3 // 4 // FILE_BYTES_PER_TOKEN + estimate_text_tokens(part.file.filename)
+    if kind in ("text", "refusal", "raw_json"):
+        return estimate_text_tokens(getattr(part, kind))
+    return 0
+
+
+def _tool_tokens(tool: chat_pb2.Tool) -> int:
+    function = tool.function
+    texts = (function.name, function.description, function.parameters_json, tool.raw_json)
+    return sum(estimate_text_tokens(text) for text in texts)

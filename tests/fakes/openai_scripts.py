@@ -1,0 +1,309 @@
+"""What the fake OpenAI upstream answers, per model id: response plans in OpenAI's wire format.
+
+Pure data: the server in openai_upstream.py only plays these plans. See its
+docstring for the list of scripted model ids.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+FINGERPRINT = "fp_fake0001"
+TOOL_REPLY = "Thanks, the tools answered."
+REASONING = "Let me think this through carefully, one step at a time."
+REASONED_REPLY = "Here is my considered answer."
+RESET_REPLY = "This answer starts well but never gets to finish."
+DEFAULT_TOOL_NAMES = ("get_weather", "get_time")
+TOOL_VALUES = ("Paris", "Berlin")
+
+
+class Settings(Protocol):
+    """The knobs of a FakeOpenAIUpstream that scripts read."""
+
+    expected_key: str | None
+    reply: str
+    slow_interval: float
+    slow_chunks: int
+    hang_seconds: float
+    requests: list[Any]
+
+
+@dataclass
+class JsonPlan:
+    """A whole JSON response."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    drop_after_half: bool = False
+
+
+@dataclass
+class StreamPlan:
+    """A 200 SSE response: each event as `data: <json>`, then `data: [DONE]`."""
+
+    events: Iterable[dict[str, Any] | str]
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    interval: float = 0.0
+    drop_after: int | None = None  # drop the connection after this many events
+
+
+Plan = JsonPlan | StreamPlan
+
+
+def plan_for(up: Settings, method: str, path: str, headers: dict[str, str], body: Any) -> Plan:
+    """The response to one request."""
+    if method == "GET" and path.rstrip("/") == "/v1/models":
+        models = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"} for m in SCRIPTED]
+        return JsonPlan(200, {"object": "list", "data": models})
+    if method != "POST" or path != "/v1/chat/completions":
+        return error(404, f"Invalid URL ({method} {path})", param=None, code=None)
+    if up.expected_key is not None and headers.get("authorization") != f"Bearer {up.expected_key}":
+        return auth_error(headers)
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body.get("model"):
+        return error(400, "We could not parse the JSON body of your request.", param=None, code=None)
+    if "stream_options" in body and not body.get("stream"):
+        return error(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                     param="stream_options", code="invalid_value")
+    model = str(body["model"])
+    if model.startswith("fake-error-") and model[-3:].isdigit():
+        return status_error(int(model[-3:]), headers, model)
+    if model == "fake-redirect":
+        return JsonPlan(307, {}, headers={"location": "http://127.0.0.1:9/v1/chat/completions"})
+    return _Turn(up, body).plan()
+
+
+SCRIPTED = ("fake-text", "fake-echo", "fake-tools", "fake-reasoning", "fake-no-usage", "fake-slow", "fake-hang",
+            "fake-reset", "fake-midstream-error", "fake-malformed", "fake-redirect")
+
+
+def error(status: int, message: str, *, param: str | None, code: str | None,
+          kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> JsonPlan:
+    """An OpenAI error response."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JsonPlan(status, body, headers=headers or {})
+
+
+def auth_error(headers: dict[str, str]) -> JsonPlan:
+    """OpenAI's 401, which (like the real one) echoes the key it was given."""
+    given = headers.get("authorization", "").removeprefix("Bearer ")
+    if not given:
+        return error(401, "You didn't provide an API key.", param=None, code=None)
+    return error(401, f"Incorrect API key provided: {given}. You can find your API key at "
+                 "https://platform.openai.com/account/api-keys.", param=None, code="invalid_api_key")
+
+
+def status_error(status: int, headers: dict[str, str], model: str) -> JsonPlan:
+    """The scripted fake-error-NNN response."""
+    if status == 200:  # an error body with a success status, as some vendors send
+        return error(200, "The model is overloaded.", param=None, code=None, kind="server_error")
+    if status == 401:
+        return auth_error(headers)
+    if status == 400:
+        return error(400, "Invalid value for 'temperature': expected a decimal between 0 and 2. "
+                     "See https://platform.openai.com/docs/api-reference.", param="temperature", code="invalid_value")
+    if status == 404:
+        return error(404, f"The model `{model}` does not exist or you do not have access to it.",
+                     param=None, code="model_not_found")
+    if status == 429:
+        return error(429, f"Rate limit reached for {model} in organization org-fake on requests per min (RPM): "
+                     "Limit 3, Used 3, Requested 1.", param=None, code="rate_limit_exceeded", kind="requests",
+                     headers={"retry-after": "2"})
+    if status == 503:
+        return error(503, "The engine is currently overloaded, please try again later.", param=None, code=None,
+                     kind="server_error", headers={"retry-after": "1"})
+    if status >= 500:
+        return error(status, "The server had an error while processing your request. Sorry about that!",
+                     param=None, code=None, kind="server_error")
+    return error(status, f"Scripted error {status}.", param=None, code=None)
+
+
+class _Turn:
+    """One chat completion: what each choice says, and how it is sent."""
+
+    def __init__(self, up: Settings, body: dict[str, Any]) -> None:
+        self.up, self.body = up, body
+        self.model = str(body["model"])
+        self.number = len(up.requests)
+        self.id = f"chatcmpl-fake{self.number:06d}"
+        self.created = int(time.time())
+        self.choices = max(int(body.get("n") or 1), 1)
+        messages = body["messages"]
+        self.after_tool = bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+        self.tools = self.model == "fake-tools" and not self.after_tool
+        self.reasoning = _words(REASONING) if self.model == "fake-reasoning" else []
+        self.content, self.finish = self._content()
+        self.calls = self._tool_calls() if self.tools else []
+
+    def plan(self) -> Plan:
+        if not self.body.get("stream"):
+            if self.model == "fake-reset":
+                return JsonPlan(200, self._completion(), drop_after_half=True)
+            delay = self.up.hang_seconds if self.model == "fake-hang" else 0.0
+            return JsonPlan(200, self._completion(), delay=delay)
+        if self.model == "fake-slow":
+            return StreamPlan(self._slow_events(), interval=self.up.slow_interval)
+        if self.model == "fake-hang":
+            return StreamPlan(self._events(), delay=self.up.hang_seconds)
+        if self.model == "fake-reset":
+            return StreamPlan(self._events(), drop_after=3)
+        if self.model == "fake-midstream-error":
+            failure = {"error": {"message": "The server had an error while processing your request.",
+                                 "type": "server_error", "param": None, "code": None}}
+            return StreamPlan([*list(self._events())[:2], failure])
+        if self.model == "fake-malformed":
+            return StreamPlan([next(iter(self._events())), "{not json"])
+        return StreamPlan(self._events())
+
+    def _content(self) -> tuple[list[str], str]:
+        if self.tools:
+            return [], "tool_calls"
+        if self.after_tool:
+            text = TOOL_REPLY
+        elif self.model == "fake-echo":
+            text = _last_user_text(self.body["messages"])
+        elif self.model == "fake-reasoning":
+            text = REASONED_REPLY
+        elif self.model in ("fake-reset", "fake-midstream-error"):
+            text = RESET_REPLY
+        else:
+            text = self.up.reply
+        pieces = _words(text)
+        limit = self.body.get("max_completion_tokens") or self.body.get("max_tokens")
+        if isinstance(limit, int) and len(pieces) > limit:
+            return pieces[:limit], "length"
+        return pieces, "stop"
+
+    def _tool_calls(self) -> list[tuple[str, str, list[str]]]:
+        schemas = [t["function"] for t in self.body.get("tools") or [] if t.get("type") == "function"]
+        if not schemas:
+            schemas = [{"name": name} for name in DEFAULT_TOOL_NAMES]
+        calls = []
+        for k in range(2):
+            schema = schemas[min(k, len(schemas) - 1)]
+            arguments = json.dumps(_arguments(schema.get("parameters"), k), separators=(",", ":"))
+            pieces = [arguments[i : i + 6] for i in range(0, len(arguments), 6)]
+            calls.append((f"call_fake{self.number:04d}x{k}", schema["name"], pieces))
+        return calls
+
+    def _usage(self) -> dict[str, Any] | None:
+        if self.model == "fake-no-usage":
+            return None
+        prompt = max(len(json.dumps(self.body["messages"])) + len(json.dumps(self.body.get("tools") or [])), 4) // 4
+        per_choice = len(self.content) + len(self.reasoning) + sum(len(pieces) + 1 for _, _, pieces in self.calls)
+        completion = per_choice * self.choices
+        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                                 "total_tokens": prompt + completion}
+        if self.model == "fake-reasoning":  # DeepSeek's shape
+            usage.update(prompt_cache_hit_tokens=prompt // 2, prompt_cache_miss_tokens=prompt - prompt // 2,
+                         completion_tokens_details={"reasoning_tokens": len(self.reasoning) * self.choices})
+            return usage
+        usage["prompt_tokens_details"] = {"cached_tokens": 0, "audio_tokens": 0}
+        usage["completion_tokens_details"] = {"reasoning_tokens": 0, "audio_tokens": 0,
+                                              "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+        return usage
+
+    def _message(self) -> dict[str, Any]:
+        content = "".join(self.content) if not self.tools else None
+        if self.reasoning:
+            return {"role": "assistant", "content": content, "reasoning_content": "".join(self.reasoning)}
+        message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
+        if self.calls:
+            message["tool_calls"] = [{"id": i, "type": "function", "function": {"name": n, "arguments": "".join(p)}}
+                                     for i, n, p in self.calls]
+        return message
+
+    def _completion(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": i, "message": self._message(), "logprobs": None, "finish_reason": self.finish}
+                        for i in range(self.choices)],
+            "service_tier": "default", "system_fingerprint": FINGERPRINT,
+        }
+        if (usage := self._usage()) is not None:
+            body["usage"] = usage
+        return body
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                 "service_tier": "default", "system_fingerprint": FINGERPRINT, "choices": choices}
+        if self._include_usage():
+            chunk["usage"] = None
+        return chunk
+
+    def _include_usage(self) -> bool:
+        options = self.body.get("stream_options")
+        return isinstance(options, dict) and options.get("include_usage") is True
+
+    def _delta(self, index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return self._chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}])
+
+    def _events(self) -> Iterator[dict[str, Any]]:
+        for index in range(self.choices):
+            yield from self._choice_events(index)
+        usage = self._usage()
+        if usage is not None and self._include_usage():
+            yield {**self._chunk([]), "usage": usage}
+
+    def _choice_events(self, index: int) -> Iterator[dict[str, Any]]:
+        if self.calls:
+            for k, (call_id, name, pieces) in enumerate(self.calls):
+                first = {"index": k, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+                head = {"role": "assistant", "content": None, "refusal": None} if k == 0 else {}
+                yield self._delta(index, {**head, "tool_calls": [first]})
+                for piece in pieces:
+                    yield self._delta(index, {"tool_calls": [{"index": k, "function": {"arguments": piece}}]})
+        elif self.reasoning:
+            yield self._delta(index, {"role": "assistant", "content": None, "reasoning_content": ""})
+            for piece in self.reasoning:
+                yield self._delta(index, {"content": None, "reasoning_content": piece})
+            for piece in self.content:
+                yield self._delta(index, {"content": piece, "reasoning_content": None})
+        else:
+            yield self._delta(index, {"role": "assistant", "content": "", "refusal": None})
+            for piece in self.content:
+                yield self._delta(index, {"content": piece})
+        yield self._delta(index, {}, self.finish)
+
+    def _slow_events(self) -> Iterator[dict[str, Any]]:
+        yield self._delta(0, {"role": "assistant", "content": "", "refusal": None})
+        for tick in range(self.up.slow_chunks):
+            yield self._delta(0, {"content": f" tick{tick}"})
+        yield self._delta(0, {}, "stop")
+
+
+def _words(text: str) -> list[str]:
+    """Pieces of text, each word with its leading spaces, that join back to text."""
+    pieces: list[str] = []
+    for index, char in enumerate(text):
+        if not pieces or (char == " " and text[index - 1] != " "):
+            pieces.append(char)
+        else:
+            pieces[-1] += char
+    return pieces
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            return content if isinstance(content, str) else ""
+    return ""
+
+
+def _arguments(parameters: Any, k: int) -> dict[str, Any]:
+    """Arguments for the k-th call: each required property gets a value of its type."""
+    if not isinstance(parameters, dict) or not parameters.get("required"):
+        return {"city": TOOL_VALUES[k]}
+    properties = parameters.get("properties") or {}
+    values = {"integer": k + 1, "number": k + 1.5, "boolean": True, "array": [], "object": {}}
+    return {name: values.get(str((properties.get(name) or {}).get("type")), TOOL_VALUES[k])
+            for name in parameters["required"]}
