@@ -40,6 +40,8 @@ def main(log_level: str) -> None:
       tollgate admin accounts list
     """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # alembic narrates every plugin and migration step at INFO; only problems matter here.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @main.command()

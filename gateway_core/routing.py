@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from gateway_core.auth import Principal
@@ -22,9 +23,11 @@ def model_not_found(model: str) -> GatewayError:
 class Router:
     """Resolves client model ids to configured models. Immutable; safe to share."""
 
-    def __init__(self, models: Mapping[str, ModelSettings]) -> None:
+    def __init__(self, models: Mapping[str, ModelSettings], loaded_at: int | None = None) -> None:
         self._models = dict(models)
         self._sorted = sorted(self._models.values(), key=lambda m: m.name)
+        # OpenAI lists a creation time per model; ours is when this configuration was loaded.
+        self.loaded_at = int(time.time()) if loaded_at is None else loaded_at
 
     def resolve(self, model: str, principal: Principal) -> ModelSettings:
         """The model named `model`, if it exists and the principal may use it."""

@@ -89,7 +89,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             raise AssertionError("unreachable") from None
         return chat_pb2.ListModelsResponse(
             models=[
-                chat_pb2.Model(id=m.name, created=0, owned_by=m.routes[0].provider)
+                chat_pb2.Model(id=m.name, created=self._router.loaded_at, owned_by=m.routes[0].provider)
                 for m in self._router.visible_models(principal)
             ]
         )

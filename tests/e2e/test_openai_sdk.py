@@ -269,7 +269,9 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
 
 
 def test_models_list_respects_allowed_models(gateway: RunningGateway, client: openai.OpenAI) -> None:
-    listed = {m.id for m in client.models.list()}
+    models = client.models.list().data
+    listed = {m.id for m in models}
+    assert all(m.object == "model" and m.created > 1_700_000_000 and m.owned_by for m in models)
     assert {"mock-chat", "mock-echo", "gpt-text"} <= listed
     assert client.models.retrieve("mock-chat").id == "mock-chat"
     _, _, limited = gateway.create_key(allowed_models=["mock-echo"])
