@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gateway/v1/metering.proto\x12\ngateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x13\n\x11GetBalanceRequest\"o\n\x12GetBalanceResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x16\n\x0e\x62\x61lance_micros\x18\x02 \x01(\x03\x12\x13\n\x0bheld_micros\x18\x03 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x04 \x01(\x03\"\x9b\x03\n\x0bUsageRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x12\n\napi_key_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x16\n\x0eupstream_model\x18\x06 \x01(\t\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x08 \x01(\x03\x12\x15\n\rcached_tokens\x18\t \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\n \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x0b \x01(\x03\x12\'\n\x06status\x18\x0c \x01(\x0e\x32\x17.gateway.v1.UsageStatus\x12\x12\n\nlatency_ms\x18\r \x01(\x03\x12\x1e\n\x16time_to_first_token_ms\x18\x0e \x01(\x03\x12\x11\n\testimated\x18\x0f \x01(\x08\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9e\x01\n\x17ListUsageRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x18ListUsageRecordsResponse\x12.\n\rusage_records\x18\x01 \x03(\x0b\x32\x17.gateway.v1.UsageRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"u\n\x15SummarizeUsageRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x11ModelUsageSummary\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rrequest_count\x18\x02 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x05 \x01(\x03\"J\n\x16SummarizeUsageResponse\x12\x30\n\tsummaries\x18\x01 \x03(\x0b\x32\x1d.gateway.v1.ModelUsageSummary*}\n\x0bUsageStatus\x12\x1c\n\x18USAGE_STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0fUSAGE_STATUS_OK\x10\x01\x12\x1a\n\x16USAGE_STATUS_CANCELLED\x10\x02\x12\x1f\n\x1bUSAGE_STATUS_UPSTREAM_ERROR\x10\x03\x32\x96\x02\n\x0fMeteringService\x12K\n\nGetBalance\x12\x1d.gateway.v1.GetBalanceRequest\x1a\x1e.gateway.v1.GetBalanceResponse\x12]\n\x10ListUsageRecords\x12#.gateway.v1.ListUsageRecordsRequest\x1a$.gateway.v1.ListUsageRecordsResponse\x12W\n\x0eSummarizeUsage\x12!.gateway.v1.SummarizeUsageRequest\x1a\".gateway.v1.SummarizeUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gateway/v1/metering.proto\x12\ngateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x13\n\x11GetBalanceRequest\"o\n\x12GetBalanceResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x16\n\x0e\x62\x61lance_micros\x18\x02 \x01(\x03\x12\x13\n\x0bheld_micros\x18\x03 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x04 \x01(\x03\"\xc1\x03\n\x0bUsageRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x12\n\napi_key_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x16\n\x0eupstream_model\x18\x06 \x01(\t\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x08 \x01(\x03\x12\x15\n\rcached_tokens\x18\t \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\n \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x0b \x01(\x03\x12\'\n\x06status\x18\x0c \x01(\x0e\x32\x17.gateway.v1.UsageStatus\x12\x12\n\nlatency_ms\x18\r \x01(\x03\x12\x1e\n\x16time_to_first_token_ms\x18\x0e \x01(\x03\x12\x11\n\testimated\x18\x0f \x01(\x08\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63lamped\x18\x11 \x01(\x08\x12\x13\n\x0bheld_micros\x18\x12 \x01(\x03\"\x9e\x01\n\x17ListUsageRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x18ListUsageRecordsResponse\x12.\n\rusage_records\x18\x01 \x03(\x0b\x32\x17.gateway.v1.UsageRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"u\n\x15SummarizeUsageRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x11ModelUsageSummary\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rrequest_count\x18\x02 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x05 \x01(\x03\"J\n\x16SummarizeUsageResponse\x12\x30\n\tsummaries\x18\x01 \x03(\x0b\x32\x1d.gateway.v1.ModelUsageSummary*\x99\x01\n\x0bUsageStatus\x12\x1c\n\x18USAGE_STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0fUSAGE_STATUS_OK\x10\x01\x12\x1a\n\x16USAGE_STATUS_CANCELLED\x10\x02\x12\x1f\n\x1bUSAGE_STATUS_UPSTREAM_ERROR\x10\x03\x12\x1a\n\x16USAGE_STATUS_ABANDONED\x10\x04\x32\x96\x02\n\x0fMeteringService\x12K\n\nGetBalance\x12\x1d.gateway.v1.GetBalanceRequest\x1a\x1e.gateway.v1.GetBalanceResponse\x12]\n\x10ListUsageRecords\x12#.gateway.v1.ListUsageRecordsRequest\x1a$.gateway.v1.ListUsageRecordsResponse\x12W\n\x0eSummarizeUsage\x12!.gateway.v1.SummarizeUsageRequest\x1a\".gateway.v1.SummarizeUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gateway.v1.metering_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USAGESTATUS']._serialized_start=1210
-  _globals['_USAGESTATUS']._serialized_end=1335
+  _globals['_USAGESTATUS']._serialized_start=1249
+  _globals['_USAGESTATUS']._serialized_end=1402
   _globals['_GETBALANCEREQUEST']._serialized_start=74
   _globals['_GETBALANCEREQUEST']._serialized_end=93
   _globals['_GETBALANCERESPONSE']._serialized_start=95
   _globals['_GETBALANCERESPONSE']._serialized_end=206
   _globals['_USAGERECORD']._serialized_start=209
-  _globals['_USAGERECORD']._serialized_end=620
-  _globals['_LISTUSAGERECORDSREQUEST']._serialized_start=623
-  _globals['_LISTUSAGERECORDSREQUEST']._serialized_end=781
-  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_start=783
-  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_end=882
-  _globals['_SUMMARIZEUSAGEREQUEST']._serialized_start=884
-  _globals['_SUMMARIZEUSAGEREQUEST']._serialized_end=1001
-  _globals['_MODELUSAGESUMMARY']._serialized_start=1004
-  _globals['_MODELUSAGESUMMARY']._serialized_end=1132
-  _globals['_SUMMARIZEUSAGERESPONSE']._serialized_start=1134
-  _globals['_SUMMARIZEUSAGERESPONSE']._serialized_end=1208
-  _globals['_METERINGSERVICE']._serialized_start=1338
-  _globals['_METERINGSERVICE']._serialized_end=1616
+  _globals['_USAGERECORD']._serialized_end=658
+  _globals['_LISTUSAGERECORDSREQUEST']._serialized_start=661
+  _globals['_LISTUSAGERECORDSREQUEST']._serialized_end=819
+  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_start=821
+  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_end=920
+  _globals['_SUMMARIZEUSAGEREQUEST']._serialized_start=922
+  _globals['_SUMMARIZEUSAGEREQUEST']._serialized_end=1039
+  _globals['_MODELUSAGESUMMARY']._serialized_start=1042
+  _globals['_MODELUSAGESUMMARY']._serialized_end=1170
+  _globals['_SUMMARIZEUSAGERESPONSE']._serialized_start=1172
+  _globals['_SUMMARIZEUSAGERESPONSE']._serialized_end=1246
+  _globals['_METERINGSERVICE']._serialized_start=1405
+  _globals['_METERINGSERVICE']._serialized_end=1683
 # @@protoc_insertion_point(module_scope)

@@ -16,10 +16,12 @@ class UsageStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     USAGE_STATUS_OK: _ClassVar[UsageStatus]
     USAGE_STATUS_CANCELLED: _ClassVar[UsageStatus]
     USAGE_STATUS_UPSTREAM_ERROR: _ClassVar[UsageStatus]
+    USAGE_STATUS_ABANDONED: _ClassVar[UsageStatus]
 USAGE_STATUS_UNSPECIFIED: UsageStatus
 USAGE_STATUS_OK: UsageStatus
 USAGE_STATUS_CANCELLED: UsageStatus
 USAGE_STATUS_UPSTREAM_ERROR: UsageStatus
+USAGE_STATUS_ABANDONED: UsageStatus
 
 class GetBalanceRequest(_message.Message):
     __slots__ = ()
@@ -38,7 +40,7 @@ class GetBalanceResponse(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., balance_micros: _Optional[int] = ..., held_micros: _Optional[int] = ..., available_micros: _Optional[int] = ...) -> None: ...
 
 class UsageRecord(_message.Message):
-    __slots__ = ("request_id", "account_id", "api_key_id", "model", "provider", "upstream_model", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "cost_micros", "status", "latency_ms", "time_to_first_token_ms", "estimated", "create_time")
+    __slots__ = ("request_id", "account_id", "api_key_id", "model", "provider", "upstream_model", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "cost_micros", "status", "latency_ms", "time_to_first_token_ms", "estimated", "create_time", "clamped", "held_micros")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +57,8 @@ class UsageRecord(_message.Message):
     TIME_TO_FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CLAMPED_FIELD_NUMBER: _ClassVar[int]
+    HELD_MICROS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     account_id: str
     api_key_id: str
@@ -71,7 +75,9 @@ class UsageRecord(_message.Message):
     time_to_first_token_ms: int
     estimated: bool
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, request_id: _Optional[str] = ..., account_id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., upstream_model: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., cost_micros: _Optional[int] = ..., status: _Optional[_Union[UsageStatus, str]] = ..., latency_ms: _Optional[int] = ..., time_to_first_token_ms: _Optional[int] = ..., estimated: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    clamped: bool
+    held_micros: int
+    def __init__(self, request_id: _Optional[str] = ..., account_id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., upstream_model: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., cost_micros: _Optional[int] = ..., status: _Optional[_Union[UsageStatus, str]] = ..., latency_ms: _Optional[int] = ..., time_to_first_token_ms: _Optional[int] = ..., estimated: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., clamped: _Optional[bool] = ..., held_micros: _Optional[int] = ...) -> None: ...
 
 class ListUsageRecordsRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "start_time", "end_time")
