@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKeyConstraint, Index, String, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKeyConstraint, Index, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from gateway_core.store.types import BigIntegerPK, JSONList, UTCDateTime
@@ -54,10 +54,15 @@ class Account(SQLModel, table=True):
 
 
 class ApiKey(SQLModel, table=True):
-    """An API key: its public id, the hash of the full key, and its limits."""
+    """An API key: its public id, the hash of the full key, and its limits.
+
+    held_micros is what the key's requests in flight have reserved, so a spend
+    limit is one conditional UPDATE (`spent + held + :h <= spend_limit`) too.
+    """
 
     __tablename__ = "api_keys"
     __table_args__ = (
+        CheckConstraint("held_micros >= 0", name="ck_api_keys_held_not_negative"),
         ForeignKeyConstraint(["account_id"], ["accounts.id"], name="fk_api_keys_account_id_accounts"),
         Index("ix_api_keys_created_at_id", "created_at", "id"),
         Index("ix_api_keys_account_id_created_at_id", "account_id", "created_at", "id"),
@@ -72,6 +77,7 @@ class ApiKey(SQLModel, table=True):
     tpm_limit: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
     spend_limit_micros: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
     spent_micros: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
+    held_micros: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
     expire_time: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
     created_at: datetime = Field(sa_type=UTCDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
@@ -83,6 +89,9 @@ class LedgerEntry(SQLModel, table=True):
 
     (kind, request_id) is unique so a top-up, hold or settlement with a given
     request id happens at most once; NULL request ids never conflict.
+    held_delta_micros is the entry's change to the account's held_micros, so
+    that per account sum(amount) == balance and sum(held_delta) == held.
+    Triggers (migration 0002) refuse UPDATE and DELETE of these rows.
     """
 
     __tablename__ = "ledger_entries"
@@ -97,6 +106,96 @@ class LedgerEntry(SQLModel, table=True):
     kind: str = Field(sa_type=String(16))
     amount_micros: int = Field(sa_type=BigInteger)
     balance_after_micros: int = Field(sa_type=BigInteger)
+    held_delta_micros: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
     request_id: str | None = Field(default=None, sa_type=String(255), nullable=True)
     note: str = Field(default="", sa_type=String(1000))
     created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class HoldStatus(enum.StrEnum):
+    """Where a hold is in its life; stored as its string value. Only 'open' ever changes."""
+
+    OPEN = "open"
+    SETTLED = "settled"
+    RELEASED = "released"
+
+
+class Hold(SQLModel, table=True):
+    """Money reserved for one admitted request, leased to the core process serving it.
+
+    The row is also the settlement's record: once closed it keeps what was
+    charged and the balance after, so a replayed settle returns the same numbers.
+    model/provider/upstream_model let the reconciler name an abandoned request.
+    """
+
+    __tablename__ = "holds"
+    __table_args__ = (
+        ForeignKeyConstraint(["account_id"], ["accounts.id"], name="fk_holds_account_id_accounts"),
+        ForeignKeyConstraint(["api_key_id"], ["api_keys.id"], name="fk_holds_api_key_id_api_keys"),
+        CheckConstraint("amount_micros >= 0", name="ck_holds_amount_not_negative"),
+        CheckConstraint(
+            "charged_micros >= 0 AND charged_micros <= amount_micros", name="ck_holds_charged_within_amount"
+        ),
+        CheckConstraint("status IN ('open', 'settled', 'released')", name="ck_holds_status"),
+        Index("ix_holds_status_instance_id", "status", "instance_id"),
+    )
+
+    request_id: str = Field(sa_type=String(255), primary_key=True)
+    account_id: str = Field(sa_type=String(32))
+    api_key_id: str = Field(sa_type=String(32))
+    amount_micros: int = Field(sa_type=BigInteger)
+    status: str = Field(sa_type=String(16))
+    instance_id: str = Field(sa_type=String(64))
+    model: str = Field(default="", sa_type=String(200))
+    provider: str = Field(default="", sa_type=String(200))
+    upstream_model: str = Field(default="", sa_type=String(200))
+    charged_micros: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
+    balance_after_micros: int | None = Field(default=None, sa_type=BigInteger, nullable=True)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+
+
+class UsageRecord(SQLModel, table=True):
+    """The metering record of one admitted request: exactly one per hold, written when it closes."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        # The FK to holds: no usage record without an admitted request.
+        ForeignKeyConstraint(["request_id"], ["holds.request_id"], name="fk_usage_records_request_id_holds"),
+        ForeignKeyConstraint(["account_id"], ["accounts.id"], name="fk_usage_records_account_id_accounts"),
+        ForeignKeyConstraint(["api_key_id"], ["api_keys.id"], name="fk_usage_records_api_key_id_api_keys"),
+        Index("ix_usage_records_account_id_created_at_request_id", "account_id", "created_at", "request_id"),
+    )
+
+    request_id: str = Field(sa_type=String(255), primary_key=True)
+    account_id: str = Field(sa_type=String(32))
+    api_key_id: str = Field(sa_type=String(32))
+    model: str = Field(sa_type=String(200))
+    provider: str = Field(sa_type=String(200))
+    upstream_model: str = Field(sa_type=String(200))
+    prompt_tokens: int = Field(sa_type=BigInteger)
+    completion_tokens: int = Field(sa_type=BigInteger)
+    cached_tokens: int = Field(sa_type=BigInteger)
+    reasoning_tokens: int = Field(sa_type=BigInteger)
+    cost_micros: int = Field(sa_type=BigInteger)
+    held_micros: int = Field(sa_type=BigInteger)
+    status: str = Field(sa_type=String(32))
+    latency_ms: int = Field(sa_type=BigInteger)
+    time_to_first_token_ms: int | None = Field(default=None, sa_type=BigInteger, nullable=True)
+    estimated: bool = Field(sa_type=Boolean)
+    clamped: bool = Field(sa_type=Boolean)
+    # When the request was admitted (the hold's time), in database time.
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class Instance(SQLModel, table=True):
+    """A running core process's lease: holds it owns stay open while its heartbeat is fresh.
+
+    Both times are the database's clock, never a replica's (see store/clock.py).
+    """
+
+    __tablename__ = "instances"
+
+    id: str = Field(sa_type=String(64), primary_key=True)
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    heartbeat_at: datetime = Field(sa_type=UTCDateTime)

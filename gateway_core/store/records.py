@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from gateway_core.metering.outcome import UsageStatus
 from gateway_core.store import models
 
 
@@ -56,6 +57,8 @@ class ApiKeyRecord:
     created_at: datetime
     revoked_at: datetime | None
     redacted: str
+    # What the key's requests in flight have reserved against its spend limit.
+    held_micros: int = 0
 
     def state(self, now: datetime) -> str:
         """'revoked', 'expired' or 'active' at the given aware time."""
@@ -80,6 +83,7 @@ class ApiKeyRecord:
             created_at=row.created_at,
             revoked_at=row.revoked_at,
             redacted=row.redacted,
+            held_micros=row.held_micros,
         )
 
 
@@ -103,6 +107,8 @@ class LedgerEntryRecord:
     request_id: str | None
     note: str
     created_at: datetime
+    # The entry's change to the account's held_micros (holds, settlements, releases).
+    held_delta_micros: int = 0
 
     @classmethod
     def from_row(cls, row: models.LedgerEntry) -> LedgerEntryRecord:
@@ -116,4 +122,105 @@ class LedgerEntryRecord:
             request_id=row.request_id,
             note=row.note,
             created_at=row.created_at,
+            held_delta_micros=row.held_delta_micros,
         )
+
+
+@dataclass(frozen=True)
+class HoldRecord:
+    """A hold and, once closed, how it ended (charged_micros, balance_after_micros)."""
+
+    request_id: str
+    account_id: str
+    api_key_id: str
+    amount_micros: int
+    status: models.HoldStatus
+    instance_id: str
+    model: str
+    provider: str
+    upstream_model: str
+    charged_micros: int
+    balance_after_micros: int | None
+    created_at: datetime
+    closed_at: datetime | None
+
+    @property
+    def released_micros(self) -> int:
+        """What closing the hold gave back to the available balance (0 while open)."""
+        return 0 if self.status == models.HoldStatus.OPEN else self.amount_micros - self.charged_micros
+
+    @classmethod
+    def from_row(cls, row: models.Hold) -> HoldRecord:
+        return cls(
+            request_id=row.request_id,
+            account_id=row.account_id,
+            api_key_id=row.api_key_id,
+            amount_micros=row.amount_micros,
+            status=models.HoldStatus(row.status),
+            instance_id=row.instance_id,
+            model=row.model,
+            provider=row.provider,
+            upstream_model=row.upstream_model,
+            charged_micros=row.charged_micros,
+            balance_after_micros=row.balance_after_micros,
+            created_at=row.created_at,
+            closed_at=row.closed_at,
+        )
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One request's usage record, as stored."""
+
+    request_id: str
+    account_id: str
+    api_key_id: str
+    model: str
+    provider: str
+    upstream_model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    cost_micros: int
+    held_micros: int
+    status: UsageStatus
+    latency_ms: int
+    time_to_first_token_ms: int | None
+    estimated: bool
+    clamped: bool
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: models.UsageRecord) -> Usage:
+        return cls(
+            request_id=row.request_id,
+            account_id=row.account_id,
+            api_key_id=row.api_key_id,
+            model=row.model,
+            provider=row.provider,
+            upstream_model=row.upstream_model,
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+            cached_tokens=row.cached_tokens,
+            reasoning_tokens=row.reasoning_tokens,
+            cost_micros=row.cost_micros,
+            held_micros=row.held_micros,
+            status=UsageStatus(row.status),
+            latency_ms=row.latency_ms,
+            time_to_first_token_ms=row.time_to_first_token_ms,
+            estimated=row.estimated,
+            clamped=row.clamped,
+            created_at=row.created_at,
+        )
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    """Usage totals of one model over a window."""
+
+    model: str
+    request_count: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int

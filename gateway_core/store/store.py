@@ -14,16 +14,29 @@ from functools import partial
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from gateway_core.store import accounts, api_keys, ledger_entries
+from gateway_core.metering.outcome import Settlement
+from gateway_core.store import accounts, api_keys, holds, ledger_entries, usage_records
 from gateway_core.store.api_keys import ApiKeySettings, ApiKeyUpdate
 from gateway_core.store.db import Database
-from gateway_core.store.records import AccountRecord, ApiKeyCredential, ApiKeyRecord, LedgerEntryRecord
+from gateway_core.store.records import (
+    AccountRecord,
+    ApiKeyCredential,
+    ApiKeyRecord,
+    HoldRecord,
+    LedgerEntryRecord,
+    ModelUsage,
+    Usage,
+)
 
 AccountPage = tuple[list[AccountRecord], str]
 
 
 class Store:
-    """Accounts, API keys and the ledger, over one Database. Safe to share between tasks."""
+    """Accounts, API keys, the ledger and usage, over one Database. Safe to share between tasks.
+
+    Money moves only through top_up here and metering.Ledger (holds and
+    settlements); the hold and usage methods below only read.
+    """
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -83,6 +96,49 @@ class Store:
             ledger_entries.list_ledger_entries, account_id=account_id, requested_size=page_size, token=page_token
         )
         return await self._db.run(call)
+
+    async def list_usage_records(
+        self,
+        account_id: str,
+        page_size: int = 0,
+        page_token: str = "",
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+    ) -> tuple[list[Usage], str]:
+        """A page of an account's usage records in [start_time, end_time), newest first, and the next token."""
+        call = partial(
+            usage_records.list_usage,
+            account_id=account_id,
+            requested_size=page_size,
+            token=page_token,
+            start_time=start_time,
+            end_time=end_time,
+        )
+        return await self._db.run(call)
+
+    async def summarize_usage(
+        self, account_id: str, start_time: datetime | None = None, end_time: datetime | None = None
+    ) -> list[ModelUsage]:
+        """Per-model totals of an account's usage in [start_time, end_time), sorted by model."""
+        call = partial(usage_records.summarize_usage, account_id=account_id, start_time=start_time, end_time=end_time)
+        return await self._db.run(call)
+
+    async def get_usage_record(self, request_id: str) -> Usage | None:
+        """The usage record of request_id, or None while its hold is open (or never was)."""
+        return await self._db.run(partial(usage_records.get_usage, request_id=request_id))
+
+    async def get_hold(self, request_id: str) -> HoldRecord | None:
+        """The hold of request_id, open or closed, or None."""
+        return await self._db.run(partial(holds.get_hold, request_id=request_id))
+
+    async def get_settlement(self, request_id: str) -> Settlement | None:
+        """How request_id's hold was closed (replayed=True), or None while open or unknown."""
+        record = await self.get_hold(request_id)
+        if record is None or record.balance_after_micros is None:
+            return None
+        return Settlement(
+            request_id, record.charged_micros, record.released_micros, record.balance_after_micros, replayed=True
+        )
 
     async def create_api_key(
         self,

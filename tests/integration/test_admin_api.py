@@ -249,10 +249,3 @@ async def test_get_balance_for_the_calling_key(
             grpc.StatusCode.UNAUTHENTICATED,
             "INVALID_API_KEY",
         )
-
-
-async def test_usage_rpcs_are_not_implemented_yet(channel: grpc.aio.Channel) -> None:
-    metering = metering_pb2_grpc.MeteringServiceStub(channel)
-    with pytest.raises(grpc.aio.AioRpcError) as exc:
-        await metering.ListUsageRecords(metering_pb2.ListUsageRecordsRequest())
-    assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED

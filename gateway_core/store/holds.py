@@ -1,0 +1,284 @@
+"""The money path in SQL: reserve a hold, settle it once, release it. Plain functions on a Session.
+
+Only metering.Ledger calls these, each inside one write transaction. Every
+change of money is a conditional UPDATE whose WHERE carries the rule (enough
+available balance, within the key's spend limit, the hold still open), so
+concurrent callers on any number of processes cannot both pass a check:
+there is no read-then-write anywhere. Each balance or held change is written
+together with the ledger entry that explains it.
+
+This is the hot path of every request, so the statements are built once, at
+import, with named parameters, and run as Core on the session's connection:
+no ORM unit of work and no per-call statement construction or cache keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, Table, bindparam, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from gateway_core.errors import GatewayError, Reason, invalid_request
+from gateway_core.metering.outcome import Settlement, UsageOutcome, UsageStatus
+from gateway_core.store.accounts import load_account
+from gateway_core.store.api_keys import key_not_found
+from gateway_core.store.clock import db_now
+from gateway_core.store.models import Account, ApiKey, Hold, HoldStatus, LedgerEntry, LedgerKind
+from gateway_core.store.records import HoldRecord
+from gateway_core.store.usage_records import insert_usage
+
+ACCOUNT_CANNOT_COVER = "You exceeded your current quota: the account's balance cannot cover this request."
+KEY_CANNOT_COVER = "You exceeded your current quota: this API key's spend limit cannot cover this request."
+MAX_REQUEST_ID = 255
+MAX_NAME = 200
+# What an abandoned record says when the hold did not know its model or provider.
+UNKNOWN = "unknown"
+
+
+_ACCOUNTS: Table = Account.__table__  # type: ignore[attr-defined]
+_KEYS: Table = ApiKey.__table__  # type: ignore[attr-defined]
+_HOLDS: Table = Hold.__table__  # type: ignore[attr-defined]
+_ENTRIES: Table = LedgerEntry.__table__  # type: ignore[attr-defined]
+
+# Parameters are named b_*: SQLAlchemy reserves column names for SET/VALUES.
+# Holds b_amount if the account's available balance covers it.
+_RESERVE_ON_ACCOUNT = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == bindparam("b_account_id"))
+    .where(_ACCOUNTS.c.balance_micros - _ACCOUNTS.c.held_micros >= bindparam("b_amount"))
+    .values(held_micros=_ACCOUNTS.c.held_micros + bindparam("b_amount"), updated_at=bindparam("b_now"))
+    .returning(_ACCOUNTS.c.balance_micros)
+)
+# Holds b_amount against the key (of that account) if its spend limit allows; 0 means no limit.
+_RESERVE_ON_KEY = (
+    update(_KEYS)
+    .where(_KEYS.c.id == bindparam("b_key_id"), _KEYS.c.account_id == bindparam("b_account_id"))
+    .where(
+        or_(
+            _KEYS.c.spend_limit_micros == 0,
+            _KEYS.c.spent_micros + _KEYS.c.held_micros + bindparam("b_amount") <= _KEYS.c.spend_limit_micros,
+        )
+    )
+    .values(held_micros=_KEYS.c.held_micros + bindparam("b_amount"))
+)
+_INSERT_HOLD = insert(_HOLDS)
+# The one guard of exactly-once: only the caller whose UPDATE flips 'open' moves money.
+_CLOSE = (
+    update(_HOLDS)
+    .where(_HOLDS.c.request_id == bindparam("b_request_id"), _HOLDS.c.status == HoldStatus.OPEN.value)
+    .values(status=bindparam("b_status"), closed_at=bindparam("b_now"))
+    .returning(*_HOLDS.c)
+)
+_RECORD_CHARGE = (
+    update(_HOLDS)
+    .where(_HOLDS.c.request_id == bindparam("b_request_id"))
+    .values(charged_micros=bindparam("b_charged"), balance_after_micros=bindparam("b_balance_after"))
+)
+# The CHECK on accounts (0 <= held <= balance) backs this up inside the database.
+_DEBIT_ACCOUNT = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == bindparam("b_account_id"))
+    .values(
+        balance_micros=_ACCOUNTS.c.balance_micros - bindparam("b_charged"),
+        held_micros=_ACCOUNTS.c.held_micros - bindparam("b_held"),
+        updated_at=bindparam("b_now"),
+    )
+    .returning(_ACCOUNTS.c.balance_micros)
+)
+_DEBIT_KEY = (
+    update(_KEYS)
+    .where(_KEYS.c.id == bindparam("b_key_id"))
+    .values(
+        spent_micros=_KEYS.c.spent_micros + bindparam("b_charged"),
+        held_micros=_KEYS.c.held_micros - bindparam("b_held"),
+    )
+)
+_INSERT_ENTRY = insert(_ENTRIES)
+_SELECT_HOLD = select(_HOLDS).where(_HOLDS.c.request_id == bindparam("b_request_id"))
+
+
+@dataclass(frozen=True)
+class HoldRequest:
+    """What to reserve, for which request, on behalf of which core process."""
+
+    request_id: str
+    account_id: str
+    api_key_id: str
+    amount_micros: int
+    instance_id: str
+    model: str = ""
+    provider: str = ""
+    upstream_model: str = ""
+
+
+def check_hold_request(request: HoldRequest) -> None:
+    """Refuses a hold that could not be stored (or is a programming error: a negative amount)."""
+    if not request.request_id or len(request.request_id) > MAX_REQUEST_ID:
+        raise invalid_request(f"request_id must be 1 to {MAX_REQUEST_ID} characters", param="request_id")
+    if request.amount_micros < 0:
+        raise ValueError("a hold amount must not be negative")
+    if max(len(request.model), len(request.provider), len(request.upstream_model)) > MAX_NAME:
+        raise invalid_request(f"model and provider names are at most {MAX_NAME} characters", param="model")
+
+
+def create_hold(session: Session, request: HoldRequest) -> HoldRecord:
+    """Reserves amount_micros on the account and its key, or raises INSUFFICIENT_BALANCE.
+
+    A request_id seen before is ALREADY_EXISTS. Any error leaves nothing
+    changed: the caller's transaction rolls back as a whole.
+    """
+    check_hold_request(request)
+    connection = session.connection()
+    now = db_now(session)
+    ids = {"b_account_id": request.account_id, "b_amount": request.amount_micros}
+    balance = connection.execute(_RESERVE_ON_ACCOUNT, {**ids, "b_now": now}).scalar_one_or_none()
+    if balance is None:
+        load_account(session, request.account_id)  # NOT_FOUND rather than a misleading quota error
+        raise GatewayError(Reason.INSUFFICIENT_BALANCE, ACCOUNT_CANNOT_COVER)
+    if connection.execute(_RESERVE_ON_KEY, {**ids, "b_key_id": request.api_key_id}).rowcount != 1:
+        key = session.get(ApiKey, request.api_key_id)
+        if key is None or key.account_id != request.account_id:
+            raise key_not_found(request.api_key_id)
+        raise GatewayError(Reason.INSUFFICIENT_BALANCE, KEY_CANNOT_COVER)
+    record = HoldRecord(
+        request_id=request.request_id,
+        account_id=request.account_id,
+        api_key_id=request.api_key_id,
+        amount_micros=request.amount_micros,
+        status=HoldStatus.OPEN,
+        instance_id=request.instance_id,
+        model=request.model,
+        provider=request.provider,
+        upstream_model=request.upstream_model,
+        charged_micros=0,
+        balance_after_micros=None,
+        created_at=now,
+        closed_at=None,
+    )
+    try:
+        connection.execute(_INSERT_HOLD, {**asdict(record), "status": record.status.value})
+    except IntegrityError:
+        # Account and key were just updated, so only the primary key can clash.
+        raise GatewayError(
+            Reason.ALREADY_EXISTS, "a request with this request_id was already admitted", param="request_id"
+        ) from None
+    if request.amount_micros > 0:  # a free request moves no money, so it needs no entry
+        held, balance_after = request.amount_micros, int(balance)
+        _append(connection, record, LedgerKind.HOLD, amount=0, held_delta=held, balance_after=balance_after)
+    return record
+
+
+def settle_hold(session: Session, request_id: str, outcome: UsageOutcome) -> Settlement:
+    """Charges what the request cost (at most the hold), releases the rest, writes its usage record.
+
+    Exactly once per request_id: a hold that is no longer open returns the
+    settlement (or release) that closed it, with replayed=True.
+    """
+    connection = session.connection()
+    hold = _close(connection, request_id, HoldStatus.SETTLED, db_now(session))
+    if hold is None:
+        return stored_settlement(session, request_id)
+    charged = min(max(outcome.cost_micros, 0), hold.amount_micros)
+    balance_after = _move_money(connection, hold, charged)
+    clamped = outcome.clamped or charged != outcome.cost_micros
+    insert_usage(connection, hold, outcome, charged_micros=charged, clamped=clamped)
+    return Settlement(request_id, charged, hold.amount_micros - charged, balance_after, replayed=False)
+
+
+def release_hold(session: Session, request_id: str) -> bool:
+    """Releases an open hold whose process died: no charge, an 'abandoned' usage record.
+
+    False if the hold was no longer open (settled or released by someone else).
+    """
+    connection = session.connection()
+    hold = _close(connection, request_id, HoldStatus.RELEASED, db_now(session))
+    if hold is None:
+        return False
+    _move_money(connection, hold, 0)
+    abandoned = UsageOutcome(
+        model=hold.model or UNKNOWN,
+        provider=hold.provider or UNKNOWN,
+        upstream_model=hold.upstream_model or UNKNOWN,
+        prompt_tokens=0,
+        completion_tokens=0,
+        cached_tokens=0,
+        reasoning_tokens=0,
+        cost_micros=0,
+        status=UsageStatus.ABANDONED,
+        latency_ms=0,
+        time_to_first_token_ms=None,
+        estimated=True,
+    )
+    insert_usage(connection, hold, abandoned, charged_micros=0, clamped=False)
+    return True
+
+
+def stored_settlement(session: Session, request_id: str) -> Settlement:
+    """How a closed hold ended, as a replayed Settlement; NOT_FOUND for an unknown request."""
+    row = session.connection().execute(_SELECT_HOLD, {"b_request_id": request_id}).first()
+    if row is None:
+        raise GatewayError(Reason.NOT_FOUND, "no hold exists for this request_id", param="request_id")
+    hold = _record(row)
+    if hold.status == HoldStatus.OPEN or hold.balance_after_micros is None:
+        # Only reachable if the conditional close failed for another reason.
+        raise RuntimeError(f"hold {request_id!r} is still open")
+    return Settlement(request_id, hold.charged_micros, hold.released_micros, hold.balance_after_micros, replayed=True)
+
+
+def get_hold(session: Session, request_id: str) -> HoldRecord | None:
+    """The hold for request_id, if one was ever admitted."""
+    row = session.connection().execute(_SELECT_HOLD, {"b_request_id": request_id}).first()
+    return None if row is None else _record(row)
+
+
+def _record(row: Row[Any]) -> HoldRecord:
+    values = dict(row._mapping)
+    return HoldRecord(**{**values, "status": HoldStatus(values["status"])})
+
+
+def _close(connection: Connection, request_id: str, status: HoldStatus, now: datetime) -> HoldRecord | None:
+    row = connection.execute(_CLOSE, {"b_request_id": request_id, "b_status": status.value, "b_now": now}).first()
+    return None if row is None else _record(row)
+
+
+def _move_money(connection: Connection, hold: HoldRecord, charged: int) -> int:
+    """Debits charged, un-holds the whole hold on account and key, ledgers both; the balance after."""
+    held = hold.amount_micros
+    money = {"b_charged": charged, "b_held": held}
+    balance_after = int(
+        connection.execute(
+            _DEBIT_ACCOUNT, {**money, "b_account_id": hold.account_id, "b_now": hold.closed_at}
+        ).scalar_one()
+    )
+    connection.execute(_DEBIT_KEY, {**money, "b_key_id": hold.api_key_id})
+    if charged > 0:
+        _append(connection, hold, LedgerKind.SETTLE, amount=-charged, held_delta=-charged, balance_after=balance_after)
+    if held - charged > 0:
+        _append(connection, hold, LedgerKind.RELEASE, amount=0, held_delta=charged - held, balance_after=balance_after)
+    connection.execute(
+        _RECORD_CHARGE, {"b_request_id": hold.request_id, "b_charged": charged, "b_balance_after": balance_after}
+    )
+    return balance_after
+
+
+def _append(
+    connection: Connection, hold: HoldRecord, kind: LedgerKind, *, amount: int, held_delta: int, balance_after: int
+) -> None:
+    """One ledger entry for the hold, stamped with the time of the transaction that wrote it."""
+    connection.execute(
+        _INSERT_ENTRY,
+        {
+            "account_id": hold.account_id,
+            "kind": kind.value,
+            "amount_micros": amount,
+            "held_delta_micros": held_delta,
+            "balance_after_micros": balance_after,
+            "request_id": hold.request_id,
+            "note": "",
+            "created_at": hold.closed_at or hold.created_at,
+        },
+    )
