@@ -68,6 +68,20 @@ class ProviderSettings:
 
 
 @dataclass(frozen=True)
+class MeteringSettings:
+    """How the gateway keeps metering honest when clients leave and processes die."""
+
+    # After a client leaves mid-request, keep reading the upstream this long for its usage.
+    drain_seconds: float = 5.0
+    # At most this many such drains at once; beyond it the upstream is closed and usage estimated.
+    max_concurrent_drains: int = 64
+    # How often a core renews its lease and looks for holds left by dead cores.
+    reconcile_interval_seconds: float = 5.0
+    # A core whose lease is this old is dead; its open holds are released.
+    orphan_after_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the core and the facade need, validated."""
 
@@ -80,6 +94,7 @@ class Settings:
     key_cache_seconds: float = 2.0
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
     models: Mapping[str, ModelSettings] = field(default_factory=dict)
+    metering: MeteringSettings = field(default_factory=MeteringSettings)
     create_demo_account: bool = False
 
 
@@ -260,11 +275,31 @@ def _models(raw: Any, providers: Mapping[str, ProviderSettings], problems: _Prob
     return models
 
 
+def _metering(table: Mapping[str, Any], problems: _Problems) -> MeteringSettings:
+    defaults = MeteringSettings()
+    for extra in sorted(set(table) - {f for f in MeteringSettings.__dataclass_fields__}):
+        problems.add(f"metering.{extra}", "unknown setting")
+    drains = table.get("max_concurrent_drains", defaults.max_concurrent_drains)
+    if isinstance(drains, bool) or not isinstance(drains, int) or drains < 0:
+        problems.add("metering.max_concurrent_drains", "must be a whole number >= 0")
+        drains = defaults.max_concurrent_drains
+    interval = _number(table, "metering", "reconcile_interval_seconds", defaults.reconcile_interval_seconds, problems)
+    orphan_after = _number(table, "metering", "orphan_after_seconds", defaults.orphan_after_seconds, problems)
+    if orphan_after < 2 * interval:
+        problems.add("metering.orphan_after_seconds", "must be at least twice reconcile_interval_seconds")
+    return MeteringSettings(
+        drain_seconds=_number(table, "metering", "drain_seconds", defaults.drain_seconds, problems),
+        max_concurrent_drains=drains,
+        reconcile_interval_seconds=interval,
+        orphan_after_seconds=orphan_after,
+    )
+
+
 def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     """Validates a parsed TOML document; raises ConfigError listing every problem."""
     problems = _Problems()
     raw = _expand(dict(raw), "", env, problems)
-    for section in sorted(set(raw) - {"server", "database", "admin", "keys", "providers", "models", "demo"}):
+    for section in sorted(set(raw) - {"server", "database", "admin", "keys", "metering", "providers", "models", "demo"}):
         problems.add(section, "unknown section")
     server = _table(raw, "server", problems)
     database = _table(raw, "database", problems)
@@ -287,6 +322,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         problems.add("keys.pepper", "must be a string")
         pepper = ""
     cache_seconds = _number(keys, "keys", "cache_seconds", 2.0, problems)
+    metering = _metering(_table(raw, "metering", problems), problems)
     providers = _providers(raw.get("providers", []), problems)
     models = _models(raw.get("models", []), providers, problems)
     if problems.lines:
@@ -300,6 +336,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         key_cache_seconds=cache_seconds,
         providers=providers,
         models=models,
+        metering=metering,
         create_demo_account=bool(demo.get("create_account", False)),
     )
 

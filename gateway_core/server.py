@@ -7,6 +7,7 @@ providers) is created here at start and closed at stop, never at import.
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass, field
 
 import grpc
@@ -16,8 +17,12 @@ from grpc_reflection.v1alpha import reflection
 
 from admin.servicer import AdminServicer
 from gateway_core.auth import Authenticator
+from gateway_core.background import BackgroundTasks
+from gateway_core.chat.pipeline import ChatPipeline
 from gateway_core.chat.servicer import ChatServicer
 from gateway_core.config import Settings
+from gateway_core.metering.ledger import Ledger
+from gateway_core.metering.reconciler import Reconciler
 from gateway_core.metering.servicer import MeteringServicer
 from gateway_core.pb.gateway.admin.v1 import admin_pb2, admin_pb2_grpc
 from gateway_core.pb.gateway.v1 import chat_pb2, chat_pb2_grpc, metering_pb2, metering_pb2_grpc
@@ -47,12 +52,17 @@ class Core:
     store: Store
     health: health.aio.HealthServicer
     http: httpx.AsyncClient
+    reconciler: Reconciler
+    background: BackgroundTasks
     providers: dict[str, Provider] = field(default_factory=dict)
 
     async def stop(self, grace_seconds: float | None = 5.0) -> None:
-        """Turns health NOT_SERVING, lets in-flight calls finish (up to grace), closes everything."""
+        """Turns health NOT_SERVING, lets in-flight calls finish (up to grace), lets
+        drains and settlements of abandoned requests land, closes everything."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_seconds)
+        await self.background.wait(timeout_seconds=max(grace_seconds or 0.0, 10.0))
+        await self.reconciler.stop()
         for provider in self.providers.values():
             await provider.aclose()
         await self.http.aclose()
@@ -66,18 +76,34 @@ async def start_core(settings: Settings, *, address: str | None = None) -> Core:
     """
     store = await open_store(settings.database_url)
     http = make_http_client()
+    # A fresh id per process: holds are leased to it, and released by any live core once it dies.
+    ledger = Ledger(store.db, instance_id="core_" + secrets.token_hex(8))
+    reconciler = Reconciler(
+        ledger,
+        interval_seconds=settings.metering.reconcile_interval_seconds,
+        stale_after_seconds=settings.metering.orphan_after_seconds,
+    )
+    background = BackgroundTasks()
     try:
+        await reconciler.start()
         providers = build_providers(settings.providers, http)
         authenticator = Authenticator(store, settings.key_pepper, settings.key_cache_seconds)
+        router = Router(settings.models)
+        pipeline = ChatPipeline(
+            authenticator=authenticator,
+            router=router,
+            providers=providers,
+            ledger=ledger,
+            metering=settings.metering,
+            background=background,
+        )
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ]
         )
-        chat_pb2_grpc.add_ChatServiceServicer_to_server(
-            ChatServicer(authenticator, Router(settings.models), providers), server
-        )
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(pipeline, authenticator, router), server)
         metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(store, authenticator), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(store, settings.admin_token, settings.key_pepper), server
@@ -88,10 +114,20 @@ async def start_core(settings: Settings, *, address: str | None = None) -> Core:
         port = server.add_insecure_port(address or settings.grpc_address)
         await server.start()
     except BaseException:
+        await reconciler.stop()
         await http.aclose()
         await store.close()
         raise
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("core listening on port %d", port)
-    return Core(server=server, port=port, store=store, health=health_servicer, http=http, providers=providers)
+    return Core(
+        server=server,
+        port=port,
+        store=store,
+        health=health_servicer,
+        http=http,
+        reconciler=reconciler,
+        background=background,
+        providers=providers,
+    )

@@ -1,0 +1,115 @@
+"""Measures one admitted request as it runs, and turns what it saw into a UsageOutcome."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from gateway_core.config import ModelSettings
+from gateway_core.metering.outcome import Hold, UsageOutcome, UsageStatus
+from gateway_core.metering.usage import CheckedUsage, charge_micros, check_usage
+from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
+from gateway_core.providers.base import Provider, UpstreamCall
+from gateway_core.tokens import estimate_text_tokens
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A request that passed auth, validation and routing, with its money held."""
+
+    model: ModelSettings
+    provider: Provider
+    call: UpstreamCall
+    hold: Hold
+    prompt_estimate: int
+    # Output tokens the hold covers: n x the per-choice limit sent upstream.
+    max_completion_tokens: int
+    started: float
+
+
+class RequestMeter:
+    """Collects usage, output text and timing of one request. One per request; not thread-safe."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.usage: types_pb2.Usage | None = None
+        self.first_token_at: float | None = None
+        self.template: chat_pb2.StreamChatCompletionResponse | None = None
+        self._output: list[str] = []
+
+    def observe(self, chunk: chat_pb2.StreamChatCompletionResponse) -> None:
+        """Feeds one streamed chunk (called by the pump, also after the client left)."""
+        if self.template is None:
+            self.template = chunk
+        if chunk.HasField("usage"):
+            self.usage = chunk.usage
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta.HasField("content") and delta.content:
+                self._output.append(delta.content)
+            elif delta.HasField("refusal"):
+                self._output.append(delta.refusal)
+            for call in delta.tool_calls:
+                self._output.append(call.function.name + call.function.arguments)
+            if self.first_token_at is None and self._output:
+                self.first_token_at = time.monotonic()
+
+    def observe_response(self, response: chat_pb2.CreateChatCompletionResponse) -> None:
+        """Feeds a whole (unary) response."""
+        self.first_token_at = time.monotonic()
+        if response.HasField("usage"):
+            self.usage = response.usage
+        for choice in response.choices:
+            message = choice.message
+            self._output.append(message.content + message.refusal)
+            self._output.extend(c.function.name + c.function.arguments for c in message.tool_calls)
+
+    @property
+    def produced_output(self) -> bool:
+        return bool(self._output) or (self.usage is not None and self.usage.completion_tokens > 0)
+
+    def checked_usage(self) -> CheckedUsage:
+        """The upstream's usage checked into range, or an estimate from what was seen."""
+        limit = self.admission.max_completion_tokens
+        if self.usage is not None and not self.usage.estimated:
+            return check_usage(self.usage, max_completion_tokens=limit)
+        completion = estimate_text_tokens("".join(self._output))
+        return CheckedUsage(self.admission.prompt_estimate, min(completion, limit), 0, 0, True, completion > limit)
+
+    def outcome(self, status: UsageStatus) -> UsageOutcome:
+        """What to bill. A request that failed before any output is not charged."""
+        admission = self.admission
+        if status == UsageStatus.UPSTREAM_ERROR and not self.produced_output:
+            usage = CheckedUsage(0, 0, 0, 0, self.usage is None, False)
+        else:
+            usage = self.checked_usage()
+        cost, capped = charge_micros(admission.model, usage, held=admission.hold.amount_micros)
+        now = time.monotonic()
+        return UsageOutcome(
+            model=admission.call.client_model,
+            provider=admission.provider.name,
+            upstream_model=admission.call.upstream_model,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost_micros=cost,
+            status=status,
+            latency_ms=int((now - admission.started) * 1000),
+            time_to_first_token_ms=None if self.first_token_at is None else int((self.first_token_at - admission.started) * 1000),
+            estimated=usage.estimated,
+            clamped=usage.clamped or capped,
+        )
+
+
+def billed_usage(outcome: UsageOutcome, charged_micros: int) -> types_pb2.Usage:
+    """The usage message clients see: exactly what was billed."""
+    return types_pb2.Usage(
+        prompt_tokens=outcome.prompt_tokens,
+        completion_tokens=outcome.completion_tokens,
+        total_tokens=outcome.prompt_tokens + outcome.completion_tokens,
+        cached_tokens=outcome.cached_tokens,
+        reasoning_tokens=outcome.reasoning_tokens,
+        cost_micros=charged_micros,
+        estimated=outcome.estimated,
+    )

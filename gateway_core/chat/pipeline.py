@@ -1,0 +1,231 @@
+"""The chat request path: auth -> validate -> route -> hold -> provider -> settle.
+
+Every admitted request (one whose hold succeeded) is settled exactly once and
+leaves exactly one usage record, whatever happens: success, upstream failure,
+the client leaving (the upstream is drained for a bounded time to learn its
+real usage), or cancellation while the hold itself was being written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from gateway_core.auth import Authenticator
+from gateway_core.background import BackgroundTasks
+from gateway_core.chat.meter import Admission, RequestMeter, billed_usage
+from gateway_core.chat.pump import StreamPump
+from gateway_core.chat.validate import validate_request
+from gateway_core.config import MeteringSettings
+from gateway_core.errors import GatewayError
+from gateway_core.metering.ledger import Ledger
+from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome, UsageStatus
+from gateway_core.metering.usage import apply_output_limit, hold_micros
+from gateway_core.pb.gateway.v1 import chat_pb2
+from gateway_core.providers.base import ChatRequest, Provider, UpstreamCall
+from gateway_core.routing import Router
+from gateway_core.tokens import estimate_prompt_tokens
+
+log = logging.getLogger("tollgate.chat")
+
+# Keep this much of the caller's deadline for our own bookkeeping after upstream answers.
+_DEADLINE_MARGIN_SECONDS = 0.05
+_SETTLE_RETRY_DELAYS = (0.05, 0.25, 1.0, 4.0)
+Metadata = Sequence[tuple[str, Any]]
+
+
+class ChatPipeline:
+    """Admits, runs and settles chat requests. One per core; safe to share between calls."""
+
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator,
+        router: Router,
+        providers: Mapping[str, Provider],
+        ledger: Ledger,
+        metering: MeteringSettings,
+        background: BackgroundTasks,
+    ) -> None:
+        self._auth = authenticator
+        self._router = router
+        self._providers = providers
+        self._ledger = ledger
+        self._metering = metering
+        self._background = background
+        self._drains = 0
+
+    async def admit(self, request: ChatRequest, metadata: Metadata, time_remaining: float | None) -> Admission:
+        """Checks the caller and the request, then holds the worst-case cost."""
+        started = time.monotonic()
+        principal = await self._auth.authenticate(metadata)
+        validate_request(request)
+        model = self._router.resolve(request.model, principal)
+        route = model.routes[0]
+        provider = self._providers[route.provider]
+        limit = apply_output_limit(request, model)
+        prompt_estimate = estimate_prompt_tokens(request)
+        call = UpstreamCall(
+            request=request,
+            upstream_model=route.model,
+            client_model=request.model,
+            request_id=request.request_id or _metadata_value(metadata, "x-request-id") or _new_request_id(),
+            timeout_seconds=None if time_remaining is None else max(time_remaining - _DEADLINE_MARGIN_SECONDS, 0.001),
+        )
+        hold_args = dict(
+            request_id=call.request_id,
+            account_id=principal.account_id,
+            api_key_id=principal.api_key_id,
+            amount_micros=hold_micros(request, model, prompt_estimate=prompt_estimate, output_limit=limit),
+            model=model.name,
+            provider=provider.name,
+            upstream_model=route.model,
+        )
+        hold = await self._hold_shielded(hold_args)
+        choices = request.n if request.HasField("n") else 1
+        return Admission(model, provider, call, hold, prompt_estimate, choices * limit, started)
+
+    async def complete(self, admission: Admission) -> chat_pb2.CreateChatCompletionResponse:
+        """Runs a unary request and settles it before answering."""
+        meter = RequestMeter(admission)
+        upstream = asyncio.ensure_future(admission.provider.complete(admission.call))
+        try:
+            response = await asyncio.shield(upstream)
+        except asyncio.CancelledError:
+            self._background.spawn(self._drain_unary(meter, upstream), name=f"drain-{admission.call.request_id}")
+            raise
+        except BaseException:
+            await self._settle_shielded(admission.hold, meter.outcome(UsageStatus.UPSTREAM_ERROR))
+            raise
+        meter.observe_response(response)
+        outcome = meter.outcome(UsageStatus.OK)
+        settlement = await self._settle_shielded(admission.hold, outcome)
+        response.usage.CopyFrom(billed_usage(outcome, settlement.charged_micros))
+        response.provider = admission.provider.name
+        return response
+
+    async def stream(self, admission: Admission) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
+        """Streams a request; the last message carries the billed usage, after settlement."""
+        meter = RequestMeter(admission)
+        pump = StreamPump(admission.provider.stream(admission.call), meter.observe)
+        settled = False
+        try:
+            try:
+                async for chunk in pump:
+                    if chunk.choices:  # upstream usage is replaced by the billed usage below
+                        chunk.provider = admission.provider.name
+                        yield chunk
+            except Exception:
+                settled = True
+                await self._settle_shielded(admission.hold, meter.outcome(UsageStatus.UPSTREAM_ERROR))
+                raise
+            settled = True
+            outcome = meter.outcome(UsageStatus.OK)
+            settlement = await self._settle_shielded(admission.hold, outcome)
+            yield _final_chunk(meter, admission, billed_usage(outcome, settlement.charged_micros))
+        finally:
+            if not settled:  # the client left (cancelled, or the generator was closed)
+                pump.detach()
+                self._background.spawn(self._drain_stream(meter, pump), name=f"drain-{admission.call.request_id}")
+
+    async def _hold_shielded(self, hold_args: dict[str, Any]) -> Hold:
+        writing = asyncio.ensure_future(self._ledger.hold(**hold_args))
+        try:
+            return await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            self._background.spawn(self._release_late_hold(writing, hold_args), name="release-late-hold")
+            raise
+
+    async def _release_late_hold(self, writing: asyncio.Future[Hold], hold_args: dict[str, Any]) -> None:
+        """The caller left while its hold was being written: settle it at zero once it lands."""
+        try:
+            hold = await writing
+        except GatewayError:
+            return
+        outcome = UsageOutcome(
+            model=hold_args["model"], provider=hold_args["provider"], upstream_model=hold_args["upstream_model"],
+            prompt_tokens=0, completion_tokens=0, cached_tokens=0, reasoning_tokens=0, cost_micros=0,
+            status=UsageStatus.CANCELLED, latency_ms=0, time_to_first_token_ms=None, estimated=True,
+        )
+        await self._settle_with_retries(hold, outcome)
+
+    async def _settle_shielded(self, hold: Hold, outcome: UsageOutcome) -> Settlement:
+        """Settles even if the caller is cancelled meanwhile: the write must land."""
+        settling = asyncio.ensure_future(self._settle_with_retries(hold, outcome))
+        try:
+            return await asyncio.shield(settling)
+        except asyncio.CancelledError:
+            self._background.spawn(_await(settling), name=f"settle-{hold.request_id}")
+            raise
+
+    async def _settle_with_retries(self, hold: Hold, outcome: UsageOutcome) -> Settlement:
+        """Settlement is idempotent, so a failed write (a busy or restarting database) is retried."""
+        for delay in _SETTLE_RETRY_DELAYS:
+            try:
+                return await self._ledger.settle(hold, outcome)
+            except Exception:  # noqa: BLE001 - logged; retried; the last attempt raises
+                log.warning("settling %s failed; retrying in %.2fs", hold.request_id, delay, exc_info=True)
+                await asyncio.sleep(delay)
+        return await self._ledger.settle(hold, outcome)
+
+    def _may_drain(self) -> bool:
+        return self._drains < self._metering.max_concurrent_drains
+
+    async def _drain_unary(self, meter: RequestMeter, upstream: asyncio.Future[chat_pb2.CreateChatCompletionResponse]) -> None:
+        """Waits a bounded time for an abandoned unary call's answer, then bills what is known."""
+        if self._may_drain():
+            self._drains += 1
+            try:
+                meter.observe_response(await asyncio.wait_for(upstream, self._metering.drain_seconds))
+            except (asyncio.TimeoutError, GatewayError):
+                pass
+            finally:
+                self._drains -= 1
+        upstream.cancel()
+        await self._settle_with_retries(meter.admission.hold, meter.outcome(UsageStatus.CANCELLED))
+
+    async def _drain_stream(self, meter: RequestMeter, pump: StreamPump) -> None:
+        """Reads an abandoned stream a bounded time for its usage, then bills what was seen."""
+        if self._may_drain():
+            self._drains += 1
+            try:
+                await asyncio.wait_for(asyncio.shield(pump.task), self._metering.drain_seconds)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self._drains -= 1
+        pump.task.cancel()  # closes the upstream connection if still open
+        await asyncio.gather(pump.task, return_exceptions=True)
+        await self._settle_with_retries(meter.admission.hold, meter.outcome(UsageStatus.CANCELLED))
+
+
+async def _await(future: asyncio.Future[Any]) -> Any:
+    return await future
+
+
+def _final_chunk(
+    meter: RequestMeter, admission: Admission, usage: Any
+) -> chat_pb2.StreamChatCompletionResponse:
+    template = meter.template
+    return chat_pb2.StreamChatCompletionResponse(
+        id=template.id if template else "chatcmpl-" + admission.call.request_id,
+        created=template.created if template else int(time.time()),
+        model=admission.call.client_model,
+        provider=admission.provider.name,
+        usage=usage,
+    )
+
+
+def _metadata_value(metadata: Metadata, key: str) -> str:
+    for name, value in metadata:
+        if name == key and isinstance(value, str):
+            return value[:128]
+    return ""
+
+
+def _new_request_id() -> str:
+    return "req_" + secrets.token_hex(16)

@@ -1,0 +1,60 @@
+"""Reads a provider stream in its own task, so a request is metered to its end even
+when the client leaves half-way."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from gateway_core.pb.gateway.v1 import chat_pb2
+
+Chunk = chat_pb2.StreamChatCompletionResponse
+_END = object()
+# Chunks buffered ahead of a slow client; beyond this the upstream read waits (backpressure).
+QUEUE_DEPTH = 64
+
+
+class StreamPump:
+    """One per request; not thread-safe.
+
+    The pump task reads every upstream chunk and hands it to `observe` (the
+    meter) before queueing it for the client. After `detach()` nothing is
+    queued any more, but reading and observing go on until the upstream ends
+    or the pump is cancelled, which closes the upstream connection.
+    """
+
+    def __init__(self, chunks: AsyncIterator[Chunk], observe: Callable[[Chunk], None]) -> None:
+        self._chunks = chunks
+        self._observe = observe
+        self._queue: asyncio.Queue[object] = asyncio.Queue(QUEUE_DEPTH)
+        self._detached = False
+        self.error: BaseException | None = None
+        self.task = asyncio.get_running_loop().create_task(self._run(), name="stream-pump")
+
+    async def _run(self) -> None:
+        try:
+            async with contextlib.aclosing(self._chunks) as chunks:
+                async for chunk in chunks:
+                    self._observe(chunk)
+                    if not self._detached:
+                        await self._queue.put(chunk)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - handed to the reader, who decides
+            self.error = error
+        finally:
+            if not self._detached:  # a detached pump has no reader left to tell
+                await self._queue.put(_END)
+
+    async def __aiter__(self) -> AsyncIterator[Chunk]:
+        while (item := await self._queue.get()) is not _END:
+            yield item  # type: ignore[misc]
+        if self.error is not None:
+            raise self.error
+
+    def detach(self) -> None:
+        """The client is gone: stop queueing, and free a pump blocked on a full queue."""
+        self._detached = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
