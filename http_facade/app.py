@@ -17,7 +17,8 @@ from grpc_health.v1 import health_pb2_grpc
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from gateway_core.pb.gateway.v1 import chat_pb2_grpc
+from gateway_core.pb.gateway.v1 import chat_pb2_grpc, metering_pb2_grpc
+from http_facade.billing import router as billing_router
 from http_facade.errors import ApiError, invalid_request
 from http_facade.middleware import RequestIdMiddleware
 from http_facade.routes import Facade, router
@@ -54,6 +55,7 @@ def create_app(
             yield {
                 "facade": Facade(
                     chat=chat_pb2_grpc.ChatServiceStub(channel),
+                    metering=metering_pb2_grpc.MeteringServiceStub(channel),
                     health=health_pb2_grpc.HealthStub(channel),
                     call_timeout_seconds=call_timeout_seconds,
                     max_body_bytes=max_body_bytes,
@@ -73,6 +75,7 @@ def create_app(
         redirect_slashes=False,  # an API answers 404, not a redirect a POST may not follow
     )
     app.include_router(router)
+    app.include_router(billing_router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

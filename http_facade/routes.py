@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from gateway_core.pb.gateway.v1 import chat_pb2 as pb
-from gateway_core.pb.gateway.v1 import chat_pb2_grpc
+from gateway_core.pb.gateway.v1 import chat_pb2_grpc, metering_pb2_grpc
 from http_facade.convert_request import ChatCall, parse_json_object, to_chat_request
 from http_facade.convert_response import completion_json
 from http_facade.disconnect import ClientDisconnected, unless_disconnected
@@ -40,6 +40,7 @@ class Facade:
     """What the routes share for the app's lifetime: stubs on one channel, and limits."""
 
     chat: chat_pb2_grpc.ChatServiceStub
+    metering: metering_pb2_grpc.MeteringServiceStub
     health: health_pb2_grpc.HealthStub
     call_timeout_seconds: float
     max_body_bytes: int

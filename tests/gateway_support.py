@@ -57,20 +57,43 @@ class RunningGateway:
         channel = grpc.insecure_channel(self.grpc_target)
         return admin_pb2_grpc.AdminServiceStub(channel), channel
 
-    def create_key(self, **key_fields: Any) -> tuple[str, str, str]:
-        """A new account with $10 and a key: (account_id, key_id, secret)."""
+    def create_key(self, balance_micros: int = 10_000_000, **key_fields: Any) -> tuple[str, str, str]:
+        """A new account with balance_micros ($10 by default) and a key: (account_id, key_id, secret)."""
         stub, channel = self.admin()
         meta = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
         with channel:
             account = stub.CreateAccount(admin_pb2.CreateAccountRequest(display_name="e2e"), metadata=meta).account
-            stub.TopUpAccount(
-                admin_pb2.TopUpAccountRequest(account_id=account.id, amount_micros=10_000_000, request_id=f"seed-{account.id}"),
-                metadata=meta,
-            )
+            if balance_micros:
+                stub.TopUpAccount(
+                    admin_pb2.TopUpAccountRequest(
+                        account_id=account.id, amount_micros=balance_micros, request_id=f"seed-{account.id}"
+                    ),
+                    metadata=meta,
+                )
             created = stub.CreateApiKey(
                 admin_pb2.CreateApiKeyRequest(account_id=account.id, display_name="e2e", **key_fields), metadata=meta
             )
         return account.id, created.api_key.id, created.secret
+
+    def account(self, account_id: str) -> admin_pb2.Account:
+        stub, channel = self.admin()
+        with channel:
+            return stub.GetAccount(admin_pb2.GetAccountRequest(account_id=account_id),
+                                   metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),)).account
+
+    def ledger(self, account_id: str) -> list[admin_pb2.LedgerEntry]:
+        stub, channel = self.admin()
+        entries: list[admin_pb2.LedgerEntry] = []
+        token = ""
+        with channel:
+            while True:
+                page = stub.ListLedgerEntries(
+                    admin_pb2.ListLedgerEntriesRequest(account_id=account_id, page_size=1000, page_token=token),
+                    metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),),
+                )
+                entries.extend(page.entries)
+                if not (token := page.next_page_token):
+                    return entries
 
     def revoke_key(self, key_id: str) -> None:
         stub, channel = self.admin()
