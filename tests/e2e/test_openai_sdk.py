@@ -39,6 +39,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: FakeOpenAIUpstre
              "input_price": 1, "output_price": 2}
             for m in FAKE_MODELS
         ],
+        # A client that leaves is drained this long before the upstream is closed.
+        metering={"drain_seconds": 0.5},
     )
     with running_gateway(settings) as running:
         yield running

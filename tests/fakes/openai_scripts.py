@@ -30,6 +30,7 @@ class Settings(Protocol):
     slow_chunks: int
     hang_seconds: float
     requests: list[Any]
+    usage_sent: dict[str, dict[str, Any]]
 
 
 @dataclass
@@ -76,7 +77,7 @@ def plan_for(up: Settings, method: str, path: str, headers: dict[str, str], body
         return status_error(int(model[-3:]), headers, model)
     if model == "fake-redirect":
         return JsonPlan(307, {}, headers={"location": "http://127.0.0.1:9/v1/chat/completions"})
-    return _Turn(up, body).plan()
+    return _Turn(up, body, headers.get("x-request-id", "")).plan()
 
 
 SCRIPTED = ("fake-text", "fake-echo", "fake-tools", "fake-reasoning", "fake-no-usage", "fake-slow", "fake-hang",
@@ -127,8 +128,8 @@ def status_error(status: int, headers: dict[str, str], model: str) -> JsonPlan:
 class _Turn:
     """One chat completion: what each choice says, and how it is sent."""
 
-    def __init__(self, up: Settings, body: dict[str, Any]) -> None:
-        self.up, self.body = up, body
+    def __init__(self, up: Settings, body: dict[str, Any], request_id: str = "") -> None:
+        self.up, self.body, self.request_id = up, body, request_id
         self.model = str(body["model"])
         self.number = len(up.requests)
         self.id = f"chatcmpl-fake{self.number:06d}"
@@ -193,8 +194,18 @@ class _Turn:
         return calls
 
     def _usage(self) -> dict[str, Any] | None:
+        usage = self._compute_usage()
+        if usage is not None and self.request_id:
+            self.up.usage_sent[self.request_id] = usage  # ground truth, keyed by the gateway's request id
+        return usage
+
+    def _compute_usage(self) -> dict[str, Any] | None:
         if self.model == "fake-no-usage":
             return None
+        if self.model == "fake-slow":
+            prompt = max(len(json.dumps(self.body["messages"])), 4) // 4
+            return {"prompt_tokens": prompt, "completion_tokens": self.up.slow_chunks,
+                    "total_tokens": prompt + self.up.slow_chunks}
         prompt = max(len(json.dumps(self.body["messages"])) + len(json.dumps(self.body.get("tools") or [])), 4) // 4
         per_choice = len(self.content) + len(self.reasoning) + sum(len(pieces) + 1 for _, _, pieces in self.calls)
         completion = per_choice * self.choices
@@ -276,6 +287,9 @@ class _Turn:
         for tick in range(self.up.slow_chunks):
             yield self._delta(0, {"content": f" tick{tick}"})
         yield self._delta(0, {}, "stop")
+        usage = self._usage()
+        if usage is not None and self._include_usage():
+            yield {**self._chunk([]), "usage": usage}
 
 
 def _words(text: str) -> list[str]:

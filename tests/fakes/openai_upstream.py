@@ -82,6 +82,8 @@ class FakeOpenAIUpstream:
         self.slow_chunks = slow_chunks
         self.hang_seconds = hang_seconds
         self.requests: list[RecordedRequest] = []
+        # The usage each request was answered with, by the x-request-id the gateway sent.
+        self.usage_sent: dict[str, dict[str, Any]] = {}
         self.disconnects = 0
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -170,7 +172,7 @@ class FakeOpenAIUpstream:
         try:
             while (request := await connection.read_request()) is not None:
                 await self._answer(connection, number, *request)
-                if not connection.next_cycle():
+                if not await connection.next_cycle():
                     break
         except (_Dropped, ConnectionError, h11.ProtocolError):
             pass
@@ -228,11 +230,17 @@ class _Connection:
             self._watch.cancel()
         self._writer.close()
 
-    def next_cycle(self) -> bool:
+    async def next_cycle(self) -> bool:
         """Gets ready for the next request on this connection, if it stays open."""
         if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
+            # Settle the watch before anyone reads again: a StreamReader allows one
+            # waiter, and bytes the watch already read belong to the next request.
+            watch, self._watch = self._watch, None
+            watch.cancel()
+            try:
+                self._h11.receive_data(await watch)
+            except asyncio.CancelledError:
+                pass
         if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
             self._h11.start_next_cycle()
             return True
