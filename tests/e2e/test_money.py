@@ -255,3 +255,23 @@ def test_balance_over_grpc_and_the_billing_endpoints(gateway: RunningGateway) ->
     assert usage["total_usage"] == spent / 10_000
     bad = httpx.get(f"{gateway.http_url}/v1/dashboard/billing/usage", headers=headers, params={"start_date": "soon"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "start_date"
+
+
+def test_key_spend_limit_is_enforced_through_the_hold(gateway: RunningGateway, upstream: FakeOpenAIUpstream) -> None:
+    account_id, key_id, key = gateway.create_key(balance_micros=10_000_000, spend_limit_micros=600)
+    before = len(upstream.requests)
+    with _sdk(gateway, key) as client:
+        with pytest.raises(openai.RateLimitError) as caught:  # the default 4096-token hold alone is over the limit
+            client.chat.completions.create(model="m-text", messages=HELLO)
+        assert caught.value.body["code"] == "insufficient_quota" and "spend limit" in caught.value.body["message"]
+        assert len(upstream.requests) == before
+        admitted = 0
+        for _ in range(20):
+            try:
+                client.chat.completions.create(model="m-text", messages=HELLO, max_tokens=5)
+                admitted += 1
+            except openai.RateLimitError:
+                break
+    spent = sum(r.cost_micros for r in _records(gateway, key).values())
+    assert admitted >= 1 and spent <= 600
+    assert gateway.account(account_id).balance_micros == 10_000_000 - spent

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import httpx
 import openai
 import pytest
@@ -95,7 +96,17 @@ def test_config_errors_stop_startup_with_one_line_each(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["core"], ["facade"], ["admin"]])
+def _command_paths(group: click.Group, prefix: list[str]) -> list[list[str]]:
+    paths = [prefix]
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            paths += _command_paths(command, [*prefix, name])
+        else:
+            paths.append([*prefix, name])
+    return paths
+
+
+@pytest.mark.parametrize("command", _command_paths(main, []), ids=lambda path: " ".join(path) or "tollgate")
 def test_every_command_explains_itself_with_an_example(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0
