@@ -18,7 +18,13 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-PROVIDER_TYPES = frozenset({"openai", "mock"})
+PROVIDER_TYPES = frozenset({"openai", "anthropic", "gemini", "mock"})
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta",
+}
+VENDORS = frozenset({"", "openai", "deepseek", "mistral", "groq", "vllm", "ollama"})
 MICROS_PER_USD = 1_000_000
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
@@ -65,6 +71,21 @@ class ProviderSettings:
     api_key: str = field(default="", repr=False)
     connect_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 600.0
+    # OpenAI-compatible dialect quirks; "" means detected from base_url.
+    vendor: str = ""
+    # "max_completion_tokens" or "max_tokens"; "" means what the vendor accepts.
+    max_tokens_field: str = ""
+    # Request parameters this upstream rejects, and what to do when a client sends one.
+    unsupported_params: tuple[str, ...] = ()
+    unsupported_param_policy: str = "reject"
+    # Anthropic only: the anthropic-version header.
+    anthropic_version: str = "2023-06-01"
+
+
+_PROVIDER_KEYS = frozenset({
+    "name", "type", "base_url", "api_key", "connect_timeout_seconds", "read_timeout_seconds", "vendor",
+    "max_tokens_field", "unsupported_params", "unsupported_param_policy", "anthropic_version",
+})
 
 
 @dataclass(frozen=True)
@@ -189,25 +210,47 @@ def _providers(raw: Any, problems: _Problems) -> dict[str, ProviderSettings]:
         if type_ not in PROVIDER_TYPES:
             problems.add(f"{key}.type", f"{type_!r} is not one of {', '.join(sorted(PROVIDER_TYPES))}")
             continue
-        base_url = item.get("base_url", "")
+        base_url = item.get("base_url", DEFAULT_BASE_URLS.get(type_, ""))
         if type_ != "mock" and (not isinstance(base_url, str) or not re.match(r"^https?://[^\s/]+", base_url)):
             problems.add(f"{key}.base_url", f"{base_url!r} is not an http(s) URL")
-        api_key = item.get("api_key", "")
-        if not isinstance(api_key, str):
-            problems.add(f"{key}.api_key", "must be a string")
-            api_key = ""
-        unknown = set(item) - {"name", "type", "base_url", "api_key", "connect_timeout_seconds", "read_timeout_seconds"}
-        for extra in sorted(unknown):
+        for extra in sorted(set(item) - _PROVIDER_KEYS):
             problems.add(f"{key}.{extra}", "unknown setting")
         providers[name] = ProviderSettings(
             name=name,
             type=type_,
             base_url=str(base_url).rstrip("/"),
-            api_key=api_key,
+            api_key=_choice(item, key, "api_key", None, "", problems),
             connect_timeout_seconds=_number(item, key, "connect_timeout_seconds", 10.0, problems),
             read_timeout_seconds=_number(item, key, "read_timeout_seconds", 600.0, problems),
+            vendor=_choice(item, key, "vendor", VENDORS, "", problems),
+            max_tokens_field=_choice(item, key, "max_tokens_field", {"", "max_tokens", "max_completion_tokens"}, "", problems),
+            unsupported_params=_names(item, key, "unsupported_params", problems),
+            unsupported_param_policy=_choice(item, key, "unsupported_param_policy", {"reject", "drop"}, "reject", problems),
+            anthropic_version=_choice(item, key, "anthropic_version", None, "2023-06-01", problems),
         )
     return providers
+
+
+def _choice(
+    item: Mapping[str, Any], key: str, name: str, allowed: frozenset[str] | set[str] | None, default: str,
+    problems: _Problems,
+) -> str:
+    value = item.get(name, default)
+    if not isinstance(value, str):
+        problems.add(f"{key}.{name}", "must be a string")
+        return default
+    if allowed is not None and value not in allowed:
+        problems.add(f"{key}.{name}", f"{value!r} is not one of {', '.join(repr(a) for a in sorted(allowed))}")
+        return default
+    return value
+
+
+def _names(item: Mapping[str, Any], key: str, name: str, problems: _Problems) -> tuple[str, ...]:
+    value = item.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        problems.add(f"{key}.{name}", "must be a list of parameter names")
+        return ()
+    return tuple(value)
 
 
 def _price(item: Mapping[str, Any], key: str, name: str, problems: _Problems, required: bool = True) -> int | None:

@@ -34,6 +34,9 @@ class UpstreamCall:
     request_id: str
     # Seconds left before the caller's deadline, if it has one.
     timeout_seconds: float | None = None
+    # Client headers allowed through to the upstream (W3C trace context only),
+    # lower-case names; every other upstream header is built by the provider.
+    forward_headers: tuple[tuple[str, str], ...] = ()
 
 
 class ProviderError(GatewayError):

@@ -79,7 +79,7 @@ def test_every_problem_is_reported_one_line_each() -> None:
         "server.http_address: 'nonsense' is not HOST:PORT",
         "server.grpc_address: '127.0.0.1:99999' is not HOST:PORT",
         "database.url: 'mysql://x' is not a sqlite:/// or postgresql:// URL",
-        "providers[0].type: 'smoke-signals' is not one of mock, openai",
+        "providers[0].type: 'smoke-signals' is not one of anthropic, gemini, mock, openai",
         "providers[1].base_url: 'ftp://x' is not an http(s) URL",
         "models[0].routes[0].provider: unknown provider 'ghost'",
         "models[1].input_price: must not be negative",
