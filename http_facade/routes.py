@@ -27,6 +27,7 @@ from http_facade.middleware import request_id_of
 from http_facade.sse import DONE, SSE_HEADERS, EventStreamResponse, chat_events
 
 JSON = "application/json"
+TRACE_HEADERS = ("traceparent", "tracestate")
 # Readiness must answer quickly even when the core hangs.
 READY_TIMEOUT_SECONDS = 2.0
 # 499 is nginx's "client closed request"; nobody reads it, but access logs do.
@@ -165,6 +166,11 @@ def call_metadata(request: Request, request_id: str) -> list[tuple[str, str]]:
     # ours, so it is left out and the core answers 401 as for a missing key.
     if authorization and authorization.isascii() and authorization.isprintable():
         metadata.append(("authorization", authorization))
+    # W3C trace context is the only client header that may travel on to the upstream.
+    for name in TRACE_HEADERS:
+        value = request.headers.get(name)
+        if value and len(value) <= 512 and value.isascii() and value.isprintable():
+            metadata.append((name, value))
     return metadata
 
 

@@ -35,6 +35,7 @@ log = logging.getLogger("tollgate.chat")
 # Keep this much of the caller's deadline for our own bookkeeping after upstream answers.
 _DEADLINE_MARGIN_SECONDS = 0.05
 _SETTLE_RETRY_DELAYS = (0.05, 0.25, 1.0, 4.0)
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 Metadata = Sequence[tuple[str, Any]]
 
 
@@ -75,6 +76,7 @@ class ChatPipeline:
             client_model=request.model,
             request_id=request.request_id or _metadata_value(metadata, "x-request-id") or _new_request_id(),
             timeout_seconds=None if time_remaining is None else max(time_remaining - _DEADLINE_MARGIN_SECONDS, 0.001),
+            forward_headers=_trace_headers(metadata),
         )
         hold_args = dict(
             request_id=call.request_id,
@@ -225,6 +227,15 @@ def _metadata_value(metadata: Metadata, key: str) -> str:
         if name == key and isinstance(value, str):
             return value[:128]
     return ""
+
+
+def _trace_headers(metadata: Metadata) -> tuple[tuple[str, str], ...]:
+    """W3C trace context from the caller, bounded: the only caller data that reaches upstream headers."""
+    return tuple(
+        (name, value)
+        for name, value in metadata
+        if name in _TRACE_HEADERS and isinstance(value, str) and len(value) <= 512 and value.isprintable()
+    )
 
 
 def _new_request_id() -> str:
