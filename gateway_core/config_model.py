@@ -1,0 +1,99 @@
+"""The validated settings: frozen dataclasses shared by the core, the facade and the CLI."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+PROVIDER_TYPES = frozenset({"openai", "anthropic", "gemini", "mock"})
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta",
+}
+VENDORS = frozenset({"", "openai", "deepseek", "mistral", "groq", "vllm", "ollama"})
+MICROS_PER_USD = 1_000_000
+VAR_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ADDRESS_PATTERN = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One way to serve a model: a configured provider and its model id."""
+
+    provider: str
+    model: str
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """A model clients can name, its routes in order, and its prices.
+
+    Prices are integer micro-USD per 1M tokens (0.15 USD/1M -> 150_000).
+    """
+
+    name: str
+    routes: tuple[Route, ...]
+    input_price_micros: int
+    output_price_micros: int
+    cached_input_price_micros: int | None = None
+    max_output_tokens: int = 4096
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """An upstream the operator pays for, and how to reach it."""
+
+    name: str
+    type: str
+    base_url: str = ""
+    api_key: str = field(default="", repr=False)
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 600.0
+    # OpenAI-compatible dialect quirks; "" means detected from base_url.
+    vendor: str = ""
+    # "max_completion_tokens" or "max_tokens"; "" means what the vendor accepts.
+    max_tokens_field: str = ""
+    # Request parameters this upstream rejects, and what to do when a client sends one.
+    unsupported_params: tuple[str, ...] = ()
+    unsupported_param_policy: str = "reject"
+    # Anthropic only: the anthropic-version header.
+    anthropic_version: str = "2023-06-01"
+
+
+PROVIDER_KEYS = frozenset({
+    "name", "type", "base_url", "api_key", "connect_timeout_seconds", "read_timeout_seconds", "vendor",
+    "max_tokens_field", "unsupported_params", "unsupported_param_policy", "anthropic_version",
+})
+
+
+@dataclass(frozen=True)
+class MeteringSettings:
+    """How the gateway keeps metering honest when clients leave and processes die."""
+
+    # After a client leaves mid-request, keep reading the upstream this long for its usage.
+    drain_seconds: float = 5.0
+    # At most this many such drains at once; beyond it the upstream is closed and usage estimated.
+    max_concurrent_drains: int = 64
+    # How often a core renews its lease and looks for holds left by dead cores.
+    reconcile_interval_seconds: float = 5.0
+    # A core whose lease is this old is dead; its open holds are released.
+    orphan_after_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the core and the facade need, validated."""
+
+    http_address: str = "127.0.0.1:8080"
+    grpc_address: str = "127.0.0.1:50051"
+    database_url: str = "sqlite:///tollgate.db"
+    admin_token: str = field(default="", repr=False)
+    admin_token_generated: bool = False
+    key_pepper: str = field(default="", repr=False)
+    key_cache_seconds: float = 2.0
+    providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
+    models: Mapping[str, ModelSettings] = field(default_factory=dict)
+    metering: MeteringSettings = field(default_factory=MeteringSettings)
+    create_demo_account: bool = False
