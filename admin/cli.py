@@ -7,24 +7,33 @@ Decimal into integer micro-USD, and shown as USD with 6 decimals.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import click
 import grpc
-from google.protobuf import json_format, message, timestamp_pb2
+from google.protobuf import message
 
+from admin.cli_format import (
+    account_pairs,
+    details,
+    emit_json,
+    json_mode,
+    key_pairs,
+    parse_usd,
+    show,
+    table,
+    to_dict,
+    usd,
+    when,
+)
 from gateway_core.errors import error_info
 from gateway_core.pb.gateway.admin.v1 import admin_pb2 as pb
 from gateway_core.pb.gateway.admin.v1 import admin_pb2_grpc
 
 TOKEN_ENV = "TOLLGATE_ADMIN_TOKEN"
-MICROS_PER_USD = 1_000_000
 
 
 class AdminClient:
@@ -73,85 +82,6 @@ def _client() -> AdminClient:
     return root["client"]  # type: ignore[no-any-return]
 
 
-def _json_mode() -> bool:
-    return bool(click.get_current_context().find_root().obj["json"])
-
-
-def _emit_json(value: message.Message | dict[str, Any]) -> None:
-    if isinstance(value, message.Message):
-        value = _to_dict(value)
-    click.echo(json.dumps(value, indent=2, sort_keys=True))
-
-
-def _to_dict(msg: message.Message) -> dict[str, Any]:
-    return json_format.MessageToDict(
-        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True, unquote_int64_if_possible=True
-    )
-
-
-def usd(micros: int) -> str:
-    """Integer micro-USD as "$1.234567" (integer arithmetic only)."""
-    whole, frac = divmod(abs(micros), MICROS_PER_USD)
-    return f"{'-' if micros < 0 else ''}${whole}.{frac:06d}"
-
-
-def parse_usd(text: str, *, positive: bool) -> int:
-    """A USD amount typed by a human to integer micro-USD; never through float."""
-    try:
-        micros = Decimal(text.strip().lstrip("$")) * MICROS_PER_USD
-    except InvalidOperation:
-        raise click.BadParameter(f"{text!r} is not a USD amount like 12.50") from None
-    if not micros.is_finite() or micros != micros.to_integral_value():
-        raise click.BadParameter(f"{text!r} is not a USD amount with at most 6 decimals")
-    if micros < 0 or (positive and micros == 0):
-        raise click.BadParameter(f"{text!r} must be {'positive' if positive else 'zero or positive'}")
-    return int(micros)
-
-
-def _when(ts: timestamp_pb2.Timestamp, present: bool = True) -> str:
-    return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%SZ") if present else "-"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    for row in (headers, *rows):
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-
-
-def _details(pairs: Sequence[tuple[str, str]]) -> None:
-    width = max(len(k) for k, _ in pairs)
-    for key, value in pairs:
-        click.echo(f"{key.ljust(width)}  {value}")
-
-
-def _account_pairs(a: pb.Account) -> list[tuple[str, str]]:
-    return [
-        ("id", a.id),
-        ("name", a.display_name),
-        ("balance", usd(a.balance_micros)),
-        ("held", usd(a.held_micros)),
-        ("available", usd(a.balance_micros - a.held_micros)),
-        ("created", _when(a.create_time)),
-    ]
-
-
-def _key_pairs(k: pb.ApiKey) -> list[tuple[str, str]]:
-    return [
-        ("id", k.id),
-        ("account", k.account_id),
-        ("name", k.display_name or "-"),
-        ("state", pb.ApiKeyState.Name(k.state).removeprefix("API_KEY_STATE_").lower()),
-        ("key", k.redacted_secret),
-        ("models", ",".join(k.allowed_models) or "all"),
-        ("rpm limit", str(k.rpm_limit or "none")),
-        ("tpm limit", str(k.tpm_limit or "none")),
-        ("spend limit", usd(k.spend_limit_micros) if k.spend_limit_micros else "none"),
-        ("expires", _when(k.expire_time, k.HasField("expire_time"))),
-        ("created", _when(k.create_time)),
-        ("revoked", _when(k.revoke_time, k.HasField("revoke_time"))),
-    ]
-
-
 def _list_all(method: str, request_type: type[message.Message], field: str, **filters: str) -> list[Any]:
     """Every item of a paged List RPC, following next_page_token to the end."""
     client, items, token = _client(), [], ""
@@ -161,11 +91,6 @@ def _list_all(method: str, request_type: type[message.Message], field: str, **fi
         token = reply.next_page_token
         if not token:
             return items
-
-
-def _show(reply: message.Message, pairs: list[tuple[str, str]]) -> None:
-    """Prints one object: the whole reply as JSON, or key/value lines."""
-    _emit_json(reply) if _json_mode() else _details(pairs)
 
 
 @click.group(name="admin")
@@ -216,7 +141,7 @@ def accounts_create(name: str) -> None:
       tollgate admin accounts create "Research team"
     """
     reply = _client().call("CreateAccount", pb.CreateAccountRequest(display_name=name))
-    _show(reply, _account_pairs(reply.account))
+    show(reply, account_pairs(reply.account))
 
 
 @accounts.command("list")
@@ -228,10 +153,10 @@ def accounts_list() -> None:
       tollgate admin accounts list
     """
     items = _list_all("ListAccounts", pb.ListAccountsRequest, "accounts")
-    if _json_mode():
-        return _emit_json({"accounts": [_to_dict(a) for a in items]})
-    rows = [(a.id, a.display_name, usd(a.balance_micros), usd(a.held_micros), _when(a.create_time)) for a in items]
-    _table(("ID", "NAME", "BALANCE", "HELD", "CREATED"), rows)
+    if json_mode():
+        return emit_json({"accounts": [to_dict(a) for a in items]})
+    rows = [(a.id, a.display_name, usd(a.balance_micros), usd(a.held_micros), when(a.create_time)) for a in items]
+    table(("ID", "NAME", "BALANCE", "HELD", "CREATED"), rows)
 
 
 @accounts.command("show")
@@ -244,7 +169,7 @@ def accounts_show(account_id: str) -> None:
       tollgate admin accounts show acct_123
     """
     reply = _client().call("GetAccount", pb.GetAccountRequest(account_id=account_id))
-    _show(reply, _account_pairs(reply.account))
+    show(reply, account_pairs(reply.account))
 
 
 @accounts.command("ledger")
@@ -259,8 +184,8 @@ def accounts_ledger(account_id: str, limit: int) -> None:
     """
     request = pb.ListLedgerEntriesRequest(account_id=account_id, page_size=limit)
     reply = _client().call("ListLedgerEntries", request)
-    if _json_mode():
-        return _emit_json(reply)
+    if json_mode():
+        return emit_json(reply)
     rows = [
         (
             str(e.id),
@@ -269,11 +194,11 @@ def accounts_ledger(account_id: str, limit: int) -> None:
             usd(e.balance_after_micros),
             e.request_id,
             e.note,
-            _when(e.create_time),
+            when(e.create_time),
         )
         for e in reply.entries
     ]
-    _table(("ID", "KIND", "AMOUNT", "BALANCE AFTER", "REQUEST ID", "NOTE", "TIME"), rows)
+    table(("ID", "KIND", "AMOUNT", "BALANCE AFTER", "REQUEST ID", "NOTE", "TIME"), rows)
 
 
 @admin_group.group()
@@ -325,9 +250,9 @@ def keys_create(
     if expires is not None:
         request.expire_time.FromDatetime(expires)
     reply = _client().call("CreateApiKey", request)
-    if _json_mode():
-        return _emit_json(reply)
-    _details(_key_pairs(reply.api_key))
+    if json_mode():
+        return emit_json(reply)
+    details(key_pairs(reply.api_key))
     click.echo(f"\nsecret: {reply.secret}")
     click.echo("This secret is shown only once and cannot be retrieved again: store it now.", err=True)
 
@@ -342,10 +267,10 @@ def keys_list(account_id: str) -> None:
       tollgate admin keys list --account acct_123
     """
     items = _list_all("ListApiKeys", pb.ListApiKeysRequest, "api_keys", account_id=account_id)
-    if _json_mode():
-        return _emit_json({"api_keys": [_to_dict(k) for k in items]})
-    rows = [[value for _, value in _key_pairs(k)] for k in items]
-    _table(("ID", "ACCOUNT", "NAME", "STATE", "KEY"), [row[:5] for row in rows])
+    if json_mode():
+        return emit_json({"api_keys": [to_dict(k) for k in items]})
+    rows = [[value for _, value in key_pairs(k)] for k in items]
+    table(("ID", "ACCOUNT", "NAME", "STATE", "KEY"), [row[:5] for row in rows])
 
 
 @keys.command("show")
@@ -358,7 +283,7 @@ def keys_show(key_id: str) -> None:
       tollgate admin keys show AbCd12Ef34Gh
     """
     reply = _client().call("GetApiKey", pb.GetApiKeyRequest(api_key_id=key_id))
-    _show(reply, _key_pairs(reply.api_key))
+    show(reply, key_pairs(reply.api_key))
 
 
 @keys.command("revoke")
@@ -371,7 +296,7 @@ def keys_revoke(key_id: str) -> None:
       tollgate admin keys revoke AbCd12Ef34Gh
     """
     reply = _client().call("RevokeApiKey", pb.RevokeApiKeyRequest(api_key_id=key_id))
-    _show(reply, _key_pairs(reply.api_key))
+    show(reply, key_pairs(reply.api_key))
 
 
 @admin_group.command()
@@ -393,7 +318,7 @@ def topup(account_id: str, amount_usd: str, request_id: str | None, note: str) -
         hint = f"; if unsure whether it was credited, retry with --request-id {request_id}"
     request = pb.TopUpAccountRequest(account_id=account_id, amount_micros=amount, request_id=request_id, note=note)
     reply = _client().call("TopUpAccount", request, hint=hint)
-    if _json_mode():
-        return _emit_json(reply)
+    if json_mode():
+        return emit_json(reply)
     click.echo(f"credited {usd(reply.entry.amount_micros)} to {reply.account.id} (request id {reply.entry.request_id})")
     click.echo(f"balance  {usd(reply.account.balance_micros)}")
