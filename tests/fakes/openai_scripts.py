@@ -7,6 +7,7 @@ docstring for the list of scripted model ids.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ class Settings(Protocol):
     hang_seconds: float
     requests: list[Any]
     usage_sent: dict[str, dict[str, Any]]
+    vendor: str
+    redirect_to: str
 
 
 @dataclass
@@ -72,16 +75,91 @@ def plan_for(up: Settings, method: str, path: str, headers: dict[str, str], body
     if "stream_options" in body and not body.get("stream"):
         return error(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
                      param="stream_options", code="invalid_value")
+    refusal = vendor_refusal(up.vendor, body)
+    if refusal is not None:
+        return refusal
     model = str(body["model"])
     if model.startswith("fake-error-") and model[-3:].isdigit():
         return status_error(int(model[-3:]), headers, model)
+    if model.startswith("fake-flat-error-") and model[-3:].isdigit():
+        return flat_error(int(model[-3:]))
     if model == "fake-redirect":
-        return JsonPlan(307, {}, headers={"location": "http://127.0.0.1:9/v1/chat/completions"})
+        return JsonPlan(307, {}, headers={"location": up.redirect_to})
     return _Turn(up, body, headers.get("x-request-id", "")).plan()
 
 
 SCRIPTED = ("fake-text", "fake-echo", "fake-tools", "fake-reasoning", "fake-no-usage", "fake-slow", "fake-hang",
             "fake-reset", "fake-midstream-error", "fake-malformed", "fake-redirect")
+
+# What Mistral's request schema admits (docs.mistral.ai/api); it refuses anything else with a 422.
+MISTRAL_FIELDS = frozenset({
+    "model", "messages", "temperature", "top_p", "max_tokens", "stream", "stop", "random_seed", "response_format",
+    "tools", "tool_choice", "presence_penalty", "frequency_penalty", "n", "prediction", "parallel_tool_calls",
+    "safe_prompt",
+})
+MISTRAL_MESSAGE_FIELDS = {
+    "system": {"role", "content"}, "user": {"role", "content"},
+    "assistant": {"role", "content", "tool_calls", "prefix"}, "tool": {"role", "content", "tool_call_id", "name"},
+}
+MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
+GROQ_REFUSED = ("logprobs", "logit_bias", "top_logprobs")
+
+
+def vendor_refusal(vendor: str, body: dict[str, Any]) -> JsonPlan | None:
+    """The error a strict vendor answers this body with, or None when it takes it."""
+    if vendor == "mistral":
+        return _mistral_refusal(body)
+    if vendor == "groq":
+        return _groq_refusal(body)
+    return None
+
+
+def _mistral_refusal(body: dict[str, Any]) -> JsonPlan | None:
+    extra: list[list[Any]] = [["body", key] for key in body if key not in MISTRAL_FIELDS]
+    for i, message in enumerate(body["messages"]):
+        role = message.get("role")
+        allowed = MISTRAL_MESSAGE_FIELDS.get(role)
+        if allowed is None:
+            extra.append(["body", "messages", i, "role"])
+            continue
+        extra += [["body", "messages", i, role, key] for key in message if key not in allowed]
+    if extra:
+        problems = [{"type": "extra_forbidden", "loc": loc, "msg": "Extra inputs are not permitted", "input": None}
+                    for loc in extra]
+        return JsonPlan(422, {"object": "error", "message": {"detail": problems}, "type": "invalid_request_error",
+                              "param": None, "code": None})
+    ids = [c.get("id") for m in body["messages"] for c in m.get("tool_calls") or []]
+    ids += [m["tool_call_id"] for m in body["messages"] if "tool_call_id" in m]
+    for call_id in ids:
+        if not isinstance(call_id, str) or not MISTRAL_ID.fullmatch(call_id):
+            return JsonPlan(400, {"object": "error", "message": f"Tool call id was {call_id} but must be a-z, A-Z, "
+                                  "0-9, with a length of 9.", "type": "invalid_request_error", "param": None,
+                                  "code": "3280"})
+    return None
+
+
+def _groq_refusal(body: dict[str, Any]) -> JsonPlan | None:
+    for name in GROQ_REFUSED:
+        if name in body:
+            return error(400, f"'{name}' : property '{name}' is unsupported", param=name, code=None)
+    if body.get("n", 1) != 1:
+        return error(400, "'n' : number must be at most 1", param="n", code=None)
+    if any("name" in m for m in body["messages"]):
+        return error(400, "'messages.0' : for 'role:user' the following must be satisfied[('messages.0.name' : "
+                     "property 'name' is unsupported)]", param=None, code=None)
+    return None
+
+
+def flat_error(status: int) -> JsonPlan:
+    """Mistral's flat error body (a 422 carries pydantic's validation report as its message)."""
+    if status == 422:
+        problems = [{"type": "extra_forbidden", "loc": ["body", "logprobs"], "msg": "Extra inputs are not permitted",
+                     "input": True, "url": "https://errors.pydantic.dev/2.10/v/extra_forbidden"}]
+        message: Any = {"detail": problems}
+    else:
+        message = f"Scripted flat error {status}; see https://docs.mistral.ai/ for details."
+    return JsonPlan(status, {"object": "error", "message": message, "type": "invalid_request_error", "param": None,
+                             "code": "3051"})
 
 
 def error(status: int, message: str, *, param: str | None, code: str | None,
@@ -190,7 +268,8 @@ class _Turn:
             schema = schemas[min(k, len(schemas) - 1)]
             arguments = json.dumps(_arguments(schema.get("parameters"), k), separators=(",", ":"))
             pieces = [arguments[i : i + 6] for i in range(0, len(arguments), 6)]
-            calls.append((f"call_fake{self.number:04d}x{k}", schema["name"], pieces))
+            call_id = f"fk{self.number:05d}c{k}" if self.up.vendor == "mistral" else f"call_fake{self.number:04d}x{k}"
+            calls.append((call_id, schema["name"], pieces))
         return calls
 
     def _usage(self) -> dict[str, Any] | None:
@@ -244,11 +323,13 @@ class _Turn:
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                  "service_tier": "default", "system_fingerprint": FINGERPRINT, "choices": choices}
-        if self._include_usage():
+        if self._include_usage() and self.up.vendor != "mistral":
             chunk["usage"] = None
         return chunk
 
     def _include_usage(self) -> bool:
+        if self.up.vendor == "mistral":  # always sends usage, and refuses stream_options
+            return True
         options = self.body.get("stream_options")
         return isinstance(options, dict) and options.get("include_usage") is True
 
@@ -256,6 +337,12 @@ class _Turn:
         return self._chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}])
 
     def _events(self) -> Iterator[dict[str, Any]]:
+        if self.up.vendor == "mistral":  # usage rides on the last chunk, unasked
+            events = [event for index in range(self.choices) for event in self._choice_events(index)]
+            usage = self._usage()
+            yield from events[:-1]
+            yield {**events[-1], "usage": usage} if usage is not None else events[-1]
+            return
         for index in range(self.choices):
             yield from self._choice_events(index)
         usage = self._usage()

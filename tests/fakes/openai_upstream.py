@@ -24,9 +24,18 @@ constant. The upstream model id picks the script (unknown ids act as
     fake-reset           a few chunks (or half a JSON body), then the connection drops
     fake-midstream-error two chunks, then `data: {"error": {...}}` and [DONE] (as vLLM does)
     fake-malformed       a stream event whose data is not JSON
-    fake-redirect        307 to another address (a gateway must not follow it)
+    fake-redirect        307 to `redirect_to` (a gateway must not follow it)
     fake-error-NNN       HTTP NNN with OpenAI's error body; 401 echoes the key it was given,
                          429 and 503 carry Retry-After; 200 is an error body with a success status
+    fake-flat-error-NNN  HTTP NNN with Mistral's flat body ({"object": "error", "message": ...});
+                         422 carries a pydantic validation report as the message
+
+`vendor=` makes the fake as strict as that vendor before any script runs:
+"mistral" answers fields outside Mistral's schema with a 422 extra_forbidden
+report, tool-call ids other than 9 alphanumerics with a 400, hands out 9-char
+ids itself and always ends a stream with usage on its last chunk; "groq"
+answers logprobs, logit_bias, top_logprobs, n != 1 and messages[].name with a
+400. The default, "openai", takes everything.
 
 Stream token accounting: every content/reasoning delta and every argument
 fragment is one completion token; prompt_tokens grows with the request's size.
@@ -75,8 +84,12 @@ class FakeOpenAIUpstream:
         slow_interval: float = 0.05,
         slow_chunks: int = 2000,
         hang_seconds: float = 60.0,
+        vendor: str = "openai",
+        redirect_to: str = "http://127.0.0.1:9/v1/chat/completions",
     ) -> None:
         self.expected_key = expected_key
+        self.vendor = vendor
+        self.redirect_to = redirect_to
         self.reply = reply
         self.slow_interval = slow_interval
         self.slow_chunks = slow_chunks

@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 
 from gateway_core.config import ProviderSettings
-from gateway_core.errors import Reason
+from gateway_core.errors import GatewayError, Reason
 from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
 from gateway_core.providers.base import ChatRequest, ProviderError
 from gateway_core.providers.http import make_http_client
 from gateway_core.providers.mock import MockProvider
+from gateway_core.providers.openai import translate
 from gateway_core.providers.openai.client import OpenAIProvider
 from gateway_core.providers.registry import build_providers
+from tests.fakes.openai_scripts import TOOL_REPLY
 from tests.fakes.openai_upstream import DEFAULT_REPLY, FakeOpenAIUpstream
 from tests.providers_support import UPSTREAM_KEY, call_for, fake_upstream, user_request  # noqa: F401
 
 ALLOWED_HEADERS = {"host", "connection", "content-type", "content-length", "accept", "accept-encoding",
-                   "user-agent", "authorization", "x-request-id"}
+                   "user-agent", "authorization", "x-request-id", "traceparent", "tracestate"}
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 WEATHER_SCHEMA = '{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}'
 WEATHER = chat_pb2.Tool(
     type="function", function=chat_pb2.FunctionDefinition(name="get_weather", parameters_json=WEATHER_SCHEMA)
@@ -37,8 +42,8 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def settings(base_url: str, key: str = UPSTREAM_KEY, **timeouts: float) -> ProviderSettings:
-    return ProviderSettings(name="up", type="openai", base_url=base_url, api_key=key, **timeouts)
+def settings(base_url: str, key: str = UPSTREAM_KEY, **fields: Any) -> ProviderSettings:
+    return ProviderSettings(name="up", type="openai", base_url=base_url, api_key=key, **fields)
 
 
 @pytest.fixture()
@@ -304,3 +309,209 @@ async def test_build_providers_by_type(http: httpx.AsyncClient) -> None:
     assert providers["up"].name == "up"
     with pytest.raises(ValueError, match="nope"):
         build_providers({"x": ProviderSettings(name="x", type="nope")}, http)
+
+
+@pytest.fixture()
+def canary() -> Iterator[socket.socket]:
+    """A listener standing in for an internal service that nothing may ever connect to."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        yield listener
+
+
+def connections_to(listener: socket.socket) -> int:
+    """How many connections reached listener (and are now closed)."""
+    count = 0
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except BlockingIOError:
+            return count
+        connection.close()
+        count += 1
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_redirect_is_an_upstream_error_and_its_target_is_never_contacted(
+    http: httpx.AsyncClient, canary: socket.socket, streaming: bool,
+) -> None:
+    target = f"http://127.0.0.1:{canary.getsockname()[1]}/v1/chat/completions"
+    with FakeOpenAIUpstream(expected_key=UPSTREAM_KEY, redirect_to=target) as upstream:
+        provider = OpenAIProvider(settings(upstream.base_url), http)
+        if streaming:
+            chunks, error = await collect(provider, user_request(stream=True), "fake-redirect")
+            assert not chunks
+        else:
+            with pytest.raises(ProviderError) as caught:
+                await provider.complete(call_for(user_request(), "fake-redirect"))
+            error = caught.value
+        assert error is not None and error.reason == Reason.UPSTREAM_ERROR and error.upstream_status == 307
+        assert "127.0.0.1" not in error.message and len(upstream.requests) == 1
+    assert connections_to(canary) == 0
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_trace_context_is_the_only_client_header_forwarded(
+    provider: OpenAIProvider, fake_upstream: FakeOpenAIUpstream, streaming: bool,  # noqa: F811
+) -> None:
+    forwarded = (("traceparent", TRACEPARENT), ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
+                 ("authorization", "Bearer sk-client-key"), ("host", "evil.example"), ("x-forwarded-for", "10.0.0.1"),
+                 ("cookie", "session=1"), ("x-stainless-retry-count", "0"))
+    request = user_request(stream=streaming)
+    call = replace(call_for(request, "fake-text"), forward_headers=forwarded)
+    if streaming:
+        assert [chunk async for chunk in provider.stream(call)]
+    else:
+        await provider.complete(call)
+    headers = fake_upstream.last_request.headers
+    assert headers["traceparent"] == TRACEPARENT and headers["tracestate"].startswith("congo=")
+    assert headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert headers["host"] == f"127.0.0.1:{fake_upstream.port}"
+    assert set(headers) <= ALLOWED_HEADERS
+
+
+@pytest.mark.parametrize("forwarded", [
+    (("traceparent", TRACEPARENT + "\r\nx-injected: 1"),),
+    (("traceparent", "00-zzzz-00f067aa0ba902b7-01"),),
+    (("tracestate", "a=b\r\nx-injected: 1"),),
+    (("tracestate", "k=" + "v" * 600),),
+    (("tracestate", ""),),
+])
+async def test_malformed_trace_headers_are_not_forwarded(
+    provider: OpenAIProvider, fake_upstream: FakeOpenAIUpstream, forwarded: tuple[tuple[str, str], ...],  # noqa: F811
+) -> None:
+    await provider.complete(replace(call_for(user_request(), "fake-text"), forward_headers=forwarded))
+    headers = fake_upstream.last_request.headers
+    assert "traceparent" not in headers and "tracestate" not in headers and "x-injected" not in headers
+
+
+async def test_smuggled_connection_fields_never_reach_the_upstream(
+    provider: OpenAIProvider, fake_upstream: FakeOpenAIUpstream, canary: socket.socket,  # noqa: F811
+) -> None:
+    elsewhere = f"http://127.0.0.1:{canary.getsockname()[1]}/v1"
+    extra = {"api_base": elsewhere, "base_url": elsewhere, "api_key": "sk-attacker", "organization": "org-x",
+             "extra_headers": {"x-evil": "1"}, "headers": {"authorization": "Bearer sk-attacker"},
+             "deployment_id": "d", "custom_llm_provider": "openai", "timeout": 0.001, "user_api_key": "k",
+             "prompt_cache_key": "kept"}
+    await provider.complete(call_for(user_request(extra_json=json.dumps(extra)), "fake-text"))
+    sent = fake_upstream.last_request
+    assert set(sent.body) == {"model", "messages", "prompt_cache_key"}
+    assert "x-evil" not in sent.headers and sent.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert connections_to(canary) == 0
+
+
+@pytest.fixture()
+def mistral_upstream() -> Iterator[FakeOpenAIUpstream]:
+    """A fake as strict as Mistral: unknown fields are a 422, ids must be 9 alphanumerics."""
+    with FakeOpenAIUpstream(expected_key=UPSTREAM_KEY, vendor="mistral") as upstream:
+        yield upstream
+
+
+def openai_shaped_history(*, stream: bool = False) -> ChatRequest:
+    """A conversation started at OpenAI (its ids, a developer message, names), continued elsewhere."""
+    cls = chat_pb2.StreamChatCompletionRequest if stream else chat_pb2.CreateChatCompletionRequest
+    r = cls(model="client-model", seed=7, max_completion_tokens=50, temperature=0.0)
+    r.messages.add(role=types_pb2.ROLE_DEVELOPER, content="Be terse.")
+    r.messages.add(role=types_pb2.ROLE_USER, content="Weather in Paris?", name="alice")
+    r.messages.add(role=types_pb2.ROLE_ASSISTANT, extra_json='{"reasoning_content": "Use the tool."}',
+                   tool_calls=[chat_pb2.ToolCall(id="call_Xy7_abc", type="function", function=chat_pb2.FunctionCall(
+                       name="get_weather", arguments='{"city":"Paris"}'))])
+    r.messages.add(role=types_pb2.ROLE_TOOL, content='{"temp_c":21}', tool_call_id="call_Xy7_abc")
+    return r
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_the_mistral_dialect_satisfies_a_strict_mistral(
+    http: httpx.AsyncClient, mistral_upstream: FakeOpenAIUpstream, streaming: bool,
+) -> None:
+    provider = OpenAIProvider(settings(mistral_upstream.base_url, vendor="mistral"), http)
+    request = openai_shaped_history(stream=streaming)
+    if streaming:
+        chunks, error = await collect(provider, request, "fake-echo")
+        assert error is None and text_of(chunks) == TOOL_REPLY
+        assert not chunks[-1].choices and chunks[-1].usage.total_tokens > 0, "usage arrives without stream_options"
+    else:
+        response = await provider.complete(call_for(request, "fake-echo"))
+        assert response.choices[0].message.content == TOOL_REPLY
+    sent = mistral_upstream.last_request.body
+    mapped = translate.mistral_tool_call_id("call_Xy7_abc")
+    assert sent["messages"][2]["tool_calls"][0]["id"] == sent["messages"][3]["tool_call_id"] == mapped
+    assert (sent["random_seed"], sent["max_tokens"]) == (7, 50)
+    assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "tool"]
+
+
+async def test_mistral_tool_call_ids_come_back_unchanged(http: httpx.AsyncClient,
+                                                         mistral_upstream: FakeOpenAIUpstream) -> None:
+    provider = OpenAIProvider(settings(mistral_upstream.base_url, vendor="mistral"), http)
+    response = await provider.complete(call_for(user_request("Weather?", tools=[WEATHER]), "fake-tools"))
+    ids = [c.id for c in response.choices[0].message.tool_calls]
+    assert ids == ["fk00001c0", "fk00001c1"]
+    follow_up = user_request("Weather?")
+    follow_up.messages.add(role=types_pb2.ROLE_ASSISTANT, tool_calls=response.choices[0].message.tool_calls)
+    for call_id in ids:
+        follow_up.messages.add(role=types_pb2.ROLE_TOOL, content="21", tool_call_id=call_id)
+    await provider.complete(call_for(follow_up, "fake-tools"))
+    assert [m.get("tool_call_id") for m in mistral_upstream.last_request.body["messages"][2:]] == ids
+
+
+async def test_without_the_dialect_a_strict_mistral_refuses_and_its_flat_error_parses(
+    http: httpx.AsyncClient, mistral_upstream: FakeOpenAIUpstream,
+) -> None:
+    provider = OpenAIProvider(settings(mistral_upstream.base_url), http)  # 127.0.0.1: generic
+    with pytest.raises(ProviderError) as caught:
+        await provider.complete(call_for(openai_shaped_history(), "fake-echo"))
+    error = caught.value
+    assert error.reason == Reason.INVALID_REQUEST and error.upstream_status == 422
+    assert "Extra inputs are not permitted" in error.message and "seed" in error.message
+
+
+@pytest.fixture()
+def groq_upstream() -> Iterator[FakeOpenAIUpstream]:
+    """A fake as strict as Groq: logprobs, logit_bias, top_logprobs, n != 1 and names are a 400."""
+    with FakeOpenAIUpstream(expected_key=UPSTREAM_KEY, vendor="groq") as upstream:
+        yield upstream
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_groq_rejects_before_calling_upstream(http: httpx.AsyncClient, groq_upstream: FakeOpenAIUpstream,
+                                                    streaming: bool) -> None:
+    provider = OpenAIProvider(settings(groq_upstream.base_url, vendor="groq"), http)
+    request = user_request(stream=streaming, logprobs=True)
+    with pytest.raises(GatewayError) as caught:
+        if streaming:
+            async for _ in provider.stream(call_for(request, "fake-text")):
+                pass
+        else:
+            await provider.complete(call_for(request, "fake-text"))
+    assert caught.value.reason == Reason.UNSUPPORTED_PARAMETER and caught.value.param == "logprobs"
+    assert "logprobs" in caught.value.message and groq_upstream.requests == []
+
+
+async def test_groq_drop_policy_proceeds_and_logs_names_only(
+    http: httpx.AsyncClient, groq_upstream: FakeOpenAIUpstream, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tollgate.providers.openai")
+    provider = OpenAIProvider(settings(groq_upstream.base_url, vendor="groq", unsupported_param_policy="drop"), http)
+    request = user_request("Secret prompt text", logprobs=True, top_logprobs=2, n=1, temperature=0.0)
+    request.messages[0].name = "bob"
+    response = await provider.complete(call_for(request, "fake-echo"))
+    assert response.choices[0].message.content == "Secret prompt text"
+    sent = groq_upstream.last_request.body
+    assert "logprobs" not in sent and "top_logprobs" not in sent and "name" not in sent["messages"][0]
+    assert sent["temperature"] == 1e-8 and sent["n"] == 1
+    logged = [r.getMessage() for r in caplog.records if r.name == "tollgate.providers.openai"]
+    assert any("logprobs,top_logprobs" in line for line in logged)
+    assert not any("Secret prompt" in line for line in logged)
+
+
+@pytest.mark.parametrize(("model", "reason", "message", "param"), [
+    ("fake-flat-error-400", Reason.INVALID_REQUEST, "Scripted flat error 400; see [url] for details.", None),
+    ("fake-flat-error-422", Reason.INVALID_REQUEST, "logprobs: Extra inputs are not permitted", "logprobs"),
+    ("fake-flat-error-403", Reason.UPSTREAM_ERROR, "upstream authentication failed", None),
+    ("fake-flat-error-503", Reason.UPSTREAM_UNAVAILABLE, "upstream unavailable", None),
+])
+async def test_flat_error_bodies_map(provider: OpenAIProvider, model: str, reason: Reason, message: str,
+                                     param: str | None) -> None:
+    with pytest.raises(ProviderError) as caught:
+        await provider.complete(call_for(user_request(), model))
+    assert (caught.value.reason, caught.value.message, caught.value.param) == (reason, message, param)

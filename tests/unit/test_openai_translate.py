@@ -130,6 +130,26 @@ def test_to_request_rejects_bad_json_fields(field: str, value: str, param: str) 
     assert caught.value.reason == Reason.INVALID_REQUEST and caught.value.param == param
 
 
+SMUGGLED = ("api_key", "api_base", "base_url", "extra_headers", "headers", "organization", "deployment_id",
+            "custom_llm_provider", "timeout", "user_api_key", "API_BASE", "Api-Key", " base_url ")
+
+
+def test_to_request_strips_connection_and_credential_fields_from_extra_json() -> None:
+    """A gRPC caller bypasses the facade's filter: the translator strips them too."""
+    extra = {name: "http://169.254.169.254/latest" for name in SMUGGLED}
+    extra |= {"extra_headers": {"x-evil": "1"}, "headers": {"authorization": "Bearer stolen"}, "store": True}
+    body = translate.to_request(call_for(user_request(extra_json=json.dumps(extra))), stream=False)
+    assert set(body) == {"model", "messages", "store"}
+
+
+def test_extra_json_cannot_raise_the_output_held_for() -> None:
+    """The hold was computed from max_*tokens and n: extra_json must not add to them."""
+    extra = {"max_tokens": 100000, "max_completion_tokens": 100000, "n": 64}
+    body = translate.to_request(call_for(user_request(max_tokens=5, extra_json=json.dumps(extra))), stream=False)
+    assert {k: body.get(k) for k in ("max_tokens", "max_completion_tokens", "n")} == {
+        "max_tokens": 5, "max_completion_tokens": None, "n": None}
+
+
 def test_to_request_rejects_a_message_without_role() -> None:
     r = user_request()
     r.messages.add(content="who am I?")
@@ -316,10 +336,67 @@ def test_map_error_429_quota_is_not_retryable() -> None:
     assert error.message == "upstream quota exhausted" and error.retry_after_seconds is None
 
 
+FLAT_ERRORS = [
+    # Mistral's flat body, message as text.
+    (400, {"object": "error", "message": "Tool call id was call_abc but must be a-z, A-Z, 0-9, with a length of 9.",
+           "type": "invalid_request_error", "param": None, "code": "3280"},
+     Reason.INVALID_REQUEST, "Tool call id was call_abc but must be a-z, A-Z, 0-9, with a length of 9.", None),
+    # A 422 whose message is pydantic's report (Mistral, 2024-2025): "where: what", never the input.
+    (422, {"object": "error", "message": {"detail": [
+        {"type": "extra_forbidden", "loc": ["body", "logprobs"], "msg": "Extra inputs are not permitted",
+         "input": "SECRET-INPUT", "url": "https://errors.pydantic.dev/2.10/v/extra_forbidden"}]},
+           "type": "invalid_request_error", "param": None, "code": None},
+     Reason.INVALID_REQUEST, "logprobs: Extra inputs are not permitted", "logprobs"),
+    # The same report as JSON text inside the message (Mistral, early 2024).
+    (422, {"object": "error", "message": json.dumps({"detail": [
+        {"type": "extra_forbidden", "loc": ["body", "messages", 0, "user", "name"],
+         "msg": "Extra inputs are not permitted", "input": "SECRET-INPUT"}]}), "type": "internal_error_proxy",
+           "param": None, "code": "1000"},
+     Reason.INVALID_REQUEST, "messages.0.user.name: Extra inputs are not permitted", None),
+    # ... and as a list, next to a top-level detail.
+    (422, {"object": "Error", "detail": [{"type": "extra_forbidden", "loc": ["body", "tools"],
+                                          "msg": "Extra inputs are not permitted", "input": []}],
+           "message": [{"type": "extra_forbidden", "loc": ["body", "tools"], "msg": "Extra inputs are not permitted",
+                        "input": []}], "type": "invalid_request_error", "code": 3001},
+     Reason.INVALID_REQUEST, "tools: Extra inputs are not permitted", "tools"),
+    # FastAPI-style bare detail (Mistral's codestral, vLLM's older routes).
+    (422, {"detail": [{"loc": ["body", "store"], "msg": "Extra inputs are not permitted"}]},
+     Reason.INVALID_REQUEST, "store: Extra inputs are not permitted", "store"),
+    (400, {"detail": "Not a valid request"}, Reason.INVALID_REQUEST, "Not a valid request", None),
+    # vLLM's flat shape, code as a number.
+    (400, {"object": "error", "message": "max_tokens must be at least 1, got 0.", "type": "BadRequestError",
+           "param": None, "code": 400}, Reason.INVALID_REQUEST, "max_tokens must be at least 1, got 0.", None),
+    # Just a message, and an error that is only a string (Ollama).
+    (400, {"message": "bad things"}, Reason.INVALID_REQUEST, "bad things", None),
+    (400, {"error": "model 'x' not found"}, Reason.INVALID_REQUEST, "model 'x' not found", None),
+    # A flat key echo is still scrubbed, and auth failures never show their text.
+    (400, {"object": "error", "message": "Invalid key sk-proj-AbCdEf0123456789AbCdEf0123456789, see "
+                                         "https://console.mistral.ai/api-keys", "type": "invalid_request_error"},
+     Reason.INVALID_REQUEST, "Invalid key [redacted], see [url]", None),
+    (403, {"object": "error", "message": "This model is not available in your subscription tier",
+           "type": "tier_not_allowed", "param": None, "code": "1910", "raw_status_code": 403},
+     Reason.UPSTREAM_ERROR, "upstream authentication failed", None),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "reason", "message", "param"), FLAT_ERRORS)
+def test_map_error_reads_flat_and_validation_bodies(status: int, body: Any, reason: Reason, message: str,
+                                                    param: str | None) -> None:
+    error = translate.map_error(status, json.dumps(body).encode(), None)
+    assert (error.reason, error.message, error.param) == (reason, message, param)
+    assert "SECRET-INPUT" not in error.message  # what the client sent is not quoted back
+    assert "AbCdEf0123" not in error.message and "AbCdEf0123" not in error.upstream_body
+
+
+def test_error_in_body_reads_a_flat_in_stream_error() -> None:
+    error = translate.error_in_body({"object": "error", "message": "overloaded", "type": "server_error"})
+    assert error.reason == Reason.UPSTREAM_UNAVAILABLE
+
+
 def test_translator_modules_are_pure() -> None:
     """translate and its pieces import neither httpx nor grpc (nor do I/O or logging)."""
     package = Path(translate.__file__).parent
-    for name in ("translate.py", "request.py", "response.py", "error_map.py"):
+    for name in ("translate.py", "request.py", "adapt.py", "vendors.py", "response.py", "error_map.py"):
         tree = ast.parse((package / name).read_text())
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}

@@ -3,12 +3,15 @@
 Conversion is translate's job; this module only moves bytes, bounds them
 (response size, the caller's deadline) and turns transport failures into
 ProviderErrors. No message it raises carries the operator's key or base URL.
+Upstream headers are built from scratch: of the client's, only W3C trace
+context passes, and only when well formed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,6 +33,15 @@ MAX_ERROR_BODY_BYTES = 64 * 1024
 # How long to wait for the end of the body after [DONE] before giving up on reusing the connection.
 DRAIN_SECONDS = 0.5
 _CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# W3C Trace Context (https://www.w3.org/TR/trace-context/): the only client headers
+# that reach an upstream. The patterns admit no CR/LF, so nothing can be smuggled
+# into the request head; tracestate is capped at the spec's 512 characters.
+_TRACE_HEADERS = {
+    "traceparent": re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(?:-[\x21-\x7e]*)?"),
+    "tracestate": re.compile(r"[\x20-\x7e]{1,512}"),
+}
+
+log = logging.getLogger("tollgate.providers.openai")
 
 
 class OpenAIProvider:
@@ -41,10 +53,11 @@ class OpenAIProvider:
         self._http = http
         self._url = settings.base_url.rstrip("/") + "/chat/completions"
         self._user_agent = user_agent()
+        self._dialect = translate.dialect_for(settings)
 
     async def complete(self, call: UpstreamCall) -> chat_pb2.CreateChatCompletionResponse:
         """POSTs a non-streaming request and translates the whole answer."""
-        body = translate.to_request(call, stream=False)
+        body = self._body(call, stream=False)
         deadline = Deadline.after(call.timeout_seconds)
         async with contextlib.AsyncExitStack() as stack:
             response = await self._send(stack, call, body, deadline, stream=False)
@@ -65,7 +78,7 @@ class OpenAIProvider:
         Closing or cancelling this iterator closes the upstream response, which
         is how the upstream learns to stop generating.
         """
-        body = translate.to_request(call, stream=True)
+        body = self._body(call, stream=True)
         deadline = Deadline.after(call.timeout_seconds)
         translator = translate.StreamTranslator(call, provider=self.name)
         async with contextlib.AsyncExitStack() as stack:
@@ -89,6 +102,14 @@ class OpenAIProvider:
 
     async def aclose(self) -> None:
         """Nothing of its own to release: the shared HTTP client is the server's."""
+
+    def _body(self, call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
+        """The request body in this upstream's dialect; dropped parameters are logged by name only."""
+        prepared = translate.prepare_request(call, stream=stream, dialect=self._dialect)
+        if prepared.dropped:
+            log.debug("provider %s: dropped unsupported parameters %s for request %s",
+                      self.name, ",".join(prepared.dropped), call.request_id)
+        return prepared.body
 
     async def _send(
         self, stack: contextlib.AsyncExitStack, call: UpstreamCall, body: dict[str, Any], deadline: Deadline,
@@ -134,7 +155,22 @@ class OpenAIProvider:
             headers["authorization"] = f"Bearer {self._settings.api_key}"
         if _CORRELATION_ID.fullmatch(call.request_id):
             headers["x-request-id"] = call.request_id
+        headers.update(trace_headers(call.forward_headers))
         return headers
+
+
+def trace_headers(forwarded: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """The well-formed W3C trace-context headers among forwarded; everything else is ignored.
+
+    The servicer already forwards nothing else; this allow-list is kept here
+    too so a future caller of UpstreamCall cannot widen what reaches upstreams.
+    """
+    allowed: dict[str, str] = {}
+    for name, value in forwarded:
+        pattern = _TRACE_HEADERS.get(name.lower())
+        if pattern is not None and pattern.fullmatch(value) and name.lower() not in allowed:
+            allowed[name.lower()] = value
+    return allowed
 
 
 async def _next_event(events: AsyncIterator[SseEvent], deadline: Deadline) -> SseEvent | None:

@@ -19,6 +19,8 @@ from gateway_core.providers.base import ProviderError
 
 MAX_MESSAGE_CHARS = 500
 MAX_BODY_BYTES = 64 * 1024
+# Validation problems quoted from one error body.
+_MAX_PROBLEMS = 5
 
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
 _BEARER = re.compile(r"(?i)\bbearer\s+[^\s'\"]+")
@@ -56,9 +58,7 @@ def map_error(
         )
 
     if status in (400, 422):
-        param = error.get("param")
-        kept = param if isinstance(param, str) and param else None
-        return fail(Reason.INVALID_REQUEST, _client_message(error), param=kept)
+        return fail(Reason.INVALID_REQUEST, _client_message(error), param=_param(error))
     if status in (401, 403):
         return fail(Reason.UPSTREAM_ERROR, "upstream authentication failed")
     if status in (408, 504):
@@ -125,7 +125,12 @@ def _redact_if_secret(match: re.Match[str]) -> str:
 
 
 def _error_object(body: bytes) -> dict[str, Any]:
-    """The error object of an OpenAI-style body (nested or flat), or {}."""
+    """The error object of an OpenAI-style body, or {}.
+
+    OpenAI nests it (`{"error": {...}}`); Mistral, vLLM and others send it
+    flat (`{"object": "error", "message": ..., "type": ..., "code": ...}`), and
+    some just `{"error": "text"}` or FastAPI's `{"detail": ...}`.
+    """
     try:
         parsed = json.loads(body)
     except ValueError:
@@ -135,16 +140,65 @@ def _error_object(body: bytes) -> dict[str, Any]:
     nested = parsed.get("error")
     if isinstance(nested, dict):
         return nested
+    if isinstance(nested, str) and "message" not in parsed:
+        return {"message": nested}
     return parsed
 
 
 def _client_message(error: dict[str, Any]) -> str:
     """The upstream's own message for a rejected request, scrubbed and truncated."""
-    message = error.get("message")
-    text = scrub(message).strip() if isinstance(message, str) else ""
+    text = scrub(_message_text(error)).strip()
     if not text:
         return "the upstream provider rejected the request"
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def _message_text(error: dict[str, Any]) -> str:
+    """The message, also when it is a validation report (Mistral sends pydantic's,
+    as an object, a list or JSON text inside the string)."""
+    message = error.get("message") or error.get("detail")
+    if isinstance(message, str) and message.lstrip().startswith(("{", "[")):
+        try:
+            message = json.loads(message)
+        except ValueError:
+            pass
+    if isinstance(message, dict):
+        message = message.get("detail") or message.get("message")
+    if isinstance(message, str):
+        return message
+    if isinstance(message, list):
+        return "; ".join(filter(None, (_problem(item) for item in message[:_MAX_PROBLEMS])))
+    return ""
+
+
+def _problem(item: Any) -> str:
+    """One pydantic validation problem as "where: what" (its "input" is never echoed)."""
+    if not isinstance(item, dict) or not isinstance(item.get("msg"), str):
+        return ""
+    where = ".".join(str(part) for part in _location(item))
+    return f"{where}: {item['msg']}" if where else item["msg"]
+
+
+def _location(item: dict[str, Any]) -> list[Any]:
+    loc = item.get("loc")
+    if not isinstance(loc, list):
+        return []
+    return loc[1:] if loc[:1] == ["body"] else loc
+
+
+def _param(error: dict[str, Any]) -> str | None:
+    """The parameter at fault: the error's own, or a validation report's top-level field."""
+    param = error.get("param")
+    if isinstance(param, str) and param:
+        return param
+    message = error.get("message") or error.get("detail")
+    if isinstance(message, dict):
+        message = message.get("detail")
+    if isinstance(message, list) and message and isinstance(message[0], dict):
+        where = _location(message[0])
+        if len(where) == 1 and isinstance(where[0], str):
+            return where[0]
+    return None
 
 
 def _non_negative(text: str) -> float | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -18,6 +19,8 @@ import orjson
 from gateway_core.errors import invalid_request
 from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
 from gateway_core.providers.base import ChatRequest, UpstreamCall
+from gateway_core.providers.openai.adapt import adapt
+from gateway_core.providers.openai.vendors import PASSTHROUGH, Dialect
 
 ROLE_NAMES: Mapping[int, str] = {
     types_pb2.ROLE_SYSTEM: "system",
@@ -43,13 +46,46 @@ _SCALARS = (
     "temperature", "top_p", "max_tokens", "max_completion_tokens", "n", "seed", "parallel_tool_calls",
     "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs",
 )
-# Where and how the gateway calls upstream is never the client's to change.
-_PROTECTED = frozenset({"model", "messages", "stream", "stream_options"})
+# Where and how the gateway calls upstream is never the client's to change, nor
+# (through extra_json) how much output it asks for beyond what was held for.
+_PROTECTED = frozenset({"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n"})
+# Connection and credential settings some SDK-shaped proxies honour in a body
+# (LiteLLM's api_base SSRF, litellm#24952): stripped here too, because a gRPC
+# caller reaches this code without passing the facade's own filter.
+_SMUGGLED = frozenset({
+    "api_key", "api_base", "base_url", "extra_headers", "headers", "organization", "deployment_id",
+    "custom_llm_provider", "timeout", "user_api_key",
+})
 _INT64 = range(-(2**63), 2**64)
 
 
-def to_request(call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
-    """The JSON body of POST /chat/completions for this call."""
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request body ready for one upstream, and what was left out of it."""
+
+    body: dict[str, Any]
+    # Unsupported parameters the client set that the dialect said to drop.
+    dropped: tuple[str, ...] = ()
+
+
+def to_request(call: UpstreamCall, *, stream: bool, dialect: Dialect = PASSTHROUGH) -> dict[str, Any]:
+    """The JSON body of POST /chat/completions for this call, in dialect."""
+    return prepare_request(call, stream=stream, dialect=dialect).body
+
+
+def prepare_request(call: UpstreamCall, *, stream: bool, dialect: Dialect = PASSTHROUGH) -> PreparedRequest:
+    """The body for this call in dialect, with the parameters dropped on the way.
+
+    Raises INVALID_REQUEST for JSON fields that do not parse and
+    UNSUPPORTED_PARAMETER when the dialect refuses a parameter the client set.
+    """
+    body = _openai_body(call, stream=stream)
+    dropped = adapt(body, dialect)
+    return PreparedRequest(body, dropped)
+
+
+def _openai_body(call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
+    """The body as OpenAI itself takes it."""
     request = call.request
     body: dict[str, Any] = {
         "model": call.upstream_model,
@@ -68,9 +104,14 @@ def to_request(call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
         body["stream_options"] = options
     extra = _object(request.extra_json, "extra_json")
     for key, value in extra.items():
-        if key not in _PROTECTED and key not in body:
+        if key not in _PROTECTED and key not in body and not _smuggled(key):
             body[key] = value
     return body
+
+
+def _smuggled(key: str) -> bool:
+    """Whether key names a connection or credential setting, however it is spelt."""
+    return key.strip().lower().replace("-", "_") in _SMUGGLED
 
 
 def _add_options(body: dict[str, Any], request: ChatRequest) -> None:
