@@ -7,7 +7,9 @@ from collections.abc import Callable, Mapping
 import httpx
 
 from gateway_core.config import ProviderSettings
+from gateway_core.providers.anthropic.client import AnthropicProvider
 from gateway_core.providers.base import Provider
+from gateway_core.providers.gemini.client import GeminiProvider
 from gateway_core.providers.mock import MockProvider
 from gateway_core.providers.openai.client import OpenAIProvider
 
@@ -16,6 +18,8 @@ Factory = Callable[[ProviderSettings, httpx.AsyncClient], Provider]
 FACTORIES: Mapping[str, Factory] = {
     "mock": lambda settings, http: MockProvider(settings.name),
     "openai": OpenAIProvider,
+    "anthropic": AnthropicProvider,
+    "gemini": GeminiProvider,
 }
 
 
