@@ -126,3 +126,11 @@ def test_embedded_defaults_switch_on_openai_from_env() -> None:
     assert settings.providers["openai"].api_key == "sk-x"
     assert "gpt-4o-mini" in settings.models and not settings.admin_token_generated
     assert settings.http_address == "127.0.0.1:9999"
+
+
+def test_embedded_defaults_switch_on_anthropic_and_gemini_from_env() -> None:
+    settings = embedded_settings({"ANTHROPIC_API_KEY": "sk-ant-x", "GEMINI_API_KEY": "AIzaX"})
+    assert settings.providers["anthropic"].base_url == "https://api.anthropic.com"
+    assert settings.providers["gemini"].api_key == "AIzaX"
+    assert settings.models["claude-sonnet-4-5"].routes[0].provider == "anthropic"
+    assert settings.models["gemini-2.5-pro"].cached_input_price_micros == 312_500
