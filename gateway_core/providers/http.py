@@ -1,4 +1,5 @@
-"""The one pooled HTTP client every provider shares, and per-call timeouts.
+"""The one pooled HTTP client every provider shares, per-call timeouts, and the I/O
+helpers every provider client uses (bounded reads, transport errors, trace headers).
 
 The server creates the client at start and closes it at stop; nothing here
 runs at import time. Per-call limits come from the provider's settings and the
@@ -8,13 +9,18 @@ caller's gRPC deadline (`UpstreamCall.timeout_seconds`).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import metadata
 
 import httpx
 
 from gateway_core.config import ProviderSettings
+from gateway_core.errors import Reason
+from gateway_core.providers.base import ProviderError
+from gateway_core.providers.sse import SseEvent
 
 # Connections kept per process. Streams hold a connection for their whole
 # life, so the ceiling is generous; idle ones are dropped before typical
@@ -96,3 +102,67 @@ def call_timeout(settings: ProviderSettings, deadline: Deadline) -> httpx.Timeou
         write=cap(WRITE_TIMEOUT_SECONDS),
         pool=cap(POOL_TIMEOUT_SECONDS),
     )
+
+
+# Bounds on what an upstream may send: an answer, and an error body (kept for logs only).
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+MAX_ERROR_BODY_BYTES = 64 * 1024
+# Our request id travels upstream for correlation only when it is this plain.
+CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# W3C Trace Context (https://www.w3.org/TR/trace-context/): the only client headers
+# that reach an upstream. The patterns admit no CR/LF, so nothing can be smuggled
+# into the request head; tracestate is capped at the spec's 512 characters.
+TRACE_HEADER_PATTERNS = {
+    "traceparent": re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(?:-[\x21-\x7e]*)?"),
+    "tracestate": re.compile(r"[\x20-\x7e]{1,512}"),
+}
+
+
+def trace_headers(forwarded: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """The well-formed W3C trace-context headers among forwarded; everything else is ignored.
+
+    The servicer already forwards nothing else; this allow-list is kept here
+    too so a future caller of UpstreamCall cannot widen what reaches upstreams.
+    """
+    allowed: dict[str, str] = {}
+    for name, value in forwarded:
+        pattern = TRACE_HEADER_PATTERNS.get(name.lower())
+        if pattern is not None and pattern.fullmatch(value) and name.lower() not in allowed:
+            allowed[name.lower()] = value
+    return allowed
+
+
+async def next_event(events: AsyncIterator[SseEvent], deadline: Deadline) -> SseEvent | None:
+    """The next event, or None at the end of the body, within the caller's deadline."""
+    try:
+        async with asyncio.timeout_at(deadline.loop_time()):
+            return await anext(events, None)
+    except (httpx.HTTPError, TimeoutError) as exc:
+        raise transport_error(exc, responded=True) from None
+
+
+async def read_body(response: httpx.Response, limit: int, *, truncate: bool) -> bytes:
+    """The body, up to limit bytes: cut there (error bodies) or refused (answers)."""
+    parts: list[bytes] = []
+    size = 0
+    async for part in response.aiter_bytes():
+        size += len(part)
+        if size > limit:
+            if not truncate:
+                raise ProviderError(Reason.UPSTREAM_ERROR, "upstream response is too large")
+            parts.append(part[: limit - (size - len(part))])
+            break
+        parts.append(part)
+    return b"".join(parts)
+
+
+def transport_error(exc: Exception, *, responded: bool) -> ProviderError:
+    """A transport failure as a ProviderError; the httpx message (which may name the URL) is dropped."""
+    kind = type(exc).__name__  # for operator logs
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+        return ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out", upstream_body=kind)
+    if responded:
+        return ProviderError(Reason.UPSTREAM_ERROR, "upstream connection broke off mid-response", upstream_body=kind)
+    if isinstance(exc, httpx.TransportError):
+        return ProviderError(Reason.UPSTREAM_UNAVAILABLE, "upstream unreachable", upstream_body=kind)
+    return ProviderError(Reason.UPSTREAM_ERROR, "upstream request failed", upstream_body=kind)

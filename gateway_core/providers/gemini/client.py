@@ -26,22 +26,23 @@ from gateway_core.errors import Reason
 from gateway_core.pb.gateway.v1 import chat_pb2
 from gateway_core.providers.base import ProviderError, UpstreamCall
 from gateway_core.providers.gemini import translate
-from gateway_core.providers.http import Deadline, call_timeout, user_agent
+from gateway_core.providers.http import (
+    CORRELATION_ID,
+    MAX_ERROR_BODY_BYTES,
+    MAX_RESPONSE_BYTES,
+    Deadline,
+    call_timeout,
+    next_event,
+    read_body,
+    trace_headers,
+    transport_error,
+    user_agent,
+)
 from gateway_core.providers.sse import SseEvent, iter_sse
 
-MAX_RESPONSE_BYTES = 32 * 1024 * 1024
-MAX_ERROR_BODY_BYTES = 64 * 1024
-_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # "gemini-2.5-flash", "models/gemini-2.5-flash" or "tunedModels/my-model": one
 # path segment each, so an odd model id can never reach another endpoint.
 _MODEL = re.compile(r"(?:(models|tunedModels)/)?([A-Za-z0-9][A-Za-z0-9._-]{0,127})")
-# Headers this module sets; a forwarded header never replaces one of them.
-_OWN_HEADERS = frozenset({
-    "host", "content-type", "content-length", "accept", "accept-encoding", "user-agent", "x-goog-api-key",
-    "authorization", "x-request-id",
-})
-
-
 class GeminiProvider:
     """A configured Gemini API upstream. Safe to share; the HTTP client is injected."""
 
@@ -60,9 +61,9 @@ class GeminiProvider:
             response = await self._send(stack, call, body, deadline, stream=False)
             try:
                 async with asyncio.timeout_at(deadline.loop_time()):
-                    raw = await _read(response, MAX_RESPONSE_BYTES, truncate=False)
+                    raw = await read_body(response, MAX_RESPONSE_BYTES, truncate=False)
             except (httpx.HTTPError, TimeoutError) as exc:
-                raise _transport_error(exc, responded=True) from None
+                raise transport_error(exc, responded=True) from None
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -84,7 +85,7 @@ class GeminiProvider:
             if not response.headers.get("content-type", "").startswith("text/event-stream"):
                 await _refuse_non_stream(response, deadline)
             events = await stack.enter_async_context(contextlib.aclosing(iter_sse(response)))
-            while (event := await _next_event(events, deadline)) is not None:
+            while (event := await next_event(events, deadline)) is not None:
                 for chunk in translator.feed(_event_json(event)):
                     yield chunk
             if not translator.finished:
@@ -117,13 +118,13 @@ class GeminiProvider:
             async with asyncio.timeout_at(deadline.loop_time()):
                 response = await self._http.send(request, stream=True)
         except (httpx.HTTPError, TimeoutError) as exc:
-            raise _transport_error(exc, responded=False) from None
+            raise transport_error(exc, responded=False) from None
         stack.push_async_callback(response.aclose)
         if response.is_success:
             return response
         try:
             async with asyncio.timeout_at(deadline.loop_time()):
-                raw = await _read(response, MAX_ERROR_BODY_BYTES, truncate=True)
+                raw = await read_body(response, MAX_ERROR_BODY_BYTES, truncate=True)
         except (httpx.HTTPError, TimeoutError):
             raw = b""  # the status alone decides the mapping
         error = translate.map_error(response.status_code, raw, response.headers.get("retry-after"))
@@ -143,30 +144,20 @@ class GeminiProvider:
             headers["accept-encoding"] = "identity"
         if self._settings.api_key:
             headers["x-goog-api-key"] = self._settings.api_key
-        if _CORRELATION_ID.fullmatch(call.request_id):
+        if CORRELATION_ID.fullmatch(call.request_id):
             headers["x-request-id"] = call.request_id
-        for name, value in call.forward_headers:
-            if name.lower() not in _OWN_HEADERS:
-                headers[name.lower()] = value
+        for name, value in trace_headers(call.forward_headers).items():
+            headers.setdefault(name, value)
         return headers
-
-
-async def _next_event(events: AsyncIterator[SseEvent], deadline: Deadline) -> SseEvent | None:
-    """The next event, or None at the end of the body, within the caller's deadline."""
-    try:
-        async with asyncio.timeout_at(deadline.loop_time()):
-            return await anext(events, None)
-    except (httpx.HTTPError, TimeoutError) as exc:
-        raise _transport_error(exc, responded=True) from None
 
 
 async def _refuse_non_stream(response: httpx.Response, deadline: Deadline) -> None:
     """A 200 that is not an event stream (an error object, or a JSON array without alt=sse): raise."""
     try:
         async with asyncio.timeout_at(deadline.loop_time()):
-            raw = await _read(response, MAX_ERROR_BODY_BYTES, truncate=True)
+            raw = await read_body(response, MAX_ERROR_BODY_BYTES, truncate=True)
     except (httpx.HTTPError, TimeoutError) as exc:
-        raise _transport_error(exc, responded=True) from None
+        raise transport_error(exc, responded=True) from None
     error = translate.error_object(raw)
     if error:
         raise translate.error_in_body(error)
@@ -180,28 +171,3 @@ def _event_json(event: SseEvent) -> Any:
         raise translate.malformed("stream event data is not JSON") from None
 
 
-async def _read(response: httpx.Response, limit: int, *, truncate: bool) -> bytes:
-    """The body, up to limit bytes: cut there (error bodies) or refused (answers)."""
-    parts: list[bytes] = []
-    size = 0
-    async for part in response.aiter_bytes():
-        size += len(part)
-        if size > limit:
-            if not truncate:
-                raise ProviderError(Reason.UPSTREAM_ERROR, "upstream response is too large")
-            parts.append(part[: limit - (size - len(part))])
-            break
-        parts.append(part)
-    return b"".join(parts)
-
-
-def _transport_error(exc: Exception, *, responded: bool) -> ProviderError:
-    """A transport failure as a ProviderError; the httpx message (which may name the URL) is dropped."""
-    kind = type(exc).__name__  # for operator logs
-    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
-        return ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out", upstream_body=kind)
-    if responded:
-        return ProviderError(Reason.UPSTREAM_ERROR, "upstream connection broke off mid-response", upstream_body=kind)
-    if isinstance(exc, httpx.TransportError):
-        return ProviderError(Reason.UPSTREAM_UNAVAILABLE, "upstream unreachable", upstream_body=kind)
-    return ProviderError(Reason.UPSTREAM_ERROR, "upstream request failed", upstream_body=kind)

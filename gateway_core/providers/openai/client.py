@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,24 +22,24 @@ from gateway_core.config import ProviderSettings
 from gateway_core.errors import Reason
 from gateway_core.pb.gateway.v1 import chat_pb2
 from gateway_core.providers.base import ProviderError, UpstreamCall
-from gateway_core.providers.http import Deadline, call_timeout, user_agent
+from gateway_core.providers.http import (
+    CORRELATION_ID,
+    MAX_ERROR_BODY_BYTES,
+    MAX_RESPONSE_BYTES,
+    Deadline,
+    call_timeout,
+    next_event,
+    read_body,
+    trace_headers,
+    transport_error,
+    user_agent,
+)
 from gateway_core.providers.openai import translate
 from gateway_core.providers.openai.response import malformed
 from gateway_core.providers.sse import SseEvent, iter_sse
 
-MAX_RESPONSE_BYTES = 32 * 1024 * 1024
-MAX_ERROR_BODY_BYTES = 64 * 1024
 # How long to wait for the end of the body after [DONE] before giving up on reusing the connection.
 DRAIN_SECONDS = 0.5
-_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# W3C Trace Context (https://www.w3.org/TR/trace-context/): the only client headers
-# that reach an upstream. The patterns admit no CR/LF, so nothing can be smuggled
-# into the request head; tracestate is capped at the spec's 512 characters.
-_TRACE_HEADERS = {
-    "traceparent": re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(?:-[\x21-\x7e]*)?"),
-    "tracestate": re.compile(r"[\x20-\x7e]{1,512}"),
-}
-
 log = logging.getLogger("tollgate.providers.openai")
 
 
@@ -63,9 +62,9 @@ class OpenAIProvider:
             response = await self._send(stack, call, body, deadline, stream=False)
             try:
                 async with asyncio.timeout_at(deadline.loop_time()):
-                    raw = await _read(response, MAX_RESPONSE_BYTES, truncate=False)
+                    raw = await read_body(response, MAX_RESPONSE_BYTES, truncate=False)
             except (httpx.HTTPError, TimeoutError) as exc:
-                raise _transport_error(exc, responded=True) from None
+                raise transport_error(exc, responded=True) from None
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -87,7 +86,7 @@ class OpenAIProvider:
                 await _refuse_json_instead_of_stream(response, deadline)
             events = await stack.enter_async_context(contextlib.aclosing(iter_sse(response)))
             done = False
-            while (event := await _next_event(events, deadline)) is not None:
+            while (event := await next_event(events, deadline)) is not None:
                 if event.data.strip() == "[DONE]":
                     done = True
                     break
@@ -124,13 +123,13 @@ class OpenAIProvider:
             async with asyncio.timeout_at(deadline.loop_time()):
                 response = await self._http.send(request, stream=True)
         except (httpx.HTTPError, TimeoutError) as exc:
-            raise _transport_error(exc, responded=False) from None
+            raise transport_error(exc, responded=False) from None
         stack.push_async_callback(response.aclose)
         if response.is_success:
             return response
         try:
             async with asyncio.timeout_at(deadline.loop_time()):
-                raw = await _read(response, MAX_ERROR_BODY_BYTES, truncate=True)
+                raw = await read_body(response, MAX_ERROR_BODY_BYTES, truncate=True)
         except (httpx.HTTPError, TimeoutError):
             raw = b""  # the status alone decides the mapping
         headers = response.headers
@@ -153,42 +152,19 @@ class OpenAIProvider:
             headers["accept-encoding"] = "identity"
         if self._settings.api_key:
             headers["authorization"] = f"Bearer {self._settings.api_key}"
-        if _CORRELATION_ID.fullmatch(call.request_id):
+        if CORRELATION_ID.fullmatch(call.request_id):
             headers["x-request-id"] = call.request_id
         headers.update(trace_headers(call.forward_headers))
         return headers
-
-
-def trace_headers(forwarded: tuple[tuple[str, str], ...]) -> dict[str, str]:
-    """The well-formed W3C trace-context headers among forwarded; everything else is ignored.
-
-    The servicer already forwards nothing else; this allow-list is kept here
-    too so a future caller of UpstreamCall cannot widen what reaches upstreams.
-    """
-    allowed: dict[str, str] = {}
-    for name, value in forwarded:
-        pattern = _TRACE_HEADERS.get(name.lower())
-        if pattern is not None and pattern.fullmatch(value) and name.lower() not in allowed:
-            allowed[name.lower()] = value
-    return allowed
-
-
-async def _next_event(events: AsyncIterator[SseEvent], deadline: Deadline) -> SseEvent | None:
-    """The next event, or None at the end of the body, within the caller's deadline."""
-    try:
-        async with asyncio.timeout_at(deadline.loop_time()):
-            return await anext(events, None)
-    except (httpx.HTTPError, TimeoutError) as exc:
-        raise _transport_error(exc, responded=True) from None
 
 
 async def _refuse_json_instead_of_stream(response: httpx.Response, deadline: Deadline) -> None:
     """Some vendors answer a stream request with a plain JSON error (status 200): raise it."""
     try:
         async with asyncio.timeout_at(deadline.loop_time()):
-            raw = await _read(response, MAX_ERROR_BODY_BYTES, truncate=True)
+            raw = await read_body(response, MAX_ERROR_BODY_BYTES, truncate=True)
     except (httpx.HTTPError, TimeoutError) as exc:
-        raise _transport_error(exc, responded=True) from None
+        raise transport_error(exc, responded=True) from None
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -220,28 +196,3 @@ def _event_json(event: SseEvent) -> Any:
     return data
 
 
-async def _read(response: httpx.Response, limit: int, *, truncate: bool) -> bytes:
-    """The body, up to limit bytes: cut there (error bodies) or refused (answers)."""
-    parts: list[bytes] = []
-    size = 0
-    async for part in response.aiter_bytes():
-        size += len(part)
-        if size > limit:
-            if not truncate:
-                raise ProviderError(Reason.UPSTREAM_ERROR, "upstream response is too large")
-            parts.append(part[: limit - (size - len(part))])
-            break
-        parts.append(part)
-    return b"".join(parts)
-
-
-def _transport_error(exc: Exception, *, responded: bool) -> ProviderError:
-    """A transport failure as a ProviderError; the httpx message (which may name the URL) is dropped."""
-    kind = type(exc).__name__  # for operator logs
-    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
-        return ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out", upstream_body=kind)
-    if responded:
-        return ProviderError(Reason.UPSTREAM_ERROR, "upstream connection broke off mid-response", upstream_body=kind)
-    if isinstance(exc, httpx.TransportError):
-        return ProviderError(Reason.UPSTREAM_UNAVAILABLE, "upstream unreachable", upstream_body=kind)
-    return ProviderError(Reason.UPSTREAM_ERROR, "upstream request failed", upstream_body=kind)
