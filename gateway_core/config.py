@@ -23,6 +23,7 @@ from gateway_core.config_model import (
     DEFAULT_BASE_URLS,
     MICROS_PER_USD,
     PROVIDER_TYPES,
+    SECTION_KEYS,
     MeteringSettings,
     ModelSettings,
     ProviderSettings,
@@ -60,13 +61,13 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     """Validates a parsed TOML document; raises ConfigError listing every problem."""
     problems = Problems()
     raw = expand(dict(raw), "", env, problems)
-    for section in sorted(set(raw) - {"server", "database", "admin", "keys", "metering", "providers", "models", "demo"}):
+    for section in sorted(set(raw) - set(SECTION_KEYS)):
         problems.add(section, "unknown section")
-    server = table(raw, "server", problems)
-    database = table(raw, "database", problems)
-    admin = table(raw, "admin", problems)
-    keys = table(raw, "keys", problems)
-    demo = table(raw, "demo", problems)
+    server = table(raw, "server", problems, SECTION_KEYS["server"])
+    database = table(raw, "database", problems, SECTION_KEYS["database"])
+    admin = table(raw, "admin", problems, SECTION_KEYS["admin"])
+    keys = table(raw, "keys", problems, SECTION_KEYS["keys"])
+    demo = table(raw, "demo", problems, SECTION_KEYS["demo"])
     http_address = check_address(server, "http_address", "127.0.0.1:8080", problems)
     grpc_address = check_address(server, "grpc_address", "127.0.0.1:50051", problems)
     url = database.get("url", "sqlite:///tollgate.db")

@@ -97,3 +97,18 @@ class Settings:
     models: Mapping[str, ModelSettings] = field(default_factory=dict)
     metering: MeteringSettings = field(default_factory=MeteringSettings)
     create_demo_account: bool = False
+
+
+MODEL_KEYS = frozenset({"name", "routes", "input_price", "output_price", "cached_input_price", "max_output_tokens"})
+ROUTE_KEYS = frozenset({"provider", "model"})
+# Every key each section accepts; anything else is reported, so a typo never passes silently.
+SECTION_KEYS: Mapping[str, frozenset[str]] = {
+    "server": frozenset({"http_address", "grpc_address"}),
+    "database": frozenset({"url"}),
+    "admin": frozenset({"token"}),
+    "keys": frozenset({"pepper", "cache_seconds"}),
+    "metering": frozenset(MeteringSettings.__dataclass_fields__),
+    "demo": frozenset({"create_account"}),
+    "providers": PROVIDER_KEYS,
+    "models": MODEL_KEYS,
+}

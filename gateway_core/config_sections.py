@@ -15,7 +15,9 @@ from gateway_core.config_model import (
     ADDRESS_PATTERN,
     DEFAULT_BASE_URLS,
     MICROS_PER_USD,
+    MODEL_KEYS,
     PROVIDER_KEYS,
+    ROUTE_KEYS,
     PROVIDER_TYPES,
     VAR_PATTERN,
     VENDORS,
@@ -81,11 +83,13 @@ def check_address(table: Mapping[str, Any], name: str, default: str, problems: P
     return value
 
 
-def table(raw: Mapping[str, Any], name: str, problems: Problems) -> Mapping[str, Any]:
+def table(raw: Mapping[str, Any], name: str, problems: Problems, known: frozenset[str] | None = None) -> Mapping[str, Any]:
     value = raw.get(name, {})
     if not isinstance(value, dict):
         problems.add(name, "must be a table")
         return {}
+    for extra in sorted(set(value) - known) if known is not None else ():
+        problems.add(f"{name}.{extra}", "unknown setting")
     return value
 
 
@@ -185,6 +189,8 @@ def models(raw: Any, providers: Mapping[str, ProviderSettings], problems: Proble
         if not isinstance(name, str) or not name:
             problems.add(f"{key}.name", "is required")
             continue
+        for extra in sorted(set(item) - MODEL_KEYS):
+            problems.add(f"{key}.{extra}", "unknown setting")
         if name in models:
             problems.add(f"{key}.name", f"duplicate model {name!r}")
         routes: list[Route] = []
@@ -197,6 +203,8 @@ def models(raw: Any, providers: Mapping[str, ProviderSettings], problems: Proble
             if not isinstance(route, dict) or not isinstance(route.get("provider"), str):
                 problems.add(rkey, 'must be { provider = "...", model = "..." }')
                 continue
+            for extra in sorted(set(route) - ROUTE_KEYS):
+                problems.add(f"{rkey}.{extra}", "unknown setting")
             if route["provider"] not in providers:
                 problems.add(f"{rkey}.provider", f"unknown provider {route['provider']!r}")
             upstream = route.get("model", name)

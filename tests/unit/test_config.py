@@ -134,3 +134,20 @@ def test_embedded_defaults_switch_on_anthropic_and_gemini_from_env() -> None:
     assert settings.providers["gemini"].api_key == "AIzaX"
     assert settings.models["claude-sonnet-4-5"].routes[0].provider == "anthropic"
     assert settings.models["gemini-2.5-pro"].cached_input_price_micros == 312_500
+
+
+def test_typos_anywhere_are_reported_not_ignored() -> None:
+    problems = _problems({
+        "server": {"http_adress": "127.0.0.1:1"},
+        "keys": {"cache_second": 1},
+        "providers": [{"name": "m", "type": "mock", "colour": "blue"}],
+        "models": [{"name": "x", "routes": [{"provider": "m", "modle": "y"}], "input_price": 1, "output_price": 1,
+                    "max_output_token": 5}],
+    })
+    assert problems == [
+        "server.http_adress: unknown setting",
+        "keys.cache_second: unknown setting",
+        "providers[0].colour: unknown setting",
+        "models[0].max_output_token: unknown setting",
+        "models[0].routes[0].modle: unknown setting",
+    ]
