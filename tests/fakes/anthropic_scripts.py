@@ -1,63 +1,28 @@
 """What the fake Anthropic upstream answers, per model id: plans in Anthropic's Messages wire format.
 
-Pure data: the server in anthropic_upstream.py only plays these plans. See its
-docstring for the list of scripted model ids. Shapes follow the real API's
-streams as recorded in anthropic-sdk-python tests/lib/streaming/fixtures
-(basic_response.txt, tool_use_response.txt, refusal_response.txt, ...).
+Pure data: the server (http_server.py, configured in anthropic_upstream.py) only plays
+these plans. See anthropic_upstream.py's docstring for the list of scripted model ids.
+Shapes follow the real API's streams as recorded in anthropic-sdk-python
+tests/lib/streaming/fixtures (basic_response.txt, tool_use_response.txt, refusal_response.txt, ...).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any
+
+from tests.fakes import plans
+from tests.fakes.plans import DEFAULT_TOOL_NAMES, RESET_REPLY, TOOL_VALUES, JsonPlan, Plan, Settings, StreamPlan
 
 TOOL_PREAMBLE = "I'll look that up."
 TOOL_REPLY = "Thanks, the tools answered."
 THINKING = "The user greets me; a short friendly answer fits."
 THINKING_REPLY = "Hello! Nice to meet you."
-RESET_REPLY = "This answer starts well but never gets to finish."
-DEFAULT_TOOL_NAMES = ("get_weather", "get_time")
-TOOL_VALUES = ("Paris", "Berlin")
 SIGNATURE = "EqQBCkgIARABGAIiQL0sig"
 
 
-class Settings(Protocol):
-    """The knobs of a FakeAnthropicUpstream that scripts read."""
-
-    expected_key: str | None
-    reply: str
-    slow_interval: float
-    slow_chunks: int
-    hang_seconds: float
-    requests: list[Any]
-    usage_sent: dict[str, dict[str, Any]]
-
-
-@dataclass
-class JsonPlan:
-    """A whole JSON response."""
-
-    status: int
-    body: Any
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    drop_after_half: bool = False
-
-
-@dataclass
-class StreamPlan:
-    """A 200 SSE response of named events: `event: <name>` then `data: <json or raw text>`."""
-
-    events: Iterable[tuple[str, dict[str, Any] | str]]
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    interval: float = 0.0
-    drop_after: int | None = None  # drop the connection after this many events
-
-
-Plan = JsonPlan | StreamPlan
+# A stream's events are named: (name, data), sent as `event: <name>` then `data: <json or raw text>`.
 Event = tuple[str, dict[str, Any] | str]
 
 
@@ -123,23 +88,15 @@ class _Turn:
         self._build()
 
     def plan(self) -> Plan:
+        mode = plans.mode_of(self.model, "claude-")
         if not self.body.get("stream"):
-            if self.model == "claude-reset":
-                return JsonPlan(200, self._message(), drop_after_half=True)
-            delay = self.up.hang_seconds if self.model == "claude-hang" else 0.0
-            return JsonPlan(200, self._message(), delay=delay)
-        if self.model == "claude-slow":
-            return StreamPlan(self._events(), interval=self.up.slow_interval)
-        if self.model == "claude-hang":
-            return StreamPlan(self._events(), delay=self.up.hang_seconds)
-        if self.model == "claude-reset":
-            return StreamPlan(self._events(), drop_after=5)
-        if self.model == "claude-midstream-error":
+            return plans.json_plan(self.up, mode, self._message())
+        if mode == "midstream-error":
             failure = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
             return StreamPlan([*list(self._events())[:5], ("error", failure)])
-        if self.model == "claude-malformed":
+        if mode == "malformed":
             return StreamPlan([next(iter(self._events())), ("content_block_start", "{not json")])
-        return StreamPlan(self._events())
+        return plans.stream_plan(self.up, mode, self._events(), reset_after=5)
 
     # --- what the answer says ---
 
@@ -166,7 +123,7 @@ class _Turn:
             self.stop_reason = "refusal"
         else:
             if self.model == "claude-thinking":
-                self.blocks.append({"type": "thinking", "pieces": _words(THINKING)})
+                self.blocks.append({"type": "thinking", "pieces": plans.words(THINKING)})
             self._text(self._reply_text())
         self._limit()
 
@@ -174,7 +131,7 @@ class _Turn:
         if _after_tool_result(self.body["messages"]):
             return TOOL_REPLY
         if self.model == "claude-echo":
-            return _last_user_text(self.body["messages"])
+            return plans.last_user_text(self.body["messages"])
         if self.model == "claude-thinking":
             return THINKING_REPLY
         if self.model in ("claude-reset", "claude-midstream-error"):
@@ -184,7 +141,7 @@ class _Turn:
         return self.up.reply
 
     def _text(self, text: str) -> None:
-        self.blocks.append({"type": "text", "pieces": _words(text)})
+        self.blocks.append({"type": "text", "pieces": plans.words(text)})
 
     def _tool(self, tool: dict[str, Any], k: int) -> None:
         arguments = json.dumps(_arguments(tool.get("input_schema"), k))
@@ -276,31 +233,10 @@ class _Turn:
         yield "content_block_stop", {"type": "content_block_stop", "index": index}
 
 
-def _words(text: str) -> list[str]:
-    """Pieces of text, each word with its leading spaces, that join back to text."""
-    pieces: list[str] = []
-    for index, char in enumerate(text):
-        if not pieces or (char == " " and text[index - 1] != " "):
-            pieces.append(char)
-        else:
-            pieces[-1] += char
-    return pieces
-
-
 def _after_tool_result(messages: list[Any]) -> bool:
     last = messages[-1] if messages else {}
     content = last.get("content") if isinstance(last, dict) else None
     return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
-
-
-def _last_user_text(messages: list[Any]) -> str:
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):
-                return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
-            return content if isinstance(content, str) else ""
-    return ""
 
 
 def _first_name(tools: list[dict[str, Any]]) -> str:

@@ -1,7 +1,7 @@
 """What the fake Gemini upstream answers, per model id: response plans in Gemini's wire format.
 
-Pure data: the server in gemini_upstream.py only plays these plans. See its
-docstring for the list of scripted model ids.
+Pure data: the server (http_server.py, configured in gemini_upstream.py) only plays
+these plans. See gemini_upstream.py's docstring for the list of scripted model ids.
 """
 
 from __future__ import annotations
@@ -9,15 +9,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from tests.fakes import plans
+from tests.fakes.plans import DEFAULT_TOOL_NAMES, RESET_REPLY, TOOL_VALUES, JsonPlan, Plan, StreamPlan
 
 TOOL_REPLY = "Thanks, both tools answered."
 THOUGHT = "The user wants a considered answer, so weigh it first."
 THOUGHTS_TOKENS = 24
-RESET_REPLY = "This answer starts well but never gets to finish."
-DEFAULT_TOOL_NAMES = ("get_weather", "get_time")
-TOOL_VALUES = ("Paris", "Berlin")
 WORDS_PER_EVENT = 3
 MISSING_SIGNATURE = (
     "Function call is missing a thought_signature in functionCall parts. This is required for tools to work "
@@ -27,41 +26,10 @@ MISSING_SIGNATURE = (
 )
 
 
-class Settings(Protocol):
+class Settings(plans.Settings, Protocol):
     """The knobs and records of a FakeGeminiUpstream that scripts read and write."""
 
-    expected_key: str | None
-    reply: str
-    slow_interval: float
-    slow_chunks: int
-    hang_seconds: float
-    requests: list[Any]
-    usage_sent: dict[str, dict[str, Any]]
     signatures: set[str]
-
-
-@dataclass
-class JsonPlan:
-    """A whole JSON response."""
-
-    status: int
-    body: Any
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    drop_after_half: bool = False
-
-
-@dataclass
-class StreamPlan:
-    """A 200 SSE response: each event as `data: <json>\\r\\n\\r\\n`, then the body just ends (no [DONE])."""
-
-    events: list[dict[str, Any]]
-    delay: float = 0.0
-    interval: float = 0.0
-    drop_after: int | None = None  # drop the connection after this many events
-
-
-Plan = JsonPlan | StreamPlan
 
 
 def plan_for(up: Settings, method: str, target: str, headers: dict[str, str], body: Any) -> Plan:
@@ -165,7 +133,8 @@ class _Turn:
 
     def __init__(self, up: Settings, model: str, body: dict[str, Any], request_id: str) -> None:
         self.up, self.model, self.body, self.request_id = up, model, body, request_id
-        self.number = len(up.requests)
+        self.mode = plans.mode_of(model, "gemini-")
+        self.number = len(up.requests) - 1  # counted from 0: the server has recorded this request already
         self.config = body.get("generationConfig") or {}
         self.candidates = max(int(self.config.get("candidateCount") or 1), 1)
         last = body["contents"][-1]
@@ -196,28 +165,21 @@ class _Turn:
         return None
 
     def json_plan(self) -> JsonPlan:
-        if self.model == "gemini-safety":
+        if self.mode == "safety":
             return JsonPlan(200, self._blocked())
         body = {"candidates": [self._candidate(i, self._all_parts(), self.finish) for i in range(self.candidates)],
                 "usageMetadata": self._usage(len(self.words)), "modelVersion": self.model,
                 "responseId": self._response_id()}
-        delay = self.up.hang_seconds if self.model == "gemini-hang" else 0.0
-        return JsonPlan(200, body, delay=delay, drop_after_half=self.model == "gemini-reset")
+        return plans.json_plan(self.up, self.mode, body)
 
     def stream_plan(self) -> StreamPlan:
-        if self.model == "gemini-safety":
+        if self.mode == "safety":
             return StreamPlan([self._blocked()])
-        if self.model == "gemini-slow":
-            return StreamPlan(list(self._slow_events()), interval=self.up.slow_interval)
-        events = list(self._events())
-        if self.model == "gemini-hang":
-            return StreamPlan(events, delay=self.up.hang_seconds)
-        if self.model == "gemini-reset":
-            return StreamPlan(events, drop_after=2)
-        if self.model == "gemini-midstream-error":
+        events = list(self._slow_events() if self.mode == "slow" else self._events())
+        if self.mode == "midstream-error":
             failure = {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
             return StreamPlan([*events[:2], failure])
-        return StreamPlan(events)
+        return plans.stream_plan(self.up, self.mode, events, reset_after=2)
 
     def _words(self) -> tuple[list[str], str]:
         if self.calls:
@@ -230,7 +192,7 @@ class _Turn:
             text = RESET_REPLY
         else:
             text = self.up.reply
-        pieces = _words(text)
+        pieces = plans.words(text)
         limit = self.config.get("maxOutputTokens")
         if self.model == "gemini-max-tokens":
             limit = min(limit or 3, 3)
@@ -316,17 +278,6 @@ class _Turn:
         if final and self.request_id:
             self.up.usage_sent[self.request_id] = usage  # ground truth, keyed by the gateway's request id
         return usage
-
-
-def _words(text: str) -> list[str]:
-    """Pieces of text, each word with its leading spaces, that join back to text."""
-    pieces: list[str] = []
-    for index, char in enumerate(text):
-        if not pieces or (char == " " and text[index - 1] != " "):
-            pieces.append(char)
-        else:
-            pieces[-1] += char
-    return pieces
 
 
 def _example(schema: Any) -> Any:

@@ -1,7 +1,7 @@
 """What the fake OpenAI upstream answers, per model id: response plans in OpenAI's wire format.
 
-Pure data: the server in openai_upstream.py only plays these plans. See its
-docstring for the list of scripted model ids.
+Pure data: the server (http_server.py, configured in openai_upstream.py) only plays
+these plans. See openai_upstream.py's docstring for the list of scripted model ids.
 """
 
 from __future__ import annotations
@@ -9,56 +9,23 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, Protocol
+
+from tests.fakes import plans
+from tests.fakes.plans import DEFAULT_TOOL_NAMES, RESET_REPLY, TOOL_VALUES, JsonPlan, Plan, StreamPlan
 
 FINGERPRINT = "fp_fake0001"
 TOOL_REPLY = "Thanks, the tools answered."
 REASONING = "Let me think this through carefully, one step at a time."
 REASONED_REPLY = "Here is my considered answer."
-RESET_REPLY = "This answer starts well but never gets to finish."
-DEFAULT_TOOL_NAMES = ("get_weather", "get_time")
-TOOL_VALUES = ("Paris", "Berlin")
 
 
-class Settings(Protocol):
+class Settings(plans.Settings, Protocol):
     """The knobs of a FakeOpenAIUpstream that scripts read."""
 
-    expected_key: str | None
-    reply: str
-    slow_interval: float
-    slow_chunks: int
-    hang_seconds: float
-    requests: list[Any]
-    usage_sent: dict[str, dict[str, Any]]
     vendor: str
     redirect_to: str
-
-
-@dataclass
-class JsonPlan:
-    """A whole JSON response."""
-
-    status: int
-    body: Any
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    drop_after_half: bool = False
-
-
-@dataclass
-class StreamPlan:
-    """A 200 SSE response: each event as `data: <json>`, then `data: [DONE]`."""
-
-    events: Iterable[dict[str, Any] | str]
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    interval: float = 0.0
-    drop_after: int | None = None  # drop the connection after this many events
-
-
-Plan = JsonPlan | StreamPlan
 
 
 def plan_for(up: Settings, method: str, path: str, headers: dict[str, str], body: Any) -> Plan:
@@ -216,29 +183,22 @@ class _Turn:
         messages = body["messages"]
         self.after_tool = bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
         self.tools = self.model == "fake-tools" and not self.after_tool
-        self.reasoning = _words(REASONING) if self.model == "fake-reasoning" else []
+        self.reasoning = plans.words(REASONING) if self.model == "fake-reasoning" else []
         self.content, self.finish = self._content()
         self.calls = self._tool_calls() if self.tools else []
 
     def plan(self) -> Plan:
+        mode = plans.mode_of(self.model, "fake-")
         if not self.body.get("stream"):
-            if self.model == "fake-reset":
-                return JsonPlan(200, self._completion(), drop_after_half=True)
-            delay = self.up.hang_seconds if self.model == "fake-hang" else 0.0
-            return JsonPlan(200, self._completion(), delay=delay)
-        if self.model == "fake-slow":
-            return StreamPlan(self._slow_events(), interval=self.up.slow_interval)
-        if self.model == "fake-hang":
-            return StreamPlan(self._events(), delay=self.up.hang_seconds)
-        if self.model == "fake-reset":
-            return StreamPlan(self._events(), drop_after=3)
-        if self.model == "fake-midstream-error":
+            return plans.json_plan(self.up, mode, self._completion())
+        if mode == "midstream-error":
             failure = {"error": {"message": "The server had an error while processing your request.",
                                  "type": "server_error", "param": None, "code": None}}
             return StreamPlan([*list(self._events())[:2], failure])
-        if self.model == "fake-malformed":
+        if mode == "malformed":
             return StreamPlan([next(iter(self._events())), "{not json"])
-        return StreamPlan(self._events())
+        return plans.stream_plan(self.up, mode, self._slow_events() if mode == "slow" else self._events(),
+                                 reset_after=3)
 
     def _content(self) -> tuple[list[str], str]:
         if self.tools:
@@ -246,14 +206,14 @@ class _Turn:
         if self.after_tool:
             text = TOOL_REPLY
         elif self.model == "fake-echo":
-            text = _last_user_text(self.body["messages"])
+            text = plans.last_user_text(self.body["messages"])
         elif self.model == "fake-reasoning":
             text = REASONED_REPLY
         elif self.model in ("fake-reset", "fake-midstream-error"):
             text = RESET_REPLY
         else:
             text = self.up.reply
-        pieces = _words(text)
+        pieces = plans.words(text)
         limit = self.body.get("max_completion_tokens") or self.body.get("max_tokens")
         if isinstance(limit, int) and len(pieces) > limit:
             return pieces[:limit], "length"
@@ -377,27 +337,6 @@ class _Turn:
         usage = self._usage()
         if usage is not None and self._include_usage():
             yield {**self._chunk([]), "usage": usage}
-
-
-def _words(text: str) -> list[str]:
-    """Pieces of text, each word with its leading spaces, that join back to text."""
-    pieces: list[str] = []
-    for index, char in enumerate(text):
-        if not pieces or (char == " " and text[index - 1] != " "):
-            pieces.append(char)
-        else:
-            pieces[-1] += char
-    return pieces
-
-
-def _last_user_text(messages: list[Any]) -> str:
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):
-                return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-            return content if isinstance(content, str) else ""
-    return ""
 
 
 def _arguments(parameters: Any, k: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@
         up.requests[-1].body["stream_options"]               # what the gateway sent
         up.disconnects                                       # responses the client closed early
 
-It runs in its own thread and event loop (asyncio + h11, so it can drop a
+It runs (on http_server.FakeUpstream) in its own thread and event loop (asyncio + h11, so it can drop a
 connection mid-body the way a crashing upstream does), serves
 POST /v1/chat/completions and GET /v1/models in OpenAI's exact wire format,
 and records every request. Usage is computed from each request, never a
@@ -43,282 +43,36 @@ fragment is one completion token; prompt_tokens grows with the request's size.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import socket
-import threading
-import time
-from dataclasses import dataclass
 from typing import Any
 
-import h11
+from tests.fakes import openai_scripts
+from tests.fakes.http_server import FakeUpstream, RecordedRequest, Wire
+from tests.fakes.plans import Plan, SseFraming
 
-from tests.fakes.openai_scripts import Plan, StreamPlan, plan_for
+__all__ = ["DEFAULT_REPLY", "FakeOpenAIUpstream", "RecordedRequest"]
 
 DEFAULT_REPLY = "Hello from the fake upstream! This reply arrives word by word."
 
 
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request as the fake received it."""
-
-    method: str
-    path: str
-    headers: dict[str, str]  # names lower-cased
-    body: Any  # parsed JSON, or None when the body was not JSON
-    connection: int = 0  # which TCP connection carried it (1, 2, ... in accept order)
-
-
-class _Dropped(Exception):
-    """The connection was aborted on purpose, or the client went away."""
-
-
-class FakeOpenAIUpstream:
+class FakeOpenAIUpstream(FakeUpstream):
     """A scripted OpenAI-compatible server in a background thread. Start with `with` or start()."""
+
+    wire = Wire(SseFraming(done="[DONE]"), request_id_header="x-request-id")
+    base_path = "/v1"
+    default_reply = DEFAULT_REPLY
+    thread_name = "fake-openai-upstream"
 
     def __init__(
         self,
         expected_key: str | None = None,
         *,
-        reply: str = DEFAULT_REPLY,
-        slow_interval: float = 0.05,
-        slow_chunks: int = 2000,
-        hang_seconds: float = 60.0,
         vendor: str = "openai",
         redirect_to: str = "http://127.0.0.1:9/v1/chat/completions",
+        **knobs: Any,  # reply, slow_interval, slow_chunks, hang_seconds: see FakeUpstream
     ) -> None:
-        self.expected_key = expected_key
+        super().__init__(expected_key, **knobs)
         self.vendor = vendor
         self.redirect_to = redirect_to
-        self.reply = reply
-        self.slow_interval = slow_interval
-        self.slow_chunks = slow_chunks
-        self.hang_seconds = hang_seconds
-        self.requests: list[RecordedRequest] = []
-        # The usage each request was answered with, by the x-request-id the gateway sent.
-        self.usage_sent: dict[str, dict[str, Any]] = {}
-        self.disconnects = 0
-        self._sock: socket.socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._connections = 0
-        self.port = 0
 
-    @property
-    def base_url(self) -> str:
-        """The OpenAI-style base URL, ending in /v1."""
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def last_request(self) -> RecordedRequest:
-        """The most recent request received."""
-        return self.requests[-1]
-
-    def start(self) -> FakeOpenAIUpstream:
-        """Binds a free port and starts serving; returns self."""
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-openai-upstream", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(timeout=10)
-        return self
-
-    def stop(self) -> None:
-        """Stops serving, drops open connections and joins the thread."""
-        if self._loop is None or self._thread is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
-        self._loop = self._thread = None
-
-    def wait_for_disconnects(self, count: int, timeout: float = 5.0) -> bool:
-        """Blocks until at least `count` early client disconnects were seen (True) or timeout."""
-        deadline = time.monotonic() + timeout
-        while self.disconnects < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return self.disconnects >= count
-
-    async def until_disconnects(self, count: int, timeout: float = 5.0) -> bool:
-        """wait_for_disconnects for async tests (does not block the test's loop)."""
-        deadline = time.monotonic() + timeout
-        while self.disconnects < count and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        return self.disconnects >= count
-
-    def __enter__(self) -> FakeOpenAIUpstream:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> FakeOpenAIUpstream:
-        return self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    # --- server side (runs on the fake's own loop) ---
-
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._serve_connection, sock=self._sock)
-
-    async def _shutdown(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        connection = _Connection(reader, writer)
-        self._connections += 1
-        number = self._connections
-        try:
-            while (request := await connection.read_request()) is not None:
-                await self._answer(connection, number, *request)
-                if not await connection.next_cycle():
-                    break
-        except (_Dropped, ConnectionError, h11.ProtocolError):
-            pass
-        finally:
-            self._tasks.discard(task)
-            connection.close()
-
-    async def _answer(self, connection: _Connection, number: int, request: h11.Request, raw: bytes) -> None:
-        headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        path = request.target.decode()
-        self.requests.append(RecordedRequest(request.method.decode(), path, headers, body, number))
-        plan = plan_for(self, request.method.decode(), path, headers, body)
-        try:
-            await connection.play(plan)
-        except _ClientGone:
-            self.disconnects += 1
-            raise _Dropped from None
-
-
-class _ClientGone(_Dropped):
-    """The client closed the connection before the response was complete."""
-
-
-class _Connection:
-    """One HTTP/1.1 connection: h11 state plus a watch for the client closing early."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader, self._writer = reader, writer
-        self._h11 = h11.Connection(h11.SERVER)
-        self._watch: asyncio.Task[bytes] | None = None
-
-    async def read_request(self) -> tuple[h11.Request, bytes] | None:
-        request: h11.Request | None = None
-        body = bytearray()
-        while True:
-            event = self._h11.next_event()
-            if event is h11.NEED_DATA:
-                self._h11.receive_data(await self._reader.read(65536))
-            elif isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage) and request is not None:
-                return request, bytes(body)
-            elif isinstance(event, h11.ConnectionClosed):
-                return None
-
-    def close(self) -> None:
-        """Stops watching and closes the socket."""
-        if self._watch is not None:
-            self._watch.cancel()
-        self._writer.close()
-
-    async def next_cycle(self) -> bool:
-        """Gets ready for the next request on this connection, if it stays open."""
-        if self._watch is not None:
-            # Settle the watch before anyone reads again: a StreamReader allows one
-            # waiter, and bytes the watch already read belong to the next request.
-            watch, self._watch = self._watch, None
-            watch.cancel()
-            try:
-                self._h11.receive_data(await watch)
-            except asyncio.CancelledError:
-                pass
-        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
-            self._h11.start_next_cycle()
-            return True
-        return False
-
-    async def play(self, plan: Plan) -> None:
-        """Sends the planned response, watching for the client going away."""
-        self._watch = asyncio.ensure_future(self._reader.read(65536))
-        if plan.delay:
-            await self._wait(plan.delay)
-        if not isinstance(plan, StreamPlan):
-            payload = json.dumps(plan.body).encode()
-            headers = [*_headers(plan.headers, "application/json"), ("content-length", str(len(payload)))]
-            await self._send(h11.Response(status_code=plan.status, headers=headers))
-            if plan.drop_after_half:
-                await self._send(h11.Data(data=payload[: len(payload) // 2]))
-                await self._abort()
-            await self._send(h11.Data(data=payload))
-            await self._send(h11.EndOfMessage())
-            return
-        await self._send(h11.Response(status_code=200, headers=_headers(plan.headers, "text/event-stream")))
-        for sent, event in enumerate(plan.events):
-            if plan.drop_after is not None and sent == plan.drop_after:
-                await self._abort()
-            if sent and plan.interval:
-                await self._wait(plan.interval)
-            await self._send(h11.Data(data=_sse(event)))
-        await self._send(h11.Data(data=b"data: [DONE]\n\n"))
-        await self._send(h11.EndOfMessage())
-
-    async def _wait(self, seconds: float) -> None:
-        assert self._watch is not None
-        await asyncio.wait({self._watch}, timeout=seconds)
-        self._check_client()
-
-    def _check_client(self) -> None:
-        if self._watch is not None and self._watch.done():
-            data = self._watch.result()
-            if not data:
-                raise _ClientGone
-            self._h11.receive_data(data)  # a pipelined request: keep it for later
-            self._watch = asyncio.ensure_future(self._reader.read(65536))
-
-    async def _send(self, event: h11.Event) -> None:
-        self._check_client()
-        data = self._h11.send(event)
-        if data:
-            self._writer.write(data)
-            try:
-                await self._writer.drain()
-            except ConnectionError:
-                raise _ClientGone from None
-
-    async def _abort(self) -> None:
-        """Drops the connection mid-response, after what was sent has had time to leave."""
-        await asyncio.sleep(0.02)
-        self._writer.transport.abort()
-        raise _Dropped
-
-
-def _headers(extra: dict[str, str], content_type: str) -> list[tuple[str, str]]:
-    return [("content-type", content_type), ("x-request-id", f"req_fake_{time.monotonic_ns()}"), *extra.items()]
-
-
-def _sse(event: dict[str, Any] | str) -> bytes:
-    data = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
-    return f"data: {data}\n\n".encode()
-
+    def plan_for(self, method: str, target: str, headers: dict[str, str], body: Any) -> Plan:
+        return openai_scripts.plan_for(self, method, target, headers, body)
