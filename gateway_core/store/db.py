@@ -1,4 +1,12 @@
-"""The database handle: one engine per URL, with blocking work kept off the event loop."""
+"""The database handle: one engine per URL, with blocking work kept off the event loop.
+
+On SQLite, writes are group-committed: while one write transaction runs,
+later writes queue up and then run together in the next transaction, each in
+its own SAVEPOINT (so one failing write rolls back only itself). Each caller
+still waits until the transaction holding its write has committed, so a
+write is durable before run() returns; many concurrent writes share one
+fsync instead of queueing behind one fsync each on SQLite's single writer.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -15,6 +23,9 @@ from gateway_core.store.engine import WRITE_OPTION, is_sqlite_memory, make_engin
 from gateway_core.store.migrate import upgrade_engine
 
 T = TypeVar("T")
+# Writes per group commit: bounds how long one transaction holds the write lock.
+MAX_WRITES_PER_COMMIT = 128
+_Outcome = tuple[bool, Any]
 
 
 class Database:
@@ -28,6 +39,9 @@ class Database:
         self._engine = engine
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tollgate-db")
         self._closed = False
+        self._group_writes = engine.dialect.name == "sqlite"
+        self._pending: list[tuple[Callable[[Session], Any], asyncio.Future[Any]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, url: str, *, workers: int = 4, migrate: bool = True) -> Database:
@@ -54,7 +68,70 @@ class Database:
         Pass write=True for anything that writes: on SQLite the transaction then
         takes the write lock up front. Keep write functions short (one writer).
         """
+        if write and self._group_writes:
+            return await self._write_grouped(fn)
         return await self._submit(partial(self._transaction, fn, write))
+
+    async def _write_grouped(self, fn: Callable[[Session], T]) -> T:
+        if self._closed:
+            raise RuntimeError("database is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append((fn, future))
+        if self._writer is None:
+            self._writer = loop.create_task(self._write_pending(), name="tollgate-db-group-commit")
+        return await future
+
+    async def _write_pending(self) -> None:
+        """Runs queued writes, a group per transaction, until none is left."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                group = self._pending[:MAX_WRITES_PER_COMMIT]
+                del self._pending[:MAX_WRITES_PER_COMMIT]
+                # A caller cancelled before its write started: like a never-started executor job, skip it.
+                group = [(fn, future) for fn, future in group if not future.cancelled()]
+                if not group:
+                    continue
+                try:
+                    outcomes = await loop.run_in_executor(
+                        self._executor, self._group_transaction, [fn for fn, _ in group]
+                    )
+                except Exception as exc:  # BEGIN or COMMIT failed: none of the group was written
+                    outcomes = [(False, exc)] * len(group)
+                except BaseException:  # this task was cancelled (loop shutdown): its callers must not hang
+                    for _, future in group:
+                        future.cancel()
+                    raise
+                for (_, future), (ok, value) in zip(group, outcomes):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+        finally:
+            self._writer = None
+            for _, future in self._pending if self._closed else ():
+                future.cancel()
+
+    def _group_transaction(self, fns: list[Callable[[Session], Any]]) -> list[_Outcome]:
+        if len(fns) == 1:  # alone: a plain transaction, no savepoint
+            try:
+                return [(True, self._transaction(fns[0], True))]
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                return [(False, exc)]
+        outcomes: list[_Outcome] = []
+        with self._engine.connect() as connection:
+            connection.execution_options(**{WRITE_OPTION: True})
+            with Session(bind=connection, expire_on_commit=False) as session, session.begin():
+                for fn in fns:
+                    try:
+                        with session.begin_nested():
+                            outcomes.append((True, fn(session)))
+                    except Exception as exc:  # noqa: BLE001 - rolled back to its savepoint; handed to the caller
+                        outcomes.append((False, exc))
+        return outcomes
 
     def _transaction(self, fn: Callable[[Session], T], write: bool) -> T:
         with self._engine.connect() as connection:
@@ -73,6 +150,8 @@ class Database:
         if self._closed:
             return
         self._closed = True
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
         await asyncio.get_running_loop().run_in_executor(self._executor, self._engine.dispose)
         self._executor.shutdown(wait=True)
 

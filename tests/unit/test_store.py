@@ -12,7 +12,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Integer, MetaData, text
+from sqlalchemy import Integer, MetaData, event, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
@@ -114,6 +114,39 @@ async def test_in_memory_database_works() -> None:
         store = Store(db)
         account = await store.create_account("memory")
         assert (await store.get_account(account.id)).id == account.id
+
+
+async def test_concurrent_writes_share_a_commit_and_fail_alone(tmp_path: Path) -> None:
+    db = await Database.open(sqlite_url(tmp_path))
+    store = Store(db)
+    accounts = [await store.create_account(f"group {i}") for i in range(3)]
+    commits = 0
+
+    def count_commit(_connection: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(db.engine, "commit", count_commit)
+
+    def rename(session: object, account_id: str, name: str, fail: bool) -> str:
+        session.execute(  # type: ignore[attr-defined]
+            text("UPDATE accounts SET display_name = :name WHERE id = :id"), {"name": name, "id": account_id}
+        )
+        if fail:
+            raise GatewayError(Reason.INVALID_REQUEST, "refused after writing")
+        return name
+
+    calls = [
+        db.run(lambda s, a=a, i=i: rename(s, a.id, f"renamed {i}", fail=i == 1), write=True)
+        for i, a in enumerate(accounts)
+    ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert commits == 1  # all three were queued before the writer ran: one transaction, one fsync
+    assert results[0] == "renamed 0" and results[2] == "renamed 2"
+    assert isinstance(results[1], GatewayError)
+    names = [(await store.get_account(a.id)).display_name for a in accounts]
+    assert names == ["renamed 0", "group 1", "renamed 2"]  # the failed write rolled back alone
+    await db.close()
 
 
 async def test_balance_can_never_go_negative_or_be_over_held(store: Store) -> None:
