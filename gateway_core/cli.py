@@ -7,8 +7,9 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import uvicorn
@@ -42,6 +43,8 @@ def main(log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # alembic narrates every plugin and migration step at INFO; only problems matter here.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # httpx logs every upstream request at INFO: a formatted line per call on the hot path.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @main.command()
@@ -59,7 +62,7 @@ def serve(config_path: Path | None) -> None:
       curl http://127.0.0.1:8080/v1/models -H "Authorization: Bearer $KEY"
     """
     settings = _load(config_path)
-    asyncio.run(_run(settings, core=True, facade_core_target=None))
+    _event_loop_run(_run(settings, core=True, facade_core_target=None))
 
 
 @main.command()
@@ -73,7 +76,7 @@ def core(config_path: Path | None) -> None:
       grpcurl -plaintext 127.0.0.1:50051 list
     """
     settings = _load(config_path)
-    asyncio.run(_run(settings, core=True, facade_core_target=None, facade=False))
+    _event_loop_run(_run(settings, core=True, facade_core_target=None, facade=False))
 
 
 @main.command()
@@ -90,7 +93,7 @@ def facade(core_target: str, listen: str | None, config_path: Path | None) -> No
     settings = _load(config_path)
     if listen:
         settings = _with_http_address(settings, listen)
-    asyncio.run(_run(settings, core=False, facade_core_target=core_target))
+    _event_loop_run(_run(settings, core=False, facade_core_target=core_target))
 
 
 def _mount_admin() -> None:
@@ -131,6 +134,16 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def _event_loop_run(main: Coroutine[Any, Any, None]) -> None:
+    """Runs main on uvloop when it is installed (less per-callback overhead), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 async def _run(settings: Settings, *, core: bool, facade_core_target: str | None, facade: bool = True) -> None:
