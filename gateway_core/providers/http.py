@@ -9,10 +9,11 @@ caller's gRPC deadline (`UpstreamCall.timeout_seconds`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -23,7 +24,7 @@ from httpcore._utils import is_socket_readable
 
 from gateway_core.config import ProviderSettings
 from gateway_core.errors import Reason
-from gateway_core.providers.base import ProviderError
+from gateway_core.providers.base import ProviderError, UpstreamCall
 from gateway_core.providers.sse import SseEvent
 
 # Connections kept per process. Streams hold a connection for their whole
@@ -235,3 +236,62 @@ def transport_error(exc: Exception, *, responded: bool) -> ProviderError:
     if isinstance(exc, httpx.TransportError):
         return ProviderError(Reason.UPSTREAM_UNAVAILABLE, "upstream unreachable", upstream_body=kind)
     return ProviderError(Reason.UPSTREAM_ERROR, "upstream request failed", upstream_body=kind)
+
+
+# Maps an upstream's error status, body and headers to the gateway's vocabulary (each provider's map_error).
+ErrorMapper = Callable[[int, bytes, httpx.Headers], ProviderError]
+
+
+def request_headers(
+    call: UpstreamCall, *, stream: bool, user_agent: str, auth: Mapping[str, str]
+) -> dict[str, str]:
+    """Upstream request headers, built from scratch: the provider's auth, our correlation
+    id and, of the client's, only well-formed trace context, never over ours."""
+    headers = {
+        "content-type": "application/json",
+        "accept": "text/event-stream" if stream else "application/json",
+        "user-agent": user_agent,
+    }
+    if stream:
+        # A compressed event stream can sit in a decoder's buffer; tokens should not.
+        headers["accept-encoding"] = "identity"
+    headers.update(auth)
+    if CORRELATION_ID.fullmatch(call.request_id):
+        headers["x-request-id"] = call.request_id
+    for name, value in trace_headers(call.forward_headers).items():
+        headers.setdefault(name, value)
+    return headers
+
+
+async def send_json(
+    http: httpx.AsyncClient,
+    stack: contextlib.AsyncExitStack,
+    *,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    timeout: httpx.Timeout,
+    deadline: Deadline,
+    map_error: ErrorMapper,
+    secret: str,
+) -> httpx.Response:
+    """POSTs body and returns the response with its headers read (stack closes it);
+    a non-2xx answer is read (bounded) and raised as the provider's mapped error."""
+    request = http.build_request("POST", url, content=body, headers=headers, timeout=timeout)
+    try:
+        async with asyncio.timeout_at(deadline.loop_time()):
+            response = await http.send(request, stream=True)
+    except (httpx.HTTPError, TimeoutError) as exc:
+        raise transport_error(exc, responded=False) from None
+    stack.push_async_callback(response.aclose)
+    if response.is_success:
+        return response
+    try:
+        async with asyncio.timeout_at(deadline.loop_time()):
+            raw = await read_body(response, MAX_ERROR_BODY_BYTES, truncate=True)
+    except (httpx.HTTPError, TimeoutError):
+        raw = b""  # the status alone decides the mapping
+    error = map_error(response.status_code, raw, response.headers)
+    if secret:  # belt and braces: bodies may echo the key in forms scrub() misses
+        error.upstream_body = error.upstream_body.replace(secret, "[redacted]")
+    raise error

@@ -21,14 +21,14 @@ from gateway_core.providers.anthropic import translate
 from gateway_core.providers.anthropic.response import malformed
 from gateway_core.providers.base import ProviderError, UpstreamCall
 from gateway_core.providers.http import (
-    CORRELATION_ID,
     MAX_ERROR_BODY_BYTES,
     MAX_RESPONSE_BYTES,
     Deadline,
     call_timeout,
     next_event,
     read_body,
-    trace_headers,
+    request_headers,
+    send_json,
     transport_error,
     user_agent,
 )
@@ -47,6 +47,10 @@ class AnthropicProvider:
         self._http = http
         self._url = settings.base_url.rstrip("/") + "/v1/messages"
         self._user_agent = user_agent()
+        # The provider's own headers: its credential (when configured) and API version.
+        self._auth = {"anthropic-version": settings.anthropic_version}
+        if settings.api_key:
+            self._auth["x-api-key"] = settings.api_key
 
     async def complete(self, call: UpstreamCall) -> chat_pb2.CreateChatCompletionResponse:
         """POSTs a non-streaming request and translates the whole answer."""
@@ -96,48 +100,12 @@ class AnthropicProvider:
         *, stream: bool,
     ) -> httpx.Response:
         """Sends the request and returns the response with headers read (closed by stack)."""
-        request = self._http.build_request(
-            "POST", self._url, content=orjson.dumps(body), headers=self._headers(call, stream=stream),
-            timeout=call_timeout(self._settings, deadline),
+        return await send_json(
+            self._http, stack, url=self._url, body=orjson.dumps(body),
+            headers=request_headers(call, stream=stream, user_agent=self._user_agent, auth=self._auth),
+            timeout=call_timeout(self._settings, deadline), deadline=deadline, map_error=_map_error,
+            secret=self._settings.api_key,
         )
-        try:
-            async with asyncio.timeout_at(deadline.loop_time()):
-                response = await self._http.send(request, stream=True)
-        except (httpx.HTTPError, TimeoutError) as exc:
-            raise transport_error(exc, responded=False) from None
-        stack.push_async_callback(response.aclose)
-        if response.is_success:
-            return response
-        try:
-            async with asyncio.timeout_at(deadline.loop_time()):
-                raw = await read_body(response, MAX_ERROR_BODY_BYTES, truncate=True)
-        except (httpx.HTTPError, TimeoutError):
-            raw = b""  # the status alone decides the mapping
-        error = translate.map_error(response.status_code, raw, response.headers.get("retry-after"))
-        if self._settings.api_key:  # belt and braces: bodies may echo the key in forms scrub() misses
-            error.upstream_body = error.upstream_body.replace(self._settings.api_key, "[redacted]")
-        raise error
-
-    def _headers(self, call: UpstreamCall, *, stream: bool) -> dict[str, str]:
-        """Request headers, built from scratch: of the client's, only the trace
-        context the servicer put in forward_headers, and never over ours."""
-        headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-            "user-agent": self._user_agent,
-            "anthropic-version": self._settings.anthropic_version,
-        }
-        if stream:
-            # A compressed event stream can sit in a decoder's buffer; tokens should not.
-            headers["accept-encoding"] = "identity"
-        if self._settings.api_key:
-            headers["x-api-key"] = self._settings.api_key
-        if CORRELATION_ID.fullmatch(call.request_id):
-            headers["x-request-id"] = call.request_id
-        for name, value in trace_headers(call.forward_headers).items():
-            headers.setdefault(name, value)
-        return headers
-
 
 async def _refuse_json_instead_of_stream(response: httpx.Response, deadline: Deadline) -> None:
     """A JSON body (status 200) where an event stream was asked for: raise its error."""
@@ -174,3 +142,5 @@ def _event_json(event: SseEvent) -> Any:
         raise malformed("stream event data is not JSON") from None
 
 
+def _map_error(status: int, raw: bytes, headers: httpx.Headers) -> ProviderError:
+    return translate.map_error(status, raw, headers.get("retry-after"))

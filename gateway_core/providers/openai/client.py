@@ -23,14 +23,14 @@ from gateway_core.errors import Reason
 from gateway_core.pb.gateway.v1 import chat_pb2
 from gateway_core.providers.base import ProviderError, UpstreamCall
 from gateway_core.providers.http import (
-    CORRELATION_ID,
     MAX_ERROR_BODY_BYTES,
     MAX_RESPONSE_BYTES,
     Deadline,
     call_timeout,
     next_event,
     read_body,
-    trace_headers,
+    request_headers,
+    send_json,
     transport_error,
     user_agent,
 )
@@ -52,6 +52,8 @@ class OpenAIProvider:
         self._http = http
         self._url = settings.base_url.rstrip("/") + "/chat/completions"
         self._user_agent = user_agent()
+        # The provider's credential header, when one is configured.
+        self._auth = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
         self._dialect = translate.dialect_for(settings)
 
     async def complete(self, call: UpstreamCall) -> chat_pb2.CreateChatCompletionResponse:
@@ -115,48 +117,12 @@ class OpenAIProvider:
         *, stream: bool,
     ) -> httpx.Response:
         """Sends the request and returns the response with headers read (closed by stack)."""
-        request = self._http.build_request(
-            "POST", self._url, content=orjson.dumps(body), headers=self._headers(call, stream=stream),
-            timeout=call_timeout(self._settings, deadline),
+        return await send_json(
+            self._http, stack, url=self._url, body=orjson.dumps(body),
+            headers=request_headers(call, stream=stream, user_agent=self._user_agent, auth=self._auth),
+            timeout=call_timeout(self._settings, deadline), deadline=deadline, map_error=_map_error,
+            secret=self._settings.api_key,
         )
-        try:
-            async with asyncio.timeout_at(deadline.loop_time()):
-                response = await self._http.send(request, stream=True)
-        except (httpx.HTTPError, TimeoutError) as exc:
-            raise transport_error(exc, responded=False) from None
-        stack.push_async_callback(response.aclose)
-        if response.is_success:
-            return response
-        try:
-            async with asyncio.timeout_at(deadline.loop_time()):
-                raw = await read_body(response, MAX_ERROR_BODY_BYTES, truncate=True)
-        except (httpx.HTTPError, TimeoutError):
-            raw = b""  # the status alone decides the mapping
-        headers = response.headers
-        error = translate.map_error(
-            response.status_code, raw, headers.get("retry-after"), retry_after_ms=headers.get("retry-after-ms")
-        )
-        if self._settings.api_key:  # belt and braces: bodies may echo the key in forms scrub() misses
-            error.upstream_body = error.upstream_body.replace(self._settings.api_key, "[redacted]")
-        raise error
-
-    def _headers(self, call: UpstreamCall, *, stream: bool) -> dict[str, str]:
-        """Request headers, built from scratch: nothing of the client's is ever forwarded."""
-        headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-            "user-agent": self._user_agent,
-        }
-        if stream:
-            # A compressed event stream can sit in a decoder's buffer; tokens should not.
-            headers["accept-encoding"] = "identity"
-        if self._settings.api_key:
-            headers["authorization"] = f"Bearer {self._settings.api_key}"
-        if CORRELATION_ID.fullmatch(call.request_id):
-            headers["x-request-id"] = call.request_id
-        headers.update(trace_headers(call.forward_headers))
-        return headers
-
 
 async def _refuse_json_instead_of_stream(response: httpx.Response, deadline: Deadline) -> None:
     """Some vendors answer a stream request with a plain JSON error (status 200): raise it."""
@@ -196,3 +162,5 @@ def _event_json(event: SseEvent) -> Any:
     return data
 
 
+def _map_error(status: int, raw: bytes, headers: httpx.Headers) -> ProviderError:
+    return translate.map_error(status, raw, headers.get("retry-after"), retry_after_ms=headers.get("retry-after-ms"))
