@@ -20,7 +20,11 @@ from typing import Any
 
 import httpcore
 import httpx
-from httpcore._utils import is_socket_readable
+
+try:  # a private helper: if a future httpcore moves it, keep httpcore's own (slower) liveness check
+    from httpcore._utils import is_socket_readable
+except ImportError:  # pragma: no cover - depends on the installed httpcore
+    is_socket_readable = None  # type: ignore[assignment]
 
 from gateway_core.config import ProviderSettings
 from gateway_core.errors import Reason
@@ -48,7 +52,7 @@ def make_http_client() -> httpx.AsyncClient:
     )
     transport = httpx.AsyncHTTPTransport(limits=limits, http1=True, http2=False, trust_env=False)
     pool = getattr(transport, "_pool", None)
-    if isinstance(pool, httpcore.AsyncConnectionPool):
+    if is_socket_readable is not None and isinstance(pool, httpcore.AsyncConnectionPool):
         pool._network_backend = _SocketCachingBackend(pool._network_backend)
     return httpx.AsyncClient(
         transport=transport,  # pooled HTTP/1.1 with the limits above
