@@ -257,6 +257,46 @@ def keys_create(
     click.echo("This secret is shown only once and cannot be retrieved again: store it now.", err=True)
 
 
+@keys.command("update")
+@click.argument("key_id")
+@click.option("--name", default=None, help="A new human name.")
+@click.option("--models", default=None, help='Comma-separated model ids the key may use ("" for all).')
+@click.option("--rpm", default=None, type=click.IntRange(min=0), help="Requests per minute (0: no limit).")
+@click.option("--tpm", default=None, type=click.IntRange(min=0), help="Tokens per minute (0: no limit).")
+@click.option("--expires", callback=_parse_expiry, help="New ISO 8601 expiry time.")
+@click.option("--no-expiry", is_flag=True, help="Remove the expiry time.")
+@click.option("--spend-limit-usd", default=None, help="Most the key may spend in total, in USD (0: no limit).")
+def keys_update(
+    key_id: str, name: str | None, models: str | None, rpm: int | None, tpm: int | None,
+    expires: datetime | None, no_expiry: bool, spend_limit_usd: str | None,
+) -> None:
+    """Change an API key's name, allowed models and limits; options not given stay as they are.
+
+    \b
+    Example:
+      tollgate admin keys update AbCdEf123456 --rpm 120 --spend-limit-usd 25
+      tollgate admin keys update AbCdEf123456 --models "" --no-expiry
+    """
+    if expires is not None and no_expiry:
+        raise click.UsageError("--expires and --no-expiry contradict each other")
+    request = pb.UpdateApiKeyRequest(api_key_id=key_id, clear_expire_time=no_expiry)
+    if name is not None:
+        request.display_name = name
+    if models is not None:
+        request.allowed_models.models.extend(m.strip() for m in models.split(",") if m.strip())
+        request.allowed_models.SetInParent()  # an empty list still means "set": every model
+    if rpm is not None:
+        request.rpm_limit = rpm
+    if tpm is not None:
+        request.tpm_limit = tpm
+    if spend_limit_usd is not None:
+        request.spend_limit_micros = parse_usd(spend_limit_usd, positive=False)
+    if expires is not None:
+        request.expire_time.FromDatetime(expires)
+    reply = _client().call("UpdateApiKey", request)
+    show(reply, key_pairs(reply.api_key))
+
+
 @keys.command("list")
 @click.option("--account", "account_id", default="", help="Only the keys of this account.")
 def keys_list(account_id: str) -> None:

@@ -173,3 +173,19 @@ def test_every_command_has_help_with_an_example(path: tuple[str, ...]) -> None:
     result = CliRunner().invoke(admin_group, [*path, "--help"])
     assert result.exit_code == 0
     assert "Example" in result.stdout and "tollgate admin" in result.stdout
+
+
+def test_keys_update_changes_only_what_is_given(address: str) -> None:
+    account_id = new_account(address)
+    created = as_json(address, "keys", "create", account_id, "--name", "ci", "--models", "m1", "--rpm", "10",
+                      "--expires", "2999-01-01T00:00:00Z")
+    key_id = created["api_key"]["id"]
+    updated = as_json(address, "keys", "update", key_id, "--rpm", "120", "--spend-limit-usd", "2.5")["api_key"]
+    assert updated["rpm_limit"] == 120 and updated["spend_limit_micros"] == 2_500_000
+    assert updated["display_name"] == "ci" and updated["allowed_models"] == ["m1"]
+    assert updated["expire_time"].startswith("2999-01-01")
+    cleared = as_json(address, "keys", "update", key_id, "--models", "", "--no-expiry")["api_key"]
+    assert cleared["allowed_models"] == [] and "expire_time" not in cleared and cleared["rpm_limit"] == 120
+    assert "rpm limit" in ok(run(address, "keys", "update", key_id, "--name", "renamed"))
+    conflict = run(address, "keys", "update", key_id, "--expires", "2999-01-01T00:00:00Z", "--no-expiry")
+    assert conflict.exit_code != 0 and "contradict" in conflict.output
