@@ -79,3 +79,8 @@ class Provider(Protocol):
     async def aclose(self) -> None:
         """Releases what the provider holds (not the shared HTTP client)."""
         ...
+
+
+def malformed(detail: str) -> ProviderError:
+    """The error for an upstream answer that breaks its own format; detail is for logs only."""
+    return ProviderError(Reason.UPSTREAM_ERROR, "upstream sent a malformed response", upstream_body=detail)

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpcore
 import httpx
+import orjson
 
 try:  # a private helper: if a future httpcore moves it, keep httpcore's own (slower) liveness check
     from httpcore._utils import is_socket_readable
@@ -28,7 +29,7 @@ except ImportError:  # pragma: no cover - depends on the installed httpcore
 
 from gateway_core.config import ProviderSettings
 from gateway_core.errors import Reason
-from gateway_core.providers.base import ProviderError, UpstreamCall
+from gateway_core.providers.base import ProviderError, UpstreamCall, malformed
 from gateway_core.providers.sse import SseEvent
 
 # Connections kept per process. Streams hold a connection for their whole
@@ -228,6 +229,24 @@ async def read_body(response: httpx.Response, limit: int, *, truncate: bool) -> 
             break
         parts.append(part)
     return b"".join(parts)
+
+
+async def read_within(response: httpx.Response, deadline: Deadline, limit: int, *, truncate: bool) -> bytes:
+    """read_body within the caller's deadline, transport failures mapped."""
+    try:
+        async with asyncio.timeout_at(deadline.loop_time()):
+            return await read_body(response, limit, truncate=truncate)
+    except (httpx.HTTPError, TimeoutError) as exc:
+        raise transport_error(exc, responded=True) from None
+
+
+async def read_json(response: httpx.Response, deadline: Deadline) -> Any:
+    """A whole JSON answer: bounded, within the deadline, malformed if it is not JSON."""
+    raw = await read_within(response, deadline, MAX_RESPONSE_BYTES, truncate=False)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise malformed("response body is not JSON") from None
 
 
 def transport_error(exc: Exception, *, responded: bool) -> ProviderError:

@@ -22,14 +22,13 @@ from gateway_core.providers.anthropic.response import malformed
 from gateway_core.providers.base import ProviderError, UpstreamCall
 from gateway_core.providers.http import (
     MAX_ERROR_BODY_BYTES,
-    MAX_RESPONSE_BYTES,
     Deadline,
     call_timeout,
     next_event,
-    read_body,
+    read_json,
+    read_within,
     request_headers,
     send_json,
-    transport_error,
     user_agent,
 )
 from gateway_core.providers.sse import SseEvent, iter_sse
@@ -58,15 +57,7 @@ class AnthropicProvider:
         deadline = Deadline.after(call.timeout_seconds)
         async with contextlib.AsyncExitStack() as stack:
             response = await self._send(stack, call, body, deadline, stream=False)
-            try:
-                async with asyncio.timeout_at(deadline.loop_time()):
-                    raw = await read_body(response, MAX_RESPONSE_BYTES, truncate=False)
-            except (httpx.HTTPError, TimeoutError) as exc:
-                raise transport_error(exc, responded=True) from None
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise malformed("response body is not JSON") from None
+            parsed = await read_json(response, deadline)
         return translate.from_response(parsed, call, provider=self.name)
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
@@ -107,13 +98,10 @@ class AnthropicProvider:
             secret=self._settings.api_key,
         )
 
+
 async def _refuse_json_instead_of_stream(response: httpx.Response, deadline: Deadline) -> None:
     """A JSON body (status 200) where an event stream was asked for: raise its error."""
-    try:
-        async with asyncio.timeout_at(deadline.loop_time()):
-            raw = await read_body(response, MAX_ERROR_BODY_BYTES, truncate=True)
-    except (httpx.HTTPError, TimeoutError) as exc:
-        raise transport_error(exc, responded=True) from None
+    raw = await read_within(response, deadline, MAX_ERROR_BODY_BYTES, truncate=True)
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:

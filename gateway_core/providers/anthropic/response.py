@@ -14,11 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway_core.errors import Reason
 from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
 from gateway_core.providers.anthropic.error_map import error_in_event
 from gateway_core.providers.anthropic.request import response_tool_name
-from gateway_core.providers.base import ProviderError, UpstreamCall
+from gateway_core.providers.base import UpstreamCall, malformed
 
 # [anthropic-sdk-python types/stop_reason.py]; pause_turn (a server tool paused a long
 # turn) has no OpenAI counterpart and ends the turn as far as the client can tell.
@@ -160,11 +159,6 @@ def usage_from(data: Any) -> types_pb2.Usage:
 def dump(value: Any) -> str:
     """Compact JSON text."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def malformed(detail: str) -> ProviderError:
-    """The error for an upstream answer that breaks Anthropic's format."""
-    return ProviderError(Reason.UPSTREAM_ERROR, "upstream sent a malformed response", upstream_body=detail)
 
 
 def _string(value: Any) -> str:

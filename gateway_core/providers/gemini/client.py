@@ -12,7 +12,6 @@ ProviderErrors. No message it raises carries the operator's key or base URL.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -28,14 +27,13 @@ from gateway_core.providers.base import ProviderError, UpstreamCall
 from gateway_core.providers.gemini import translate
 from gateway_core.providers.http import (
     MAX_ERROR_BODY_BYTES,
-    MAX_RESPONSE_BYTES,
     Deadline,
     call_timeout,
     next_event,
-    read_body,
+    read_json,
+    read_within,
     request_headers,
     send_json,
-    transport_error,
     user_agent,
 )
 from gateway_core.providers.sse import SseEvent, iter_sse
@@ -61,15 +59,7 @@ class GeminiProvider:
         deadline = Deadline.after(call.timeout_seconds)
         async with contextlib.AsyncExitStack() as stack:
             response = await self._send(stack, call, body, deadline, stream=False)
-            try:
-                async with asyncio.timeout_at(deadline.loop_time()):
-                    raw = await read_body(response, MAX_RESPONSE_BYTES, truncate=False)
-            except (httpx.HTTPError, TimeoutError) as exc:
-                raise transport_error(exc, responded=True) from None
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise translate.malformed("response body is not JSON") from None
+            parsed = await read_json(response, deadline)
         return translate.from_response(parsed, call, provider=self.name)
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
@@ -119,13 +109,10 @@ class GeminiProvider:
             secret=self._settings.api_key,
         )
 
+
 async def _refuse_non_stream(response: httpx.Response, deadline: Deadline) -> None:
     """A 200 that is not an event stream (an error object, or a JSON array without alt=sse): raise."""
-    try:
-        async with asyncio.timeout_at(deadline.loop_time()):
-            raw = await read_body(response, MAX_ERROR_BODY_BYTES, truncate=True)
-    except (httpx.HTTPError, TimeoutError) as exc:
-        raise transport_error(exc, responded=True) from None
+    raw = await read_within(response, deadline, MAX_ERROR_BODY_BYTES, truncate=True)
     error = translate.error_object(raw)
     if error:
         raise translate.error_in_body(error)

@@ -18,9 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway_core.errors import Reason
 from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
-from gateway_core.providers.base import ProviderError, UpstreamCall
+from gateway_core.providers.base import UpstreamCall, malformed
 from gateway_core.providers.gemini.call_ids import new_call_id
 from gateway_core.providers.gemini.error_map import error_in_body
 from gateway_core.providers.openai.response import dump
@@ -224,11 +223,6 @@ def _logprob(token: Any) -> dict[str, Any]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise malformed("logProbability is not a number")
     return {"token": text, "logprob": value, "bytes": list(text.encode())}
-
-
-def malformed(detail: str) -> ProviderError:
-    """The error for an upstream answer that breaks Gemini's format."""
-    return ProviderError(Reason.UPSTREAM_ERROR, "upstream sent a malformed response", upstream_body=detail)
 
 
 def _count(value: Any) -> int:

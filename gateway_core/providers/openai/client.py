@@ -24,14 +24,13 @@ from gateway_core.pb.gateway.v1 import chat_pb2
 from gateway_core.providers.base import ProviderError, UpstreamCall
 from gateway_core.providers.http import (
     MAX_ERROR_BODY_BYTES,
-    MAX_RESPONSE_BYTES,
     Deadline,
     call_timeout,
     next_event,
-    read_body,
+    read_json,
+    read_within,
     request_headers,
     send_json,
-    transport_error,
     user_agent,
 )
 from gateway_core.providers.openai import translate
@@ -62,15 +61,7 @@ class OpenAIProvider:
         deadline = Deadline.after(call.timeout_seconds)
         async with contextlib.AsyncExitStack() as stack:
             response = await self._send(stack, call, body, deadline, stream=False)
-            try:
-                async with asyncio.timeout_at(deadline.loop_time()):
-                    raw = await read_body(response, MAX_RESPONSE_BYTES, truncate=False)
-            except (httpx.HTTPError, TimeoutError) as exc:
-                raise transport_error(exc, responded=True) from None
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise malformed("response body is not JSON") from None
+            parsed = await read_json(response, deadline)
         return translate.from_response(parsed, call, provider=self.name)
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
@@ -124,13 +115,10 @@ class OpenAIProvider:
             secret=self._settings.api_key,
         )
 
+
 async def _refuse_json_instead_of_stream(response: httpx.Response, deadline: Deadline) -> None:
     """Some vendors answer a stream request with a plain JSON error (status 200): raise it."""
-    try:
-        async with asyncio.timeout_at(deadline.loop_time()):
-            raw = await read_body(response, MAX_ERROR_BODY_BYTES, truncate=True)
-    except (httpx.HTTPError, TimeoutError) as exc:
-        raise transport_error(exc, responded=True) from None
+    raw = await read_within(response, deadline, MAX_ERROR_BODY_BYTES, truncate=True)
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway_core.errors import Reason
 from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
-from gateway_core.providers.base import ProviderError, UpstreamCall
+from gateway_core.providers.base import UpstreamCall, malformed
 from gateway_core.providers.openai.error_map import error_in_body
 
 _FINISH_REASONS: Mapping[str, types_pb2.FinishReason] = {
@@ -280,11 +279,6 @@ def extra_fields(data: Mapping[str, Any], known: frozenset[str]) -> str:
 def dump(value: Any) -> str:
     """Compact JSON text."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def malformed(detail: str) -> ProviderError:
-    """The error for an upstream answer that breaks the OpenAI format."""
-    return ProviderError(Reason.UPSTREAM_ERROR, "upstream sent a malformed response", upstream_body=detail)
 
 
 def _json_or_empty(value: Any) -> str:
