@@ -25,7 +25,7 @@ from gateway_core.errors import GatewayError
 from gateway_core.metering.ledger import Ledger
 from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome, UsageStatus
 from gateway_core.metering.usage import apply_output_limit, hold_micros
-from gateway_core.pb.gateway.v1 import chat_pb2
+from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
 from gateway_core.providers.base import ChatRequest, Provider, UpstreamCall
 from gateway_core.routing import Router
 from gateway_core.tokens import estimate_prompt_tokens
@@ -210,7 +210,7 @@ async def _await(future: asyncio.Future[Any]) -> Any:
 
 
 def _final_chunk(
-    meter: RequestMeter, admission: Admission, usage: Any
+    meter: RequestMeter, admission: Admission, usage: types_pb2.Usage
 ) -> chat_pb2.StreamChatCompletionResponse:
     template = meter.template
     return chat_pb2.StreamChatCompletionResponse(
