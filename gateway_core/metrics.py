@@ -1,0 +1,85 @@
+"""Prometheus metrics shared by the core and the facade.
+
+Every metric lives in the process-wide default registry, so `tollgate serve`
+(core and facade in one process) exposes them all on the facade's `/metrics`.
+
+Label values must come from bounded sets: configured model, provider and route
+names, reason codes from `gateway_core.errors.Reason`, and small fixed words
+("ok", "stream", ...). Never a key id, account id, request id or free text.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Latency buckets from 5 ms to 5 min: covers fast cached answers and long streams.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Gateway overhead is small by design: 100 µs .. 1 s.
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+
+REQUESTS = Counter(
+    "tollgate_requests_total",
+    "Chat requests finished, by model, provider, route and status (a reason code or 'ok').",
+    ["model", "provider", "route", "status"],
+)
+TOKENS = Counter(
+    "tollgate_tokens_total",
+    "Tokens billed, by model, provider and direction (prompt|completion).",
+    ["model", "provider", "direction"],
+)
+COST_MICROS = Counter(
+    "tollgate_cost_micros_total",
+    "Micro-USD charged to accounts, by model and provider.",
+    ["model", "provider"],
+)
+REQUEST_DURATION = Histogram(
+    "tollgate_request_duration_seconds",
+    "Time from admission to the last byte, by model, provider and mode (unary|stream).",
+    ["model", "provider", "mode"],
+    buckets=_LATENCY_BUCKETS,
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "tollgate_time_to_first_token_seconds",
+    "Time from admission to the first content chunk of a stream, by model and provider.",
+    ["model", "provider"],
+    buckets=_LATENCY_BUCKETS,
+)
+GATEWAY_OVERHEAD = Histogram(
+    "tollgate_gateway_overhead_seconds",
+    "Time a request spent in the gateway itself (not waiting on the upstream), by mode.",
+    ["mode"],
+    buckets=_OVERHEAD_BUCKETS,
+)
+UPSTREAM_ATTEMPTS = Counter(
+    "tollgate_upstream_attempts_total",
+    "Upstream calls made, by provider, route and outcome (ok or a reason code).",
+    ["provider", "route", "outcome"],
+)
+UPSTREAM_RETRIES = Counter(
+    "tollgate_upstream_retries_total",
+    "Upstream attempts beyond the first for one request, by model.",
+    ["model"],
+)
+FALLBACKS = Counter(
+    "tollgate_fallbacks_total",
+    "Requests answered by a route other than their first choice, by model.",
+    ["model"],
+)
+COOLDOWNS = Counter(
+    "tollgate_route_cooldowns_total",
+    "Times a route's circuit breaker opened, by provider and route.",
+    ["provider", "route"],
+)
+REJECTIONS = Counter(
+    "tollgate_rejections_total",
+    "Requests refused before reaching upstream, by reason (rate_limit_exceeded, insufficient_quota, ...).",
+    ["reason"],
+)
+STREAMS_IN_FLIGHT = Gauge(
+    "tollgate_streams_in_flight",
+    "Streaming responses currently open.",
+)
+HOLDS_OUTSTANDING = Gauge(
+    "tollgate_holds_outstanding",
+    "Holds taken by this process and not yet settled or released.",
+)
