@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import uvicorn
 
 from gateway_core.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from http_facade.drain import Drain
 
 log = logging.getLogger("tollgate")
 
@@ -147,45 +149,42 @@ def _event_loop_run(main: Coroutine[Any, Any, None]) -> None:
 
 
 async def _run(settings: Settings, *, core: bool, facade_core_target: str | None, facade: bool = True) -> None:
+    from gateway_core.lifecycle import ShutdownSignals, run_until_signalled
     from gateway_core.server import start_core
+    from http_facade.drain import Drain
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    signals = ShutdownSignals()
+    signals.install()
     running = await start_core(settings) if core else None
-    http_server: _Uvicorn | None = None
     try:
         if running is not None:
             await _announce(settings, running)
+        front: tuple[Drain, _Uvicorn] | None = None
         if facade:
             target = facade_core_target or _local_target(settings.grpc_address, running.port if running else 0)
-            http_server = _facade_server(settings, target)
-            serving = asyncio.create_task(http_server.serve())
-            stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            http_server.should_exit = True
-            await serving
-            stopping.cancel()
-        else:
-            await stop.wait()
-    finally:
+            drain = Drain()
+            front = (drain, _facade_server(settings, target, drain))
+    except BaseException:
         if running is not None:
             await running.stop()
+        raise
+    await run_until_signalled(signals, core=running, facade=front, grace_seconds=settings.shutdown_grace_seconds)
 
 
-def _facade_server(settings: Settings, core_target: str) -> _Uvicorn:
+def _facade_server(settings: Settings, core_target: str, drain: Drain) -> _Uvicorn:
+    from gateway_core.lifecycle import FACADE_CLOSE_SECONDS
     from http_facade.app import create_app
 
     host, port = _split(settings.http_address)
     config = uvicorn.Config(
-        create_app(core_target),
+        create_app(core_target, drain=drain),
         host=host,
         port=port,
         access_log=False,
         log_level="warning",
         lifespan="on",
-        timeout_graceful_shutdown=30,
+        # A backstop only: the drain has already let requests finish or cut them.
+        timeout_graceful_shutdown=FACADE_CLOSE_SECONDS,
     )
     return _Uvicorn(config)
 

@@ -70,6 +70,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     demo = table(raw, "demo", problems, SECTION_KEYS["demo"])
     http_address = check_address(server, "http_address", "127.0.0.1:8080", problems)
     grpc_address = check_address(server, "grpc_address", "127.0.0.1:50051", problems)
+    shutdown_grace_seconds = number(server, "server", "shutdown_grace_seconds", 30.0, problems)
     url = database.get("url", "sqlite:///tollgate.db")
     if not isinstance(url, str) or not re.match(r"^(sqlite|postgresql)(\+\w+)?://", url):
         problems.add("database.url", f"{url!r} is not a sqlite:/// or postgresql:// URL")
@@ -100,6 +101,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         models=model_settings,
         metering=metering_settings,
         create_demo_account=bool(demo.get("create_account", False)),
+        shutdown_grace_seconds=shutdown_grace_seconds,
     )
 
 

@@ -97,13 +97,15 @@ class Settings:
     models: Mapping[str, ModelSettings] = field(default_factory=dict)
     metering: MeteringSettings = field(default_factory=MeteringSettings)
     create_demo_account: bool = False
+    # How long SIGTERM lets in-flight requests and streams finish before cutting them.
+    shutdown_grace_seconds: float = 30.0
 
 
 MODEL_KEYS = frozenset({"name", "routes", "input_price", "output_price", "cached_input_price", "max_output_tokens"})
 ROUTE_KEYS = frozenset({"provider", "model"})
 # Every key each section accepts; anything else is reported, so a typo never passes silently.
 SECTION_KEYS: Mapping[str, frozenset[str]] = {
-    "server": frozenset({"http_address", "grpc_address"}),
+    "server": frozenset({"http_address", "grpc_address", "shutdown_grace_seconds"}),
     "database": frozenset({"url"}),
     "admin": frozenset({"token"}),
     "keys": frozenset({"pepper", "cache_seconds"}),

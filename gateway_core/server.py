@@ -56,13 +56,16 @@ class Core:
     background: BackgroundTasks
     providers: dict[str, Provider] = field(default_factory=dict)
 
-    async def stop(self, grace_seconds: float | None = 5.0) -> None:
+    async def stop(self, grace_seconds: float | None = 5.0, *, settle_seconds: float | None = None) -> None:
         """Turns health NOT_SERVING, lets in-flight calls finish (up to grace), lets
-        drains and settlements of abandoned requests land, closes everything."""
+        drains and settlements of abandoned requests land (up to settle_seconds,
+        default max(grace, 10)), gives up the hold lease, closes everything."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_seconds)
-        await self.background.wait(timeout_seconds=max(grace_seconds or 0.0, 10.0))
-        await self.reconciler.stop()
+        if settle_seconds is None:
+            settle_seconds = max(grace_seconds or 0.0, 10.0)
+        await self.background.wait(timeout_seconds=settle_seconds)
+        await self.reconciler.retire()
         for provider in self.providers.values():
             await provider.aclose()
         await self.http.aclose()

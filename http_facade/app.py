@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from gateway_core.pb.gateway.v1 import chat_pb2_grpc, metering_pb2_grpc
 from http_facade.billing import router as billing_router
+from http_facade.drain import Drain, DrainMiddleware
 from http_facade.errors import ApiError, invalid_request
 from http_facade.middleware import RequestIdMiddleware
 from http_facade.routes import Facade, router
@@ -38,12 +39,14 @@ def create_app(
     call_timeout_seconds: float = 600.0,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     heartbeat_seconds: float = 15.0,
+    drain: Drain | None = None,
 ) -> FastAPI:
     """The facade app, calling the core's gRPC API at core_target ("host:port").
 
     call_timeout_seconds is the deadline of every core call (a whole stream
     included); max_body_bytes bounds request bodies (413 beyond);
     heartbeat_seconds is how long a stream may stay silent before a `: ping`.
+    drain, when given, is how the process's shutdown refuses and cuts requests.
     """
     if call_timeout_seconds <= 0 or max_body_bytes <= 0 or heartbeat_seconds <= 0:
         raise ValueError("call_timeout_seconds, max_body_bytes and heartbeat_seconds must be positive")
@@ -79,6 +82,7 @@ def create_app(
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(DrainMiddleware, drain=drain or Drain())
     app.add_middleware(RequestIdMiddleware)
     return app
 

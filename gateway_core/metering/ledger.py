@@ -57,6 +57,11 @@ class Ledger:
         await self._db.run(partial(instances.heartbeat, instance_id=self._instance_id), write=True)
         self._registered = True
 
+    async def retire(self) -> None:
+        """Gives up this process's lease at a clean stop; call after its last hold is settled."""
+        await self._db.run(partial(instances.retire, instance_id=self._instance_id), write=True)
+        self._registered = False
+
     async def hold(
         self,
         *,

@@ -55,6 +55,14 @@ class Reconciler:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def retire(self) -> None:
+        """Stops the timer, then gives up the lease (so a peer frees any hold left at once); never raises."""
+        await self.stop()
+        try:
+            await self._ledger.retire()
+        except Exception:  # noqa: BLE001 - stopping anyway; the lease then expires by staleness
+            log.exception("giving up the hold lease failed")
+
     async def run_once(self) -> int:
         """One heartbeat and one orphan pass now (what the timer does); how many holds were released."""
         await self._heartbeat()

@@ -80,3 +80,12 @@ def prune_dead_instances(session: Session) -> int:
     )
     statement = delete(_INSTANCES).where(_INSTANCES.c.heartbeat_at < cutoff, ~owns_open_hold)
     return int(session.connection().execute(statement).rowcount)
+
+
+def retire(session: Session, instance_id: str) -> None:
+    """Deletes this instance's lease row at a clean stop.
+
+    Any hold it still owns is then an orphan at once (no row), so a live core
+    releases it at its next pass instead of after orphan_after_seconds.
+    """
+    session.connection().execute(delete(_INSTANCES).where(_INSTANCES.c.id == instance_id))
