@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -71,7 +71,9 @@ def _describe(err: grpc.RpcError, address: str) -> str:
 
 def _client() -> AdminClient:
     ctx = click.get_current_context()
-    root = ctx.find_root().obj
+    # The admin group's options, inherited by every subcommand's context. Not find_root():
+    # under `tollgate admin` the root is the `tollgate` group, which has no such object.
+    root = ctx.obj
     if "client" not in root:
         token = os.environ.get(TOKEN_ENV, "")
         if not token:
@@ -362,3 +364,98 @@ def topup(account_id: str, amount_usd: str, request_id: str | None, note: str) -
         return emit_json(reply)
     click.echo(f"credited {usd(reply.entry.amount_micros)} to {reply.account.id} (request id {reply.entry.request_id})")
     click.echo(f"balance  {usd(reply.account.balance_micros)}")
+
+
+def _parse_day(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a day like 2026-01-31") from None
+
+
+@admin_group.command()
+@click.option("--account", "account_id", default="", help="Only this account (default: every account).")
+@click.option("--since", callback=_parse_day, help="First UTC day to include, YYYY-MM-DD.")
+@click.option("--until", callback=_parse_day, help="Last UTC day to include, YYYY-MM-DD.")
+def usage(account_id: str, since: datetime | None, until: datetime | None) -> None:
+    """Show usage totals per UTC day and model: requests, tokens and cost.
+
+    \b
+    Examples:
+      tollgate admin usage
+      tollgate admin usage --account acct_123 --since 2026-01-01 --until 2026-01-31
+      tollgate admin usage --json
+    """
+    if since is not None and until is not None and until < since:
+        raise click.BadParameter("--until is before --since", param_hint="--until")
+    request = pb.SummarizeUsageRequest(account_id=account_id)
+    if since is not None:
+        request.start_time.FromDatetime(since)
+    if until is not None:
+        request.end_time.FromDatetime(until + timedelta(days=1))
+    reply = _client().call("SummarizeUsage", request)
+    if json_mode():
+        return emit_json(reply)
+    rows = [
+        (u.day, u.model, str(u.request_count), str(u.prompt_tokens), str(u.completion_tokens), usd(u.cost_micros))
+        for u in reply.usages
+    ]
+    if rows:
+        rows.append(("total", "", *(str(sum(getattr(u, f) for u in reply.usages)) for f in _COUNTS),
+                     usd(sum(u.cost_micros for u in reply.usages))))
+    table(("DAY", "MODEL", "REQUESTS", "PROMPT TOKENS", "COMPLETION TOKENS", "COST"), rows)
+
+
+_COUNTS = ("request_count", "prompt_tokens", "completion_tokens")
+
+
+@admin_group.command()
+def prices() -> None:
+    """List the configured models, their prices (USD per 1M tokens) and routes.
+
+    \b
+    Examples:
+      tollgate admin prices
+      tollgate admin prices --json
+    """
+    reply = _client().call("ListModelPrices", pb.ListModelPricesRequest())
+    if json_mode():
+        return emit_json(reply)
+    rows = [
+        (
+            m.model,
+            usd(m.input_price_micros),
+            usd(m.output_price_micros),
+            usd(m.cached_input_price_micros) if m.HasField("cached_input_price_micros") else "-",
+            str(m.max_output_tokens),
+            ", ".join(f"{r.provider}/{r.upstream_model}" for r in m.routes),
+        )
+        for m in reply.models
+    ]
+    table(("MODEL", "INPUT /1M", "OUTPUT /1M", "CACHED INPUT /1M", "MAX OUTPUT", "ROUTES"), rows)
+
+
+# `tollgate admin ledger ACCOUNT` is the same command as `accounts ledger`, where operators look first.
+admin_group.add_command(accounts_ledger, name="ledger")
+
+
+def _json_flag(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.obj["json"] = True
+
+
+def _accept_json_everywhere(group: click.Group) -> None:
+    """Gives every command its own --json too, so `tollgate admin keys list --json` works."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _accept_json_everywhere(command)
+        elif not any(p.name == "json" for p in command.params):
+            command.params.append(click.Option(
+                ["--json", "json"], is_flag=True, expose_value=False, callback=_json_flag,
+                help="Print JSON (proto field names) instead of a table.",
+            ))
+
+
+_accept_json_everywhere(admin_group)

@@ -21,7 +21,7 @@ MICROS_PER_USD = 1_000_000
 
 
 def json_mode() -> bool:
-    return bool(click.get_current_context().find_root().obj["json"])
+    return bool(click.get_current_context().obj["json"])
 
 
 def emit_json(value: message.Message | dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -18,6 +18,7 @@ import grpc
 from google.protobuf import message, timestamp_pb2
 
 from gateway_core.auth import Metadata, bearer_token
+from gateway_core.config import ModelSettings
 from gateway_core.errors import GatewayError, Reason, abort, invalid_request
 from gateway_core.pb.gateway.admin.v1 import admin_pb2 as pb
 from gateway_core.pb.gateway.admin.v1 import admin_pb2_grpc
@@ -139,9 +140,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         admin_token: str,
         key_pepper: str,
         *,
+        models: Mapping[str, ModelSettings] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
+        self._models = dict(models or {})
         self._token = admin_token.encode("utf-8")
         self._pepper = key_pepper
         self._now = now
@@ -238,3 +241,30 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> pb.ListLedgerEntriesResponse:
         page, token = await self._store.list_ledger_entries(request.account_id, request.page_size, request.page_token)
         return pb.ListLedgerEntriesResponse(entries=[entry_to_pb(e) for e in page], next_page_token=token)
+
+    @_admin_rpc
+    async def SummarizeUsage(self, request: pb.SummarizeUsageRequest, context: Context) -> pb.SummarizeUsageResponse:
+        start = from_timestamp(request.start_time, "start_time") if request.HasField("start_time") else None
+        end = from_timestamp(request.end_time, "end_time") if request.HasField("end_time") else None
+        if request.account_id:
+            await self._store.get_account(request.account_id)  # an unknown account is NOT_FOUND, not empty
+        totals = await self._store.summarize_daily_usage(request.account_id or None, start, end)
+        return pb.SummarizeUsageResponse(usages=[pb.DailyModelUsage(**vars(t)) for t in totals])
+
+    @_admin_rpc
+    async def ListModelPrices(
+        self, request: pb.ListModelPricesRequest, context: Context
+    ) -> pb.ListModelPricesResponse:
+        return pb.ListModelPricesResponse(models=[model_price_to_pb(self._models[n]) for n in sorted(self._models)])
+
+
+def model_price_to_pb(model: ModelSettings) -> pb.ModelPrice:
+    """The wire form of a configured model's prices and routes."""
+    return pb.ModelPrice(
+        model=model.name,
+        input_price_micros=model.input_price_micros,
+        output_price_micros=model.output_price_micros,
+        cached_input_price_micros=model.cached_input_price_micros,
+        max_output_tokens=model.max_output_tokens,
+        routes=[pb.ModelRoute(provider=r.provider, upstream_model=r.model) for r in model.routes],
+    )

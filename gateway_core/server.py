@@ -109,7 +109,7 @@ async def start_core(settings: Settings, *, address: str | None = None) -> Core:
         chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(pipeline, authenticator, router), server)
         metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(store, authenticator), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(store, settings.admin_token, settings.key_pepper), server
+            AdminServicer(store, settings.admin_token, settings.key_pepper, models=settings.models), server
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -15,9 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from gateway_core.metering.outcome import Settlement
-from gateway_core.store import accounts, api_keys, holds, ledger_entries, usage_records
+from gateway_core.store import accounts, api_keys, holds, ledger_entries, usage_records, usage_summary
 from gateway_core.store.api_keys import ApiKeySettings, ApiKeyUpdate
 from gateway_core.store.db import Database
+from gateway_core.store.usage_summary import DailyUsage
 from gateway_core.store.records import (
     AccountRecord,
     ApiKeyCredential,
@@ -121,6 +122,13 @@ class Store:
     ) -> list[ModelUsage]:
         """Per-model totals of an account's usage in [start_time, end_time), sorted by model."""
         call = partial(usage_records.summarize_usage, account_id=account_id, start_time=start_time, end_time=end_time)
+        return await self._db.run(call)
+
+    async def summarize_daily_usage(
+        self, account_id: str | None, start_time: datetime | None = None, end_time: datetime | None = None
+    ) -> list[DailyUsage]:
+        """Totals per UTC day and model of usage in [start_time, end_time); one account, or all for None."""
+        call = partial(usage_summary.summarize_daily_usage, account_id=account_id, start_time=start_time, end_time=end_time)
         return await self._db.run(call)
 
     async def get_usage_record(self, request_id: str) -> Usage | None:

@@ -43,6 +43,8 @@ def test_services_and_rpcs_have_the_design_names() -> None:
     assert _rpcs(admin_pb2, "AdminService") == {
         "CreateAccount", "GetAccount", "ListAccounts", "UpdateAccount", "TopUpAccount",
         "CreateApiKey", "GetApiKey", "ListApiKeys", "UpdateApiKey", "RevokeApiKey", "ListLedgerEntries",
+        # Beyond DESIGN.md, for `tollgate admin usage` and `tollgate admin prices` (issue 8).
+        "SummarizeUsage", "ListModelPrices",
     }
 
 

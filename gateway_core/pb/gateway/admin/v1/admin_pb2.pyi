@@ -291,3 +291,69 @@ class ListLedgerEntriesResponse(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[LedgerEntry]
     next_page_token: str
     def __init__(self, entries: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SummarizeUsageRequest(_message.Message):
+    __slots__ = ("account_id", "start_time", "end_time")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, account_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DailyModelUsage(_message.Message):
+    __slots__ = ("day", "model", "request_count", "prompt_tokens", "completion_tokens", "cost_micros")
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_MICROS_FIELD_NUMBER: _ClassVar[int]
+    day: str
+    model: str
+    request_count: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+    def __init__(self, day: _Optional[str] = ..., model: _Optional[str] = ..., request_count: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost_micros: _Optional[int] = ...) -> None: ...
+
+class SummarizeUsageResponse(_message.Message):
+    __slots__ = ("usages",)
+    USAGES_FIELD_NUMBER: _ClassVar[int]
+    usages: _containers.RepeatedCompositeFieldContainer[DailyModelUsage]
+    def __init__(self, usages: _Optional[_Iterable[_Union[DailyModelUsage, _Mapping]]] = ...) -> None: ...
+
+class ListModelPricesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelRoute(_message.Message):
+    __slots__ = ("provider", "upstream_model")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    upstream_model: str
+    def __init__(self, provider: _Optional[str] = ..., upstream_model: _Optional[str] = ...) -> None: ...
+
+class ModelPrice(_message.Message):
+    __slots__ = ("model", "input_price_micros", "output_price_micros", "cached_input_price_micros", "max_output_tokens", "routes")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_PRICE_MICROS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PRICE_MICROS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_PRICE_MICROS_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    input_price_micros: int
+    output_price_micros: int
+    cached_input_price_micros: int
+    max_output_tokens: int
+    routes: _containers.RepeatedCompositeFieldContainer[ModelRoute]
+    def __init__(self, model: _Optional[str] = ..., input_price_micros: _Optional[int] = ..., output_price_micros: _Optional[int] = ..., cached_input_price_micros: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ...) -> None: ...
+
+class ListModelPricesResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelPrice]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelPrice, _Mapping]]] = ...) -> None: ...

@@ -91,6 +91,16 @@ class AdminServiceStub:
                 request_serializer=gateway_dot_admin_dot_v1_dot_admin__pb2.ListLedgerEntriesRequest.SerializeToString,
                 response_deserializer=gateway_dot_admin_dot_v1_dot_admin__pb2.ListLedgerEntriesResponse.FromString,
                 _registered_method=True)
+        self.SummarizeUsage = channel.unary_unary(
+                '/gateway.admin.v1.AdminService/SummarizeUsage',
+                request_serializer=gateway_dot_admin_dot_v1_dot_admin__pb2.SummarizeUsageRequest.SerializeToString,
+                response_deserializer=gateway_dot_admin_dot_v1_dot_admin__pb2.SummarizeUsageResponse.FromString,
+                _registered_method=True)
+        self.ListModelPrices = channel.unary_unary(
+                '/gateway.admin.v1.AdminService/ListModelPrices',
+                request_serializer=gateway_dot_admin_dot_v1_dot_admin__pb2.ListModelPricesRequest.SerializeToString,
+                response_deserializer=gateway_dot_admin_dot_v1_dot_admin__pb2.ListModelPricesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -175,6 +185,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SummarizeUsage(self, request, context):
+        """Totals usage records per model and UTC day, for one account or all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModelPrices(self, request, context):
+        """Lists the configured models with their prices and routes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +256,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListLedgerEntries,
                     request_deserializer=gateway_dot_admin_dot_v1_dot_admin__pb2.ListLedgerEntriesRequest.FromString,
                     response_serializer=gateway_dot_admin_dot_v1_dot_admin__pb2.ListLedgerEntriesResponse.SerializeToString,
+            ),
+            'SummarizeUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SummarizeUsage,
+                    request_deserializer=gateway_dot_admin_dot_v1_dot_admin__pb2.SummarizeUsageRequest.FromString,
+                    response_serializer=gateway_dot_admin_dot_v1_dot_admin__pb2.SummarizeUsageResponse.SerializeToString,
+            ),
+            'ListModelPrices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelPrices,
+                    request_deserializer=gateway_dot_admin_dot_v1_dot_admin__pb2.ListModelPricesRequest.FromString,
+                    response_serializer=gateway_dot_admin_dot_v1_dot_admin__pb2.ListModelPricesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -533,6 +567,60 @@ class AdminService:
             '/gateway.admin.v1.AdminService/ListLedgerEntries',
             gateway_dot_admin_dot_v1_dot_admin__pb2.ListLedgerEntriesRequest.SerializeToString,
             gateway_dot_admin_dot_v1_dot_admin__pb2.ListLedgerEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SummarizeUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.admin.v1.AdminService/SummarizeUsage',
+            gateway_dot_admin_dot_v1_dot_admin__pb2.SummarizeUsageRequest.SerializeToString,
+            gateway_dot_admin_dot_v1_dot_admin__pb2.SummarizeUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelPrices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.admin.v1.AdminService/ListModelPrices',
+            gateway_dot_admin_dot_v1_dot_admin__pb2.ListModelPricesRequest.SerializeToString,
+            gateway_dot_admin_dot_v1_dot_admin__pb2.ListModelPricesResponse.FromString,
             options,
             channel_credentials,
             insecure,
