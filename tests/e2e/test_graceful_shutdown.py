@@ -371,3 +371,40 @@ def test_rolling_restart_under_load_loses_no_usage_record(tmp_path: Path) -> Non
     books.check()
     assert sorted(books.holds()) == sorted(r.request_id for r in admitted)
     assert _instances(tmp_path) == 0
+
+
+def test_facade_alone_cuts_its_streams_and_the_core_bills_them(tmp_path: Path) -> None:
+    with FakeOpenAIUpstream(slow_chunks=200, slow_interval=0.05) as upstream:
+        node = _node(tmp_path, upstream, "a", grace=1).start("core")
+        account_id, key = _account(node)
+        facade = subprocess.Popen([*TOLLGATE, "facade", "--core", f"127.0.0.1:{node.grpc_port}",
+                                   "--config", str(node.config)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not _serving(node, "serve"):
+                assert time.monotonic() < deadline and facade.poll() is None, "facade did not start"
+                time.sleep(0.1)
+            result, started = StreamResult(), threading.Event()
+            client = threading.Thread(target=_stream, args=(node.url, key, result, started))
+            client.start()
+            assert started.wait(10)
+            facade.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            assert httpx.get(f"{node.url}/readyz", timeout=5).status_code == 503
+            assert httpx.get(f"{node.url}/healthz", timeout=5).status_code == 200
+            client.join(30)
+            output, _ = facade.communicate(timeout=30)
+            assert facade.returncode == 0, output
+        finally:
+            if facade.poll() is None:
+                facade.kill()
+        assert not result.done
+        assert json.loads(result.events[-1].removeprefix("data: "))["error"]["code"] == "server_shutting_down"
+        assert _serving(node, "core"), "the core behind it is untouched"
+        node.signal()
+        assert node.wait()[0] == 0
+    books = _books(node, account_id, key)
+    books.check()
+    (record,) = books.usage
+    assert record.request_id == result.request_id and record.status == metering_pb2.USAGE_STATUS_CANCELLED
