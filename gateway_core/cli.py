@@ -149,7 +149,7 @@ def _event_loop_run(main: Coroutine[Any, Any, None]) -> None:
 
 
 async def _run(settings: Settings, *, core: bool, facade_core_target: str | None, facade: bool = True) -> None:
-    from gateway_core.lifecycle import ShutdownSignals, run_until_signalled
+    from gateway_core.lifecycle import FacadeStartFailed, ShutdownSignals, run_until_signalled
     from gateway_core.server import start_core
     from http_facade.drain import Drain
 
@@ -168,7 +168,11 @@ async def _run(settings: Settings, *, core: bool, facade_core_target: str | None
         if running is not None:
             await running.stop()
         raise
-    await run_until_signalled(signals, core=running, facade=front, grace_seconds=settings.shutdown_grace_seconds)
+    try:
+        await run_until_signalled(signals, core=running, facade=front, grace_seconds=settings.shutdown_grace_seconds)
+    except FacadeStartFailed as failed:
+        click.echo(f"error: {failed}", err=True)
+        raise SystemExit(failed.code) from None
 
 
 def _facade_server(settings: Settings, core_target: str, drain: Drain) -> _Uvicorn:

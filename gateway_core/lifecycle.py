@@ -106,7 +106,7 @@ async def run_until_signalled(
     grace_seconds: float,
 ) -> None:
     """Serves until the first signal (or uvicorn stopping by itself), then drains both halves."""
-    serving = asyncio.ensure_future(facade[1].serve()) if facade else None
+    serving = asyncio.ensure_future(_serve(facade[1])) if facade else None
     requested = asyncio.ensure_future(signals.requested.wait())
     await asyncio.wait({requested, *([serving] if serving else [])}, return_when=asyncio.FIRST_COMPLETED)
     requested.cancel()
@@ -117,8 +117,29 @@ async def run_until_signalled(
     if facade is not None and serving is not None:
         drain, server = facade
         work.append(_drain_then_close(drain, server, serving, grace_seconds, signals.hurried))
-    await asyncio.gather(*work)
+    # Both halves always run to their end, even if one fails (uvicorn could not bind, say).
+    results = await asyncio.gather(*work, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
     log.info("stopped")
+
+
+async def _serve(server: uvicorn.Server) -> None:
+    """uvicorn's serve(), but a failed start (sys.exit in uvicorn) becomes an exception in this
+    task: a SystemExit would escape the event loop at once and skip stopping the core."""
+    try:
+        await server.serve()
+    except SystemExit as exit_:
+        raise FacadeStartFailed(exit_.code) from None
+
+
+class FacadeStartFailed(Exception):
+    """uvicorn could not start (it has logged why, e.g. the address is in use)."""
+
+    def __init__(self, code: object) -> None:
+        super().__init__(f"the HTTP facade could not start (exit code {code})")
+        self.code = code if isinstance(code, int) else 1
 
 
 async def _drain_then_close(

@@ -408,3 +408,16 @@ def test_facade_alone_cuts_its_streams_and_the_core_bills_them(tmp_path: Path) -
     books.check()
     (record,) = books.usage
     assert record.request_id == result.request_id and record.status == metering_pb2.USAGE_STATUS_CANCELLED
+
+
+def test_a_facade_that_cannot_bind_stops_the_core_cleanly(tmp_path: Path) -> None:
+    with FakeOpenAIUpstream() as upstream, socket.socket() as taken:
+        node = _node(tmp_path, upstream, "a", grace=5)
+        taken.bind(("127.0.0.1", node.http_port))
+        taken.listen()
+        run = subprocess.run([*TOLLGATE, "serve", "--config", str(node.config)],
+                             capture_output=True, text=True, timeout=60)
+    assert run.returncode == 3, run.stderr
+    assert "Traceback" not in run.stderr and "address already in use" in run.stderr
+    assert "error: the HTTP facade could not start" in run.stderr
+    assert _instances(tmp_path) == 0, "the core stopped and gave up its lease"
