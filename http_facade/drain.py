@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,8 +37,8 @@ class Drain:
 
     def __init__(self) -> None:
         self.draining = False
-        self._running: set[asyncio.Task[None]] = set()
-        self._cut: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Task[Any]] = set()
+        self._cut: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -64,17 +65,17 @@ class Drain:
             log.warning("shutdown grace is over: cutting %d request(s) still running", len(self._cut))
         return len(self._cut)
 
-    def _enter(self, task: asyncio.Task[None]) -> None:
+    def _enter(self, task: asyncio.Task[Any]) -> None:
         self._running.add(task)
         self._idle.clear()
 
-    def _leave(self, task: asyncio.Task[None]) -> None:
+    def _leave(self, task: asyncio.Task[Any]) -> None:
         self._running.discard(task)
         self._cut.discard(task)
         if not self._running:
             self._idle.set()
 
-    def _was_cut(self, task: asyncio.Task[None]) -> bool:
+    def _was_cut(self, task: asyncio.Task[Any]) -> bool:
         return task in self._cut
 
 
@@ -114,17 +115,24 @@ class DrainMiddleware:
             await SHUTTING_DOWN.to_response()(scope, receive, send)
             return
         progress = _Progress(send)
-        # Its own task, so a cut cancels the request and not this middleware, which then ends it.
-        task = asyncio.get_running_loop().create_task(self.app(scope, receive, progress.send))
+        # The request's own task (the server's, one per request) is what a cut cancels: no extra
+        # task per request on the hot path. The CancelledError then surfaces here, inside the app.
+        task = asyncio.current_task()
+        assert task is not None
         self.drain._enter(task)
+        handled = False
         try:
-            await task
+            await self.app(scope, receive, progress.send)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if not self.drain._was_cut(task) or (current is not None and current.cancelling()):
+            if not self.drain._was_cut(task):
+                raise
+            handled = True
+            if task.uncancel() > 0:  # cancelled by the server too: that one wins
                 raise
             await _end_cut_request(progress, scope, receive)
         finally:
+            if self.drain._was_cut(task) and not handled:
+                task.uncancel()  # the app swallowed the cut's cancellation; keep the count true
             self.drain._leave(task)
 
 
