@@ -169,7 +169,13 @@ async def _run(settings: Settings, *, core: bool, facade_core_target: str | None
             await running.stop()
         raise
     try:
-        await run_until_signalled(signals, core=running, facade=front, grace_seconds=settings.shutdown_grace_seconds)
+        await run_until_signalled(
+            signals,
+            core=running,
+            facade=front,
+            grace_seconds=settings.shutdown_grace_seconds,
+            drain_seconds=settings.metering.drain_seconds,
+        )
     except FacadeStartFailed as failed:
         click.echo(f"error: {failed}", err=True)
         raise SystemExit(failed.code) from None

@@ -28,8 +28,9 @@ log = logging.getLogger("tollgate")
 # The facade cuts its streams this long before the core cancels their calls,
 # so a client sees the facade's clear shutdown error rather than a bare cancel.
 _CORE_GRACE_MARGIN_SECONDS = 1.0
-# After a second signal: how long settlements of cut requests may still take.
-_HURRIED_SETTLE_SECONDS = 3.0
+# After a second signal: how long settlements of cut requests may still take beyond the
+# drain window (the pipeline reads a cut upstream that long to bill what it produced).
+_HURRIED_SETTLE_MARGIN_SECONDS = 1.0
 # uvicorn's own backstop once the facade has nothing running any more.
 FACADE_CLOSE_SECONDS = 5.0
 
@@ -83,18 +84,23 @@ async def drain_facade(drain: Drain, server: uvicorn.Server, *, grace_seconds: f
     server.should_exit = True
 
 
-async def stop_core(core: Core, *, grace_seconds: float, hurried: asyncio.Event) -> None:
+async def stop_core(core: Core, *, grace_seconds: float, drain_seconds: float, hurried: asyncio.Event) -> None:
     """Stops the core: NOT_SERVING and UNAVAILABLE for new calls at once, in-flight calls up to
-    grace (or until hurried), then settlements, the lease and the database."""
+    grace (or until hurried), then settlements, the lease and the database.
+
+    Hurried, settlements still get drain_seconds (plus a margin): a cut request's settlement
+    waits that long for its upstream's usage, and one that misses it is only released later.
+    """
     await core.health.enter_graceful_shutdown()
     stopping = asyncio.ensure_future(core.server.stop(grace_seconds))
     if not await _until(asyncio.shield(stopping), timeout=grace_seconds + 1.0, hurried=hurried):
         await core.server.stop(0)  # a second stop with no grace cancels every call still running
     await stopping
-    settle_seconds = _HURRIED_SETTLE_SECONDS if hurried.is_set() else max(grace_seconds, 10.0)
+    hurried_settle = drain_seconds + _HURRIED_SETTLE_MARGIN_SECONDS
+    settle_seconds = hurried_settle if hurried.is_set() else max(grace_seconds, drain_seconds + 5.0)
     settling = asyncio.ensure_future(core.background.wait(timeout_seconds=settle_seconds))
     if not await _until(asyncio.shield(settling), timeout=settle_seconds, hurried=hurried):
-        await core.background.wait(timeout_seconds=_HURRIED_SETTLE_SECONDS)
+        await core.background.wait(timeout_seconds=hurried_settle)
     await core.stop(0, settle_seconds=0.0)  # the server is already stopped; closes the rest
 
 
@@ -104,6 +110,7 @@ async def run_until_signalled(
     core: Core | None,
     facade: tuple[Drain, uvicorn.Server] | None,
     grace_seconds: float,
+    drain_seconds: float,
 ) -> None:
     """Serves until the first signal (or uvicorn stopping by itself), then drains both halves."""
     serving = asyncio.ensure_future(_serve(facade[1])) if facade else None
@@ -113,7 +120,7 @@ async def run_until_signalled(
     work: list[Awaitable[None]] = []
     if core is not None:
         grace = grace_seconds + (_CORE_GRACE_MARGIN_SECONDS if facade else 0.0)
-        work.append(stop_core(core, grace_seconds=grace, hurried=signals.hurried))
+        work.append(stop_core(core, grace_seconds=grace, drain_seconds=drain_seconds, hurried=signals.hurried))
     if facade is not None and serving is not None:
         drain, server = facade
         work.append(_drain_then_close(drain, server, serving, grace_seconds, signals.hurried))
