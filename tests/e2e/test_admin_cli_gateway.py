@@ -160,7 +160,7 @@ def test_the_real_command_reports_errors_in_one_line_with_a_non_zero_exit(served
     missing = _subprocess(served.gateway, "usage", "--account", "acct_missing")
     assert missing.returncode == 1 and missing.stdout == ""
     assert missing.stderr.strip().startswith("Error: ") and len(missing.stderr.strip().splitlines()) == 1
-    assert "NOT_FOUND" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.stderr.strip() == "Error: account 'acct_missing' does not exist (NOT_FOUND) [param: account_id]"
 
     wrong_token = _subprocess(served.gateway, "prices", token="not-the-admin-token-at-all")
     assert wrong_token.returncode == 1 and "UNAUTHENTICATED" in wrong_token.stderr
