@@ -108,9 +108,11 @@ def _list_all(method: str, request_type: type[message.Message], field: str, **fi
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each call.")
 @click.pass_context
 def admin_group(ctx: click.Context, address: str, as_json: bool, timeout: float) -> None:
-    """Manage accounts, API keys and balances through the core's admin API.
+    """Manage accounts, API keys, balances, usage and prices through the core's admin API.
 
-    Reads the admin token from TOLLGATE_ADMIN_TOKEN.
+    Reads the admin token from TOLLGATE_ADMIN_TOKEN. Tables by default; --json
+    (here or after any command) prints the API's JSON for scripts. Errors are one
+    line on stderr and exit 1.
 
     \b
     Examples:
@@ -118,7 +120,9 @@ def admin_group(ctx: click.Context, address: str, as_json: bool, timeout: float)
       tollgate admin accounts create "Research team"
       tollgate admin topup acct_123 25.00
       tollgate admin keys create acct_123 --name laptop --models gpt-4o-mini
-      tollgate admin --json keys list --account acct_123
+      tollgate admin usage --since 2026-01-01
+      tollgate admin prices
+      tollgate admin keys list --account acct_123 --json
     """
     ctx.obj = {"address": address, "json": as_json, "timeout": timeout}
 
@@ -205,7 +209,7 @@ def accounts_ledger(account_id: str, limit: int) -> None:
 
 @admin_group.group()
 def keys() -> None:
-    """Create, list, inspect and revoke API keys.
+    """Create, list, inspect, limit (update) and revoke API keys.
 
     \b
     Example:
