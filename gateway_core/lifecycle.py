@@ -1,4 +1,4 @@
-"""How a tollgate process stops: the first SIGTERM/SIGINT drains, a second one hurries.
+"""How a tollgate process stops: the first SIGTERM/SIGINT drains, a second one cuts the rest.
 
 Draining, in order: the core's health turns NOT_SERVING and it refuses new
 RPCs (UNAVAILABLE) while in-flight ones run on; the facade answers /readyz and
@@ -50,10 +50,10 @@ class ShutdownSignals:
 
     def _received(self, sig: signal.Signals) -> None:
         if not self.requested.is_set():
-            log.info("%s: draining (send it again to stop at once)", sig.name)
+            log.info("%s: draining (send it again to cut running requests now)", sig.name)
             self.requested.set()
         elif not self.hurried.is_set():
-            log.warning("%s again: cutting what is still running and stopping now", sig.name)
+            log.warning("%s again: cutting what is still running; stopping once it is settled", sig.name)
             self.hurried.set()
 
 
