@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+import grpc
 import openai
 import pytest
 from click.testing import CliRunner, Result
 
 from admin.cli import admin_group
+from gateway_core.pb.gateway.admin.v1 import admin_pb2, admin_pb2_grpc
 from gateway_core.pb.gateway.v1 import metering_pb2, metering_pb2_grpc
 from tests.gateway_support import ADMIN_TOKEN, RunningGateway, running_gateway, settings_for
 
@@ -64,8 +66,6 @@ def cli(gateway: RunningGateway, *args: str) -> Result:
 
 
 def _usage_records(served: Served) -> list[metering_pb2.UsageRecord]:
-    import grpc
-
     with grpc.insecure_channel(served.gateway.grpc_target) as channel:
         return list(metering_pb2_grpc.MeteringServiceStub(channel).ListUsageRecords(
             metering_pb2.ListUsageRecordsRequest(page_size=100),
@@ -173,3 +173,19 @@ def test_the_real_command_reports_errors_in_one_line_with_a_non_zero_exit(served
     assert listed.returncode == 0
     assert served.key_id in [k["id"] for k in json.loads(listed.stdout)["api_keys"]]
     assert served.secret not in listed.stdout, "a key's secret is printed once, at creation only"
+
+
+def test_summarize_usage_refuses_a_window_that_ends_before_it_starts(served: Served) -> None:
+    request = admin_pb2.SummarizeUsageRequest(account_id=served.account_id)
+    request.start_time.FromSeconds(2_000_000_000)
+    request.end_time.FromSeconds(1_000_000_000)
+    with grpc.insecure_channel(served.gateway.grpc_target) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            admin_pb2_grpc.AdminServiceStub(channel).SummarizeUsage(
+                request, metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "end_time" in (refused.value.details() or "")
+    backwards = CliRunner().invoke(admin_group, ["--address", served.gateway.grpc_target, "usage",
+                                                 "--since", "2026-02-01", "--until", "2026-01-01"],
+                                   env={"TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
+    assert backwards.exit_code == 2 and "--until is before --since" in backwards.output
