@@ -111,6 +111,11 @@ name = "slow"
 routes = [{{ provider = "up", model = "fake-slow" }}]
 input_price = 2
 output_price = 5
+[[models]]
+name = "hang"                     # unary: answers after the upstream's hang_seconds
+routes = [{{ provider = "up", model = "fake-hang" }}]
+input_price = 2
+output_price = 5
 """)
     return Node(config, http_port, grpc_port)
 
@@ -206,14 +211,23 @@ def _instances(tmp_path: Path) -> int:
         return int(db.execute("SELECT count(*) FROM instances").fetchone()[0])
 
 
+def _unary(url: str, key: str, into: list[httpx.Response]) -> None:
+    into.append(httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                           json={"model": "hang", "messages": [{"role": "user", "content": "hi"}]}, timeout=30))
+
+
 def test_sigterm_mid_stream_lets_it_finish_refuses_new_work_and_exits_0(tmp_path: Path) -> None:
-    with FakeOpenAIUpstream(slow_chunks=20, slow_interval=0.1) as upstream:
+    with FakeOpenAIUpstream(slow_chunks=20, slow_interval=0.1, hang_seconds=1.5) as upstream:
         node = _node(tmp_path, upstream, "a", grace=30).start()
         account_id, key = _account(node)
         result, started = StreamResult(), threading.Event()
         client = threading.Thread(target=_stream, args=(node.url, key, result, started))
         client.start()
+        unary: list[httpx.Response] = []
+        unary_client = threading.Thread(target=_unary, args=(node.url, key, unary))
+        unary_client.start()
         assert started.wait(10)
+        time.sleep(0.2)  # the unary request is admitted and waiting on its upstream
         node.signal(signal.SIGTERM)
         time.sleep(0.3)
 
@@ -233,14 +247,17 @@ def test_sigterm_mid_stream_lets_it_finish_refuses_new_work_and_exits_0(tmp_path
             assert direct.value.code() == grpc.StatusCode.UNAVAILABLE
 
         client.join(30)
+        unary_client.join(30)
         code, output = node.wait()
         assert code == 0, output
     assert result.status == 200 and result.done, result
+    (answered,) = unary
+    assert answered.status_code == 200 and answered.json()["choices"][0]["message"]["content"]
     books = _books(node, account_id, key)
     books.check()
-    assert books.holds() == [result.request_id], "the refused requests were never admitted"
-    (record,) = books.usage
-    assert record.status == metering_pb2.USAGE_STATUS_OK and record.completion_tokens > 0
+    assert sorted(books.holds()) == sorted([result.request_id, answered.headers["x-request-id"]]), \
+        "the refused requests were never admitted"
+    assert all(r.status == metering_pb2.USAGE_STATUS_OK and r.completion_tokens > 0 for r in books.usage)
     assert _instances(tmp_path) == 0, "each clean stop gave up its lease"
 
 
