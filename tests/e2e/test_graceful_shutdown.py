@@ -206,6 +206,14 @@ def _books(node: Node, account_id: str, key: str) -> Books:
     return Books(account.balance_micros, account.held_micros, entries, usage)
 
 
+def _until_unready(node: Node) -> None:
+    """Waits (a loaded machine may take a moment to deliver the signal) for /readyz to turn 503."""
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{node.url}/readyz", timeout=5).status_code != 503:
+        assert time.monotonic() < deadline, "/readyz never turned 503"
+        time.sleep(0.05)
+
+
 def _instances(tmp_path: Path) -> int:
     with sqlite3.connect(tmp_path / "shared.db") as db:
         return int(db.execute("SELECT count(*) FROM instances").fetchone()[0])
@@ -229,11 +237,8 @@ def test_sigterm_mid_stream_lets_it_finish_refuses_new_work_and_exits_0(tmp_path
         assert started.wait(10)
         time.sleep(0.2)  # the unary request is admitted and waiting on its upstream
         node.signal(signal.SIGTERM)
-        time.sleep(0.3)
-
+        _until_unready(node)
         assert httpx.get(f"{node.url}/healthz", timeout=5).status_code == 200, "alive while draining"
-        ready = httpx.get(f"{node.url}/readyz", timeout=5)
-        assert ready.status_code == 503
         refused = httpx.post(f"{node.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
                              json={"model": "slow", "messages": [{"role": "user", "content": "hi"}]}, timeout=5)
         assert refused.status_code == 503
@@ -304,7 +309,7 @@ def test_a_second_signal_stops_at_once_and_still_settles(tmp_path: Path) -> None
         took = time.monotonic() - hurried
         client.join(30)
     assert code == 0, output
-    assert took < 8, took  # drain_seconds (5) for the cut stream's usage, then out
+    assert took < 12, took  # drain_seconds (5) for the cut stream's usage, then out; far below the 60 s grace
     assert not result.done
     books = _books(node, account_id, key)
     books.check()
@@ -327,14 +332,18 @@ def test_core_alone_turns_not_serving_and_refuses_new_calls(tmp_path: Path) -> N
             first = next(stream)
             assert first.choices
             node.signal(signal.SIGTERM)
-            time.sleep(0.3)
             health = health_pb2_grpc.HealthStub(channel)
-            try:
-                status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
-            except grpc.RpcError as error:  # refused outright is as good as NOT_SERVING
-                status = health_pb2.HealthCheckResponse.NOT_SERVING
-                assert error.code() == grpc.StatusCode.UNAVAILABLE
-            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            deadline = time.monotonic() + 10
+            while True:  # a loaded machine may take a moment to deliver the signal
+                try:
+                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                except grpc.RpcError as error:  # refused outright is as good as NOT_SERVING
+                    assert error.code() == grpc.StatusCode.UNAVAILABLE
+                    status = health_pb2.HealthCheckResponse.NOT_SERVING
+                if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                assert time.monotonic() < deadline, "health never turned NOT_SERVING"
+                time.sleep(0.05)
             with pytest.raises(grpc.RpcError) as refused:
                 chat.CreateChatCompletion(chat_pb2.CreateChatCompletionRequest(model="slow"), metadata=auth, timeout=5)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -410,8 +419,7 @@ def test_facade_alone_cuts_its_streams_and_the_core_bills_them(tmp_path: Path) -
             client.start()
             assert started.wait(10)
             facade.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
-            assert httpx.get(f"{node.url}/readyz", timeout=5).status_code == 503
+            _until_unready(node)
             assert httpx.get(f"{node.url}/healthz", timeout=5).status_code == 200
             client.join(30)
             output, _ = facade.communicate(timeout=30)
