@@ -1,1 +1,41 @@
-"""Shared fixtures for the whole suite."""
+"""Shared fixtures for the whole suite, and the whole-run check that no secret reaches a log."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.log_leaks import SecretWatch
+
+_watch: SecretWatch | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _watch
+    log_file = Path(tempfile.mkdtemp(prefix="tollgate-test-logs-")) / "all.log"
+    _watch = SecretWatch(log_file)
+    _watch.start()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _watch is None:
+        return
+    _watch.stop()
+    leaks = _watch.leaks()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+    if leaks:
+        if reporter is not None:
+            reporter.write_line(
+                f"SECRET LEAK: {len(leaks)} issued or configured key(s) appear in the test run's logs "
+                f"({_watch.log_file}); first: {leaks[0][:12]}...",
+                red=True,
+            )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif reporter is not None:
+        reporter.write_line(
+            f"log secret check: {len(_watch.secrets)} keys, none in {_watch.log_file.stat().st_size} bytes of logs"
+        )
