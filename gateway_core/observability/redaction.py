@@ -22,7 +22,7 @@ MASK = "[REDACTED]"
 _SHAPES = (
     re.compile(r"\bsk-[A-Za-z0-9_\-]{2,}"),
     re.compile(r"\bAIza[0-9A-Za-z_\-]{20,}"),
-    re.compile(r"(?i)(\bbearer\s+)[^\s\"',;]+"),
+    re.compile(r"(?i)(\b(?:bearer|basic|digest)\s+)[^\s\"',;]+"),
     re.compile(r"(?i)([?&](?:key|api_key|token)=)[^&\s\"']+"),
 )
 # Header and setting names whose values are secrets, however they look.
@@ -99,7 +99,9 @@ def _mask_named_values(text: str) -> str:
         if end == match.end():
             continue
         out.append(text[position:match.end()])
-        out.append(MASK)
+        first = text[match.end()]
+        # Quoted, so JSON stays JSON: a masked string keeps its quotes, a masked block becomes a string.
+        out.append(f"{first}{MASK}{first}" if first in "\"'" else f'"{MASK}"' if first in "[{(" else MASK)
         position = end
     out.append(text[position:])
     return "".join(out)
