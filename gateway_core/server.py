@@ -109,7 +109,9 @@ async def start_core(
     try:
         await reconciler.start()
         providers = build_providers(settings.providers, http)
-        upstreams = observe_providers(providers, tracer, {n: p.type for n, p in settings.providers.items()})
+        upstreams = observe_providers(providers, tracer, {
+            n: tracing.genai_provider_name(p.type, p.vendor) for n, p in settings.providers.items()
+        })
         authenticator = Authenticator(store, settings.key_pepper, settings.key_cache_seconds)
         router = Router(settings.models)
         pipeline = ChatPipeline(

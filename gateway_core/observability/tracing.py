@@ -33,6 +33,14 @@ ERROR_TYPE = "error.type"
 CHAT = "chat"
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+# gen_ai.provider.name's well-known values, by provider type and OpenAI-compatible vendor.
+_GENAI_PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini"}
+_GENAI_VENDORS = {"deepseek": "deepseek", "mistral": "mistral_ai", "groq": "groq"}
+
+
+def genai_provider_name(provider_type: str, vendor: str = "") -> str:
+    """The semconv gen_ai.provider.name of a configured provider (its type when not well known)."""
+    return _GENAI_VENDORS.get(vendor) or _GENAI_PROVIDERS.get(provider_type, provider_type)
 
 
 def build_tracer_provider(settings: TracingSettings) -> Any:
