@@ -113,8 +113,8 @@ class RequestRecord:
             "route": self.route,
             "mode": self.mode,
             "status": self.status,
-            "prompt_tokens": outcome.prompt_tokens if outcome else 0,
-            "completion_tokens": outcome.completion_tokens if outcome else 0,
+            "prompt_tokens": max(outcome.prompt_tokens, 0) if outcome else 0,
+            "completion_tokens": max(outcome.completion_tokens, 0) if outcome else 0,
             "cost_micros": self.charged_micros,
             "latency_ms": int(duration * 1000),
             "ttft_ms": ttft_ms,
@@ -123,15 +123,22 @@ class RequestRecord:
 
 
 def observe_settlement(hold: Hold, outcome: UsageOutcome, settlement: Settlement) -> None:
-    """Called by the ledger after each settle: counts billed tokens and money once, completes the record."""
-    if not settlement.replayed:
-        labels = {"model": outcome.model, "provider": outcome.provider}
-        metrics.TOKENS.labels(direction="prompt", **labels).inc(outcome.prompt_tokens)
-        metrics.TOKENS.labels(direction="completion", **labels).inc(outcome.completion_tokens)
-        metrics.COST_MICROS.labels(**labels).inc(settlement.charged_micros)
-    record = current.get()
-    if record is not None and record.admitted and record.request_id == hold.request_id:
-        record.settle(outcome, settlement)
+    """Called by the ledger after each settle: counts billed tokens and money once, completes the record.
+
+    Never raises: the settlement is already committed, and watching it must not look like a failed write.
+    """
+    try:
+        if not settlement.replayed:
+            labels = {"model": outcome.model, "provider": outcome.provider}
+            # The ledger stores out-of-range counts as zero; so do the counters (which cannot go down).
+            metrics.TOKENS.labels(direction="prompt", **labels).inc(max(outcome.prompt_tokens, 0))
+            metrics.TOKENS.labels(direction="completion", **labels).inc(max(outcome.completion_tokens, 0))
+            metrics.COST_MICROS.labels(**labels).inc(max(settlement.charged_micros, 0))
+        record = current.get()
+        if record is not None and record.admitted and record.request_id == hold.request_id:
+            record.settle(outcome, settlement)
+    except Exception:  # noqa: BLE001 - observation only; logged, never propagated into the money path
+        logging.getLogger("tollgate.metrics").exception("recording settlement of %s failed", hold.request_id)
 
 
 def add_upstream_wait(seconds: float) -> None:
