@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,18 @@ def pytest_configure(config: pytest.Config) -> None:
     log_file = Path(tempfile.mkdtemp(prefix="tollgate-test-logs-")) / "all.log"
     _watch = SecretWatch(log_file)
     _watch.start()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Commands under test (the CLI) configure process logging; undo it so later tests log as before."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers and getattr(handler, "_tollgate_handler", False):
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

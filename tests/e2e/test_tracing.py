@@ -6,6 +6,7 @@ upstream records the headers it was sent.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +63,15 @@ def _by_kind(spans: list[ReadableSpan], kind: SpanKind, name: str) -> ReadableSp
     return span
 
 
+def _finished(exporter: InMemorySpanExporter, last: str, timeout: float = 5.0) -> list[ReadableSpan]:
+    """The finished spans once `last` is among them: the facade's span ends just after the client has its answer."""
+    deadline = time.monotonic() + timeout
+    while not any(s.name == last for s in exporter.get_finished_spans()):
+        assert time.monotonic() < deadline, f"span {last!r} never finished"
+        time.sleep(0.01)
+    return list(exporter.get_finished_spans())
+
+
 def _parent_id(span: ReadableSpan) -> int:
     assert span.parent is not None, span.name
     return span.parent.span_id
@@ -85,7 +95,7 @@ def test_spans_chain_from_the_client_to_the_upstream(
                 model="traced", messages=HELLO, extra_headers={"traceparent": TRACEPARENT}
             ).usage
     assert usage is not None
-    spans = list(exporter.get_finished_spans())
+    spans = _finished(exporter, "POST /v1/chat/completions")
     facade = _by_kind(spans, SpanKind.SERVER, "POST /v1/chat/completions")
     core = _by_kind(spans, SpanKind.SERVER, "chat traced")
     client = _by_kind(spans, SpanKind.CLIENT, "chat fake-text")
@@ -118,7 +128,7 @@ def test_an_upstream_failure_marks_the_spans_with_its_error_type(
     with openai.OpenAI(base_url=f"{gateway.http_url}/v1", api_key=secret, max_retries=0) as sdk:
         with pytest.raises(openai.APIStatusError):
             sdk.chat.completions.create(model="traced-broken", messages=HELLO)
-    spans = list(exporter.get_finished_spans())
+    spans = _finished(exporter, "POST /v1/chat/completions")
     client = _by_kind(spans, SpanKind.CLIENT, "chat fake-error-503")
     core = _by_kind(spans, SpanKind.SERVER, "chat traced-broken")
     assert client.status.status_code == StatusCode.ERROR and core.status.status_code == StatusCode.ERROR
