@@ -23,9 +23,9 @@ _OURS = "_tollgate_handler"
 
 
 def record_fields(record: logging.LogRecord, redactor: redaction.Redactor) -> dict[str, Any]:
-    """The `extra=` fields of a record, each redacted by its name and its value."""
+    """The `extra=` fields of a record, masked by name; the caller redacts the formatted line."""
     return {
-        name: redactor.redact_value(name, value)
+        name: redactor.mask_names(name, value)
         for name, value in record.__dict__.items()
         if name not in _STANDARD_ATTRS and not name.startswith("_")
     }
@@ -43,15 +43,17 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            # Already redacted at creation when redaction is installed; cheap again for a short message.
+            "message": self._redactor.redact(record.getMessage()),
         }
         line.update(record_fields(record, self._redactor))
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
-            line["exception"] = record.exc_text
+            line["exception"] = self._redactor.redact(record.exc_text)
         text = orjson.dumps(line, default=str).decode()
-        return self._redactor.redact(text)
+        # Names were masked field by field above; this pass catches key shapes and configured values.
+        return self._redactor.redact(text, names=False)
 
 
 class TextFormatter(logging.Formatter):

@@ -17,13 +17,16 @@ from typing import Any
 
 MASK = "[REDACTED]"
 
-# Shapes of credentials: our keys (sk-tg-...), OpenAI/Anthropic/DeepSeek style (sk-..., sk-ant-...),
-# Google API keys (AIza...), bearer tokens, and key=... in URLs (Gemini's ?key=).
+# Shapes of credentials, each with cheap substring tests (on the lower-cased text) that must pass before its regex runs
+# (most log lines contain none, and this runs on every line): our keys (sk-tg-...),
+# OpenAI/Anthropic/DeepSeek style (sk-..., sk-ant-...), Google API keys (AIza...), bearer and
+# basic credentials, and key=... in URLs (Gemini's ?key=).
 _SHAPES = (
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{2,}"),
-    re.compile(r"\bAIza[0-9A-Za-z_\-]{20,}"),
-    re.compile(r"(?i)(\b(?:bearer|basic|digest)\s+)[^\s\"',;]+"),
-    re.compile(r"(?i)([?&](?:key|api_key|token)=)[^&\s\"']+"),
+    (("sk-",), re.compile(r"\bsk-[A-Za-z0-9_\-]{2,}")),
+    (("aiza",), re.compile(r"\bAIza[0-9A-Za-z_\-]{20,}")),
+    (("bearer", "basic", "digest"),
+     re.compile(r"(?i)(\b(?:bearer|basic|digest)\s+)[^\s\"',;]+")),
+    (("key=", "token="), re.compile(r"(?i)([?&](?:key|api_key|token)=)[^&\s\"']+")),
 )
 # Header and setting names whose values are secrets, however they look.
 SECRET_NAMES = (
@@ -35,11 +38,12 @@ PROMPT_NAMES = (
     "messages", "content", "prompt", "system", "contents", "parts", "input", "instructions", "text",
     "system_instruction", "tool_calls", "arguments",
 )
-_NAMED_VALUE = re.compile(
-    r"(?i)([\"']?\b(" + "|".join(re.escape(n) for n in SECRET_NAMES + PROMPT_NAMES) + r")[\"']?\s*[:=]\s*)"
-)
+# Any name followed by `:` or `=` (quoted or not); whether it is a secret's is a set lookup,
+# far cheaper than one case-insensitive alternation tried at every position.
+_NAMED_VALUE = re.compile(r"([\"']?)\b([A-Za-z][A-Za-z0-9_\-]*)\1\s*[:=]\s*")
 _SECRET_NAME_SET = frozenset(SECRET_NAMES)
 _PROMPT_NAME_SET = frozenset(PROMPT_NAMES)
+_MASKED_NAMES = _SECRET_NAME_SET | _PROMPT_NAME_SET
 # Literal values shorter than this would mask ordinary words; they are still masked by shape or name.
 _MIN_LITERAL = 5
 
@@ -63,14 +67,33 @@ class Redactor:
             ordered = sorted(self._literals, key=len, reverse=True)
             self._literal_pattern = re.compile("|".join(re.escape(v) for v in ordered))
 
-    def redact(self, text: str) -> str:
-        """The text with every secret and prompt value replaced by MASK."""
+    def redact(self, text: str, *, names: bool = True) -> str:
+        """The text with every secret and prompt value replaced by MASK.
+
+        names=False skips masking values by their name (for text whose names were masked already).
+        """
         pattern = self._literal_pattern
         if pattern is not None:
             text = pattern.sub(MASK, text)
-        for shape in _SHAPES:
-            text = shape.sub(lambda m: (m.group(1) if m.groups() else "") + MASK, text)
-        return _mask_named_values(text)
+        lowered = text.lower()
+        for needles, shape in _SHAPES:
+            if any(n in lowered for n in needles):
+                text = shape.sub(_keep_prefix, text)
+        return _mask_named_values(text) if names else text
+
+    def mask_names(self, name: str, value: Any) -> Any:
+        """A structured field masked by its name (and nested names) only; its text is left for redact()
+        on the whole formatted line, which is one pass instead of one per field."""
+        lowered = name.lower()
+        if lowered in _MASKED_NAMES:
+            return MASK
+        if isinstance(value, Mapping):
+            return {str(k): self.mask_names(str(k), v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.mask_names("", v) for v in value]
+        if isinstance(value, str) and ("=" in value or ":" in value):
+            return self.redact(value)  # text with `name: value` pairs inside (a header dump, a body)
+        return value
 
     def redact_value(self, name: str, value: Any) -> Any:
         """A structured field's value: masked whole when its name says secret or prompt."""
@@ -88,6 +111,10 @@ class Redactor:
         return self.redact(str(value))
 
 
+def _keep_prefix(match: re.Match[str]) -> str:
+    return (match.group(1) if match.groups() else "") + MASK
+
+
 def _mask_named_values(text: str) -> str:
     """Masks the value after `name:` / `name=` for secret and prompt names, whole brackets included."""
     out: list[str] = []
@@ -95,6 +122,8 @@ def _mask_named_values(text: str) -> str:
     for match in _NAMED_VALUE.finditer(text):
         if match.start() < position:
             continue  # inside a value already masked
+        if match.group(2).lower() not in _MASKED_NAMES:
+            continue
         end = _value_end(text, match.end())
         if end == match.end():
             continue

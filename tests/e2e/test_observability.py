@@ -108,6 +108,8 @@ def test_requests_tokens_money_and_latency_are_counted(gateway: RunningGateway) 
     assert delta("tollgate_request_duration_seconds_count", mode="stream", **up) == 1
     assert delta("tollgate_time_to_first_token_seconds_count", **up) == 1
     assert delta("tollgate_gateway_overhead_seconds_count", mode="stream") >= 1
+    overhead = delta("tollgate_gateway_overhead_seconds_sum", mode="unary")
+    assert 0 < overhead < delta("tollgate_request_duration_seconds_sum", mode="unary", **up)
     # Refused before upstream: counted as rejections by reason, with bounded labels only.
     unknown = {"model": "unknown", "provider": "", "route": "", "status": "MODEL_NOT_FOUND"}
     assert delta("tollgate_requests_total", **unknown) == 1
@@ -132,7 +134,9 @@ def test_one_access_line_per_request_with_what_was_billed(
         account_id, key_id, "obs-text", "up", "up/fake-text", "unary", "ok"
     )
     assert (line.prompt_tokens, line.completion_tokens) == (completion.usage.prompt_tokens, completion.usage.completion_tokens)
-    assert line.cost_micros > 0 and line.latency_ms >= 0 and line.ttft_ms is not None
+    assert line.cost_micros > 0 and line.ttft_ms is not None
+    # The fake upstream answers over real HTTP: waiting on it is part, not all, of the latency.
+    assert 0 < line.upstream_ms <= line.latency_ms
     assert secret not in caplog.text
 
 

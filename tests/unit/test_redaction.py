@@ -108,6 +108,14 @@ def test_json_lines_carry_the_fields_and_mask_secret_ones() -> None:
     assert TOLLGATE_KEY not in line and "secret plans" not in line
 
 
+def test_json_lines_mask_names_inside_text_fields_and_the_message() -> None:
+    record = _record(upstream_headers="authorization: opaque-value, accept: json", note="no secrets here")
+    record.msg = 'retrying body {"messages": [{"role": "user", "content": "my secret plan"}]}'
+    fields = orjson.loads(JsonFormatter(Redactor()).format(record))
+    assert fields["upstream_headers"] == f"authorization: {MASK}, accept: json"
+    assert fields["note"] == "no secrets here" and "secret plan" not in fields["message"]
+
+
 def test_text_lines_append_fields_as_pairs() -> None:
     line = TextFormatter(Redactor()).format(_record(request_id="req_1", status="ok"))
     assert line.endswith("tollgate.access: chat request request_id=req_1 status=ok")
