@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway_core.observability.log_format import CHATTY_LOGGERS
 from tests.log_leaks import SecretWatch
 
 _watch: SecretWatch | None = None
@@ -26,7 +27,10 @@ def _restore_logging() -> Iterator[None]:
     """Commands under test (the CLI) configure process logging; undo it so later tests log as before."""
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
+    quieted = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
     yield
+    for name, old in quieted.items():
+        logging.getLogger(name).setLevel(old)
     for handler in list(root.handlers):
         if handler not in handlers and getattr(handler, "_tollgate_handler", False):
             root.removeHandler(handler)

@@ -18,7 +18,7 @@ FORMAT_ENV = "TOLLGATE_LOG_FORMAT"
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 # Third-party loggers that narrate routine work at INFO on the hot path.
-_CHATTY = ("alembic", "httpx", "httpcore", "uvicorn.access")
+CHATTY_LOGGERS = ("alembic", "httpx", "httpcore", "uvicorn.access")
 _OURS = "_tollgate_handler"
 
 
@@ -124,6 +124,6 @@ def configure_logging(settings: LoggingSettings, *, stream: IO[str] | None = Non
     root.addHandler(handler)
     level = getattr(logging, settings.level.upper())
     root.setLevel(level)
-    for name in _CHATTY:
+    for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, level))
     return redactor
