@@ -106,6 +106,7 @@ async def start_core(
         stale_after_seconds=settings.metering.orphan_after_seconds,
     )
     background = BackgroundTasks()
+    listener: MetricsListener | None = None
     try:
         await reconciler.start()
         providers = build_providers(settings.providers, http)
@@ -139,10 +140,13 @@ async def start_core(
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         port = server.add_insecure_port(address or settings.grpc_address)
-        await server.start()
         metrics_at = settings.observability.metrics.address if metrics_address is None else metrics_address
+        # Before the gRPC server starts, so a taken metrics port leaves nothing serving.
         listener = await MetricsListener.start(metrics_at, settings.observability.metrics.token) if metrics_at else None
+        await server.start()
     except BaseException:
+        if listener is not None:
+            await listener.stop()
         await reconciler.stop()
         await http.aclose()
         await store.close()

@@ -76,3 +76,14 @@ def test_observability_settings_parse(tmp_path: Path) -> None:
     assert (observability.logging.level, observability.logging.format) == ("debug", "text")
     assert observability.tracing.enabled and observability.tracing.service_name == "gw"
     assert observability.metrics.address == "" and "token" not in repr(observability.metrics)
+
+
+async def test_a_taken_metrics_port_fails_start_with_the_os_error(tmp_path: Path) -> None:
+    taken = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = taken.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(OSError):
+            await start_core(settings_for(tmp_path, metrics={"address": f"127.0.0.1:{port}"}), address="127.0.0.1:0")
+    finally:
+        taken.close()
+        await taken.wait_closed()
