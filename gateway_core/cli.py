@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -30,8 +31,11 @@ _CONFIG_OPTION = click.option(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
-def main(log_level: str) -> None:
+@click.option(
+    "--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Overrides [logging] level and TOLLGATE_LOG_LEVEL.",
+)
+def main(log_level: str | None) -> None:
     """Tollgate: one OpenAI-compatible endpoint and key for every AI model.
 
     \b
@@ -42,11 +46,13 @@ def main(log_level: str) -> None:
       tollgate facade --core 127.0.0.1:50051
       tollgate admin accounts list
     """
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # alembic narrates every plugin and migration step at INFO; only problems matter here.
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
-    # httpx logs every upstream request at INFO: a formatted line per call on the hot path.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    from gateway_core.observability.log_format import LEVEL_ENV, configure_logging
+    from gateway_core.observability.settings import LoggingSettings
+
+    if log_level:
+        os.environ[LEVEL_ENV] = log_level  # the flag is the env override, so it wins over [logging] too
+    # Until a command loads its settings: text, redacted (alembic/httpx chatter kept at WARNING).
+    configure_logging(LoggingSettings(level=log_level or "info", format="text"))
 
 
 @main.command()
@@ -153,9 +159,15 @@ async def _run(settings: Settings, *, core: bool, facade_core_target: str | None
     from gateway_core.server import start_core
     from http_facade.drain import Drain
 
+    from gateway_core.observability.log_format import configure_logging, effective_settings
+    from gateway_core.observability.tracing import build_tracer_provider
+
+    configure_logging(effective_settings(settings.observability.logging, os.environ))
     signals = ShutdownSignals()
     signals.install()
-    running = await start_core(settings) if core else None
+    # One TracerProvider for the process: under `serve`, facade and core spans share it.
+    tracer_provider = build_tracer_provider(settings.observability.tracing)
+    running = await start_core(settings, tracer_provider=tracer_provider) if core else None
     try:
         if running is not None:
             await _announce(settings, running)
@@ -163,10 +175,12 @@ async def _run(settings: Settings, *, core: bool, facade_core_target: str | None
         if facade:
             target = facade_core_target or _local_target(settings.grpc_address, running.port if running else 0)
             drain = Drain()
-            front = (drain, _facade_server(settings, target, drain))
+            front = (drain, _facade_server(settings, target, drain, tracer_provider))
     except BaseException:
         if running is not None:
             await running.stop()
+        if tracer_provider is not None:
+            tracer_provider.shutdown()
         raise
     try:
         await run_until_signalled(
@@ -179,15 +193,21 @@ async def _run(settings: Settings, *, core: bool, facade_core_target: str | None
     except FacadeStartFailed as failed:
         click.echo(f"error: {failed}", err=True)
         raise SystemExit(failed.code) from None
+    finally:
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # flushes the last spans
 
 
-def _facade_server(settings: Settings, core_target: str, drain: Drain) -> _Uvicorn:
+def _facade_server(settings: Settings, core_target: str, drain: Drain, tracer_provider: Any = None) -> _Uvicorn:
     from gateway_core.lifecycle import FACADE_CLOSE_SECONDS
     from http_facade.app import create_app
 
     host, port = _split(settings.http_address)
+    app = create_app(
+        core_target, drain=drain, metrics_token=settings.observability.metrics.token, tracer_provider=tracer_provider
+    )
     config = uvicorn.Config(
-        create_app(core_target, drain=drain),
+        app,
         host=host,
         port=port,
         access_log=False,

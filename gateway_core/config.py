@@ -30,6 +30,7 @@ from gateway_core.config_model import (
     Route,
     Settings,
 )
+from gateway_core.config_observability import observability
 from gateway_core.config_sections import (
     Problems,
     check_address,
@@ -88,6 +89,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     metering_settings = metering(table(raw, "metering", problems), problems)
     provider_settings = providers(raw.get("providers", []), problems)
     model_settings = models(raw.get("models", []), provider_settings, problems)
+    observability_settings = observability(raw, problems)
     if problems.lines:
         raise ConfigError(problems.lines)
     return Settings(
@@ -102,6 +104,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         metering=metering_settings,
         create_demo_account=bool(demo.get("create_account", False)),
         shutdown_grace_seconds=shutdown_grace_seconds,
+        observability=observability_settings,
     )
 
 

@@ -6,6 +6,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gateway_core.observability.settings import LOGGING_KEYS, METRICS_KEYS, TRACING_KEYS, ObservabilitySettings
+
 PROVIDER_TYPES = frozenset({"openai", "anthropic", "gemini", "mock"})
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -99,6 +101,7 @@ class Settings:
     create_demo_account: bool = False
     # How long SIGTERM lets in-flight requests and streams finish before cutting them.
     shutdown_grace_seconds: float = 30.0
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
 
 
 MODEL_KEYS = frozenset({"name", "routes", "input_price", "output_price", "cached_input_price", "max_output_tokens"})
@@ -113,4 +116,7 @@ SECTION_KEYS: Mapping[str, frozenset[str]] = {
     "demo": frozenset({"create_account"}),
     "providers": PROVIDER_KEYS,
     "models": MODEL_KEYS,
+    "logging": LOGGING_KEYS,
+    "metrics": METRICS_KEYS,
+    "tracing": TRACING_KEYS,
 }

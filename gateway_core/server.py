@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import httpx
@@ -24,6 +25,9 @@ from gateway_core.config import Settings
 from gateway_core.metering.ledger import Ledger
 from gateway_core.metering.reconciler import Reconciler
 from gateway_core.metering.servicer import MeteringServicer
+from gateway_core.observability import redaction, tracing
+from gateway_core.observability.metrics_http import MetricsListener
+from gateway_core.observability.observed_provider import observe_providers
 from gateway_core.pb.gateway.admin.v1 import admin_pb2, admin_pb2_grpc
 from gateway_core.pb.gateway.v1 import chat_pb2, chat_pb2_grpc, metering_pb2, metering_pb2_grpc
 from gateway_core.providers.base import Provider
@@ -55,6 +59,9 @@ class Core:
     reconciler: Reconciler
     background: BackgroundTasks
     providers: dict[str, Provider] = field(default_factory=dict)
+    metrics_listener: MetricsListener | None = None
+    # The SDK TracerProvider this core built from [tracing] (flushed and shut down at stop), if any.
+    tracer_provider: Any = None
 
     async def stop(self, grace_seconds: float | None = 5.0, *, settle_seconds: float | None = None) -> None:
         """Turns health NOT_SERVING, lets in-flight calls finish (up to grace), lets
@@ -70,13 +77,28 @@ class Core:
             await provider.aclose()
         await self.http.aclose()
         await self.store.close()
+        if self.metrics_listener is not None:
+            await self.metrics_listener.stop()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
 
 
-async def start_core(settings: Settings, *, address: str | None = None) -> Core:
+async def start_core(
+    settings: Settings, *, address: str | None = None, tracer_provider: Any = None,
+    metrics_address: str | None = None,
+) -> Core:
     """Opens the store (running migrations), builds the services and starts serving.
 
-    `address` overrides settings.grpc_address (port 0 picks a free port).
+    `address` overrides settings.grpc_address (port 0 picks a free port);
+    `metrics_address` overrides [metrics] address. `tracer_provider` (an
+    OpenTelemetry SDK TracerProvider, owned by the caller) overrides [tracing].
     """
+    # Configured secrets have no recognizable shape: mask them by value in every log line.
+    redaction.protect([p.api_key for p in settings.providers.values()] + [settings.admin_token, settings.key_pepper])
+    owned_tracer_provider = None
+    if tracer_provider is None:
+        tracer_provider = owned_tracer_provider = tracing.build_tracer_provider(settings.observability.tracing)
+    tracer = tracing.tracer_of(tracer_provider)
     store = await open_store(settings.database_url)
     http = make_http_client()
     # A fresh id per process: holds are leased to it, and released by any live core once it dies.
@@ -87,15 +109,19 @@ async def start_core(settings: Settings, *, address: str | None = None) -> Core:
         stale_after_seconds=settings.metering.orphan_after_seconds,
     )
     background = BackgroundTasks()
+    listener: MetricsListener | None = None
     try:
         await reconciler.start()
         providers = build_providers(settings.providers, http)
+        upstreams = observe_providers(providers, tracer, {
+            n: tracing.genai_provider_name(p.type, p.vendor) for n, p in settings.providers.items()
+        })
         authenticator = Authenticator(store, settings.key_pepper, settings.key_cache_seconds)
         router = Router(settings.models)
         pipeline = ChatPipeline(
             authenticator=authenticator,
             router=router,
-            providers=providers,
+            providers=upstreams,
             ledger=ledger,
             metering=settings.metering,
             background=background,
@@ -106,7 +132,9 @@ async def start_core(settings: Settings, *, address: str | None = None) -> Core:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ]
         )
-        chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(pipeline, authenticator, router), server)
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(
+            pipeline, authenticator, router, tracer=tracer, known_models=frozenset(settings.models)
+        ), server)
         metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(store, authenticator), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(store, settings.admin_token, settings.key_pepper, models=settings.models), server
@@ -115,8 +143,13 @@ async def start_core(settings: Settings, *, address: str | None = None) -> Core:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         port = server.add_insecure_port(address or settings.grpc_address)
+        metrics_at = settings.observability.metrics.address if metrics_address is None else metrics_address
+        # Before the gRPC server starts, so a taken metrics port leaves nothing serving.
+        listener = await MetricsListener.start(metrics_at, settings.observability.metrics.token) if metrics_at else None
         await server.start()
     except BaseException:
+        if listener is not None:
+            await listener.stop()
         await reconciler.stop()
         await http.aclose()
         await store.close()
@@ -133,4 +166,6 @@ async def start_core(settings: Settings, *, address: str | None = None) -> Core:
         reconciler=reconciler,
         background=background,
         providers=providers,
+        metrics_listener=listener,
+        tracer_provider=owned_tracer_provider,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
@@ -22,6 +23,7 @@ from http_facade.billing import router as billing_router
 from http_facade.drain import Drain, DrainMiddleware
 from http_facade.errors import ApiError, invalid_request
 from http_facade.middleware import RequestIdMiddleware
+from http_facade.observe import ObserveMiddleware, metrics_router
 from http_facade.routes import Facade, router
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -40,6 +42,8 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     heartbeat_seconds: float = 15.0,
     drain: Drain | None = None,
+    metrics_token: str = "",
+    tracer_provider: Any = None,
 ) -> FastAPI:
     """The facade app, calling the core's gRPC API at core_target ("host:port").
 
@@ -47,6 +51,8 @@ def create_app(
     included); max_body_bytes bounds request bodies (413 beyond);
     heartbeat_seconds is how long a stream may stay silent before a `: ping`.
     drain, when given, is how the process's shutdown refuses and cuts requests.
+    metrics_token, if set, guards GET /metrics; tracer_provider (an OpenTelemetry
+    SDK TracerProvider) turns on the facade's spans.
     """
     if call_timeout_seconds <= 0 or max_body_bytes <= 0 or heartbeat_seconds <= 0:
         raise ValueError("call_timeout_seconds, max_body_bytes and heartbeat_seconds must be positive")
@@ -79,9 +85,12 @@ def create_app(
     )
     app.include_router(router)
     app.include_router(billing_router)
+    app.include_router(metrics_router)
+    app.state.metrics_token = metrics_token
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(ObserveMiddleware, tracer=None if tracer_provider is None else tracer_provider.get_tracer("tollgate"))
     app.add_middleware(DrainMiddleware, drain=drain or Drain())
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -24,6 +24,7 @@ from http_facade.convert_response import completion_json
 from http_facade.disconnect import ClientDisconnected, unless_disconnected
 from http_facade.errors import ApiError, from_rpc_error
 from http_facade.middleware import request_id_of
+from http_facade.observe import mark_core_reached, with_trace_context
 from http_facade.sse import DONE, SSE_HEADERS, EventStreamResponse, chat_events
 
 JSON = "application/json"
@@ -171,7 +172,8 @@ def call_metadata(request: Request, request_id: str) -> list[tuple[str, str]]:
         value = request.headers.get(name)
         if value and len(value) <= 512 and value.isascii() and value.isprintable():
             metadata.append((name, value))
-    return metadata
+    mark_core_reached(request.scope)
+    return with_trace_context(metadata)
 
 
 async def _models(request: Request) -> list[pb.Model]:

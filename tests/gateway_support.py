@@ -109,8 +109,13 @@ class _QuietUvicorn(uvicorn.Server):
 
 
 @contextlib.contextmanager
-def running_gateway(settings: Settings, facade_options: Mapping[str, Any] | None = None) -> Iterator[RunningGateway]:
-    """Starts core + facade on free ports in a background thread; stops them on exit."""
+def running_gateway(
+    settings: Settings, facade_options: Mapping[str, Any] | None = None, *, tracer_provider: Any = None
+) -> Iterator[RunningGateway]:
+    """Starts core + facade on free ports in a background thread; stops them on exit.
+
+    tracer_provider (an OpenTelemetry SDK TracerProvider) is shared by both, as under `tollgate serve`.
+    """
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="gateway", daemon=True)
     thread.start()
@@ -119,8 +124,8 @@ def running_gateway(settings: Settings, facade_options: Mapping[str, Any] | None
     http_port = sock.getsockname()[1]
 
     async def start() -> tuple[Core, _QuietUvicorn, asyncio.Task[None]]:
-        core = await start_core(settings, address="127.0.0.1:0")
-        app = create_app(f"127.0.0.1:{core.port}", **dict(facade_options or {}))
+        core = await start_core(settings, address="127.0.0.1:0", tracer_provider=tracer_provider)
+        app = create_app(f"127.0.0.1:{core.port}", tracer_provider=tracer_provider, **dict(facade_options or {}))
         server = _QuietUvicorn(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractContextManager as ContextManager
+from typing import Any
 
 import grpc
+from opentelemetry import trace
 
 from gateway_core.auth import Authenticator
 from gateway_core.chat.pipeline import ChatPipeline
 from gateway_core.errors import GatewayError, Reason, abort
+from gateway_core.observability.chat_calls import CallObserver, observe_call
 from gateway_core.pb.gateway.v1 import chat_pb2, chat_pb2_grpc
 from gateway_core.routing import Router
 
@@ -21,38 +25,69 @@ _INTERNAL = GatewayError(Reason.INTERNAL, "internal error")
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     """gateway.v1.ChatService over the chat pipeline."""
 
-    def __init__(self, pipeline: ChatPipeline, authenticator: Authenticator, router: Router) -> None:
+    def __init__(
+        self,
+        pipeline: ChatPipeline,
+        authenticator: Authenticator,
+        router: Router,
+        *,
+        tracer: trace.Tracer | None = None,
+        known_models: frozenset[str] = frozenset(),
+    ) -> None:
         self._pipeline = pipeline
         self._auth = authenticator
         self._router = router
+        self._tracer = tracer
+        # Metric labels name only configured models; anything else a client sends is "unknown".
+        self._known_models = known_models
 
     async def CreateChatCompletion(
         self, request: chat_pb2.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> chat_pb2.CreateChatCompletionResponse:
-        try:
-            admission = await self._pipeline.admit(request, context.invocation_metadata() or (), context.time_remaining())
-            return await self._pipeline.complete(admission)
-        except GatewayError as error:
-            await abort(context, error)
-        except Exception:  # noqa: BLE001 - the boundary: log once, answer generically
-            log.exception("unexpected failure in CreateChatCompletion")
-            await abort(context, _INTERNAL)
+        metadata = context.invocation_metadata() or ()
+        with self._observe("unary", request.model, metadata) as observer:
+            try:
+                admission = await self._pipeline.admit(request, metadata, context.time_remaining())
+                observer.admitted(admission)
+                response = await self._pipeline.complete(admission)
+                observer.usage(response.usage.prompt_tokens, response.usage.completion_tokens)
+                return response
+            except GatewayError as error:
+                observer.failed(error)
+                await abort(context, error)
+            except Exception:  # noqa: BLE001 - the boundary: log once, answer generically
+                log.exception("unexpected failure in CreateChatCompletion")
+                observer.crashed()
+                await abort(context, _INTERNAL)
         raise AssertionError("unreachable")  # abort always raises
 
     async def StreamChatCompletion(
         self, request: chat_pb2.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
-        try:
-            admission = await self._pipeline.admit(request, context.invocation_metadata() or (), context.time_remaining())
-            # aclosing: if gRPC closes this generator, the pipeline's own cleanup runs now, not at GC.
-            async with contextlib.aclosing(self._pipeline.stream(admission)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-        except GatewayError as error:
-            await abort(context, error)
-        except Exception:  # noqa: BLE001 - the boundary: log once, answer generically
-            log.exception("unexpected failure in StreamChatCompletion")
-            await abort(context, _INTERNAL)
+        metadata = context.invocation_metadata() or ()
+        with self._observe("stream", request.model, metadata) as observer:
+            try:
+                admission = await self._pipeline.admit(request, metadata, context.time_remaining())
+                observer.admitted(admission)
+                # aclosing: if gRPC closes this generator, the pipeline's own cleanup runs now, not at GC.
+                async with contextlib.aclosing(self._pipeline.stream(admission)) as chunks:
+                    async for chunk in chunks:
+                        if chunk.HasField("usage"):
+                            observer.usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                        yield chunk
+            except GatewayError as error:
+                observer.failed(error)
+                await abort(context, error)
+            except Exception:  # noqa: BLE001 - the boundary: log once, answer generically
+                log.exception("unexpected failure in StreamChatCompletion")
+                observer.crashed()
+                await abort(context, _INTERNAL)
+
+    def _observe(self, mode: str, model: str, metadata: Sequence[tuple[str, Any]]) -> ContextManager[CallObserver]:
+        """Metrics, the access-log line and (with tracing) the core span of one chat call."""
+        return observe_call(
+            self._tracer, mode=mode, requested_model=model, known_models=self._known_models, metadata=metadata
+        )
 
     async def ListModels(
         self, request: chat_pb2.ListModelsRequest, context: grpc.aio.ServicerContext

@@ -25,7 +25,9 @@ from functools import partial
 
 from sqlmodel import Session
 
+from gateway_core import metrics
 from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome
+from gateway_core.observability.request_record import observe_settlement
 from gateway_core.store import holds, instances
 from gateway_core.store.db import Database
 from gateway_core.store.holds import HoldRequest
@@ -42,6 +44,8 @@ class Ledger:
         self._db = db
         self._instance_id = instances.check_instance_id(instance_id)
         self._registered = False
+        # Holds this process took and has not settled yet: the holds_outstanding gauge, exactly.
+        self._open_holds: set[str] = set()
 
     @property
     def instance_id(self) -> str:
@@ -94,6 +98,7 @@ class Ledger:
         register = not self._registered
         record = await self._db.run(partial(_create_hold, request=request, register=register), write=True)
         self._registered = True
+        self._opened(record.request_id)
         return Hold(record.request_id, record.account_id, record.api_key_id, record.amount_micros)
 
     async def settle(self, hold: Hold, outcome: UsageOutcome) -> Settlement:
@@ -101,7 +106,22 @@ class Ledger:
 
         Idempotent by hold.request_id: safe to retry and to call concurrently.
         """
-        return await self._db.run(partial(holds.settle_hold, request_id=hold.request_id, outcome=outcome), write=True)
+        settlement = await self._db.run(
+            partial(holds.settle_hold, request_id=hold.request_id, outcome=outcome), write=True
+        )
+        self._closed(hold.request_id)
+        observe_settlement(hold, outcome, settlement)
+        return settlement
+
+    def _opened(self, request_id: str) -> None:
+        if request_id not in self._open_holds:
+            self._open_holds.add(request_id)
+            metrics.HOLDS_OUTSTANDING.inc()
+
+    def _closed(self, request_id: str) -> None:
+        if request_id in self._open_holds:
+            self._open_holds.discard(request_id)
+            metrics.HOLDS_OUTSTANDING.dec()
 
     async def release_orphans(self, *, stale_after_seconds: float) -> int:
         """Releases open holds of other processes whose lease is missing or stale; how many.

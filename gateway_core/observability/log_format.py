@@ -1,0 +1,129 @@
+"""Log output: JSON lines (one object per record) or text, both redacted, configured once at start."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import sys
+from collections.abc import Mapping
+from typing import IO, Any
+
+import orjson
+
+from gateway_core.observability import redaction
+from gateway_core.observability.settings import LOG_FORMATS, LOG_LEVELS, LoggingSettings
+
+LEVEL_ENV = "TOLLGATE_LOG_LEVEL"
+FORMAT_ENV = "TOLLGATE_LOG_FORMAT"
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# Third-party loggers that narrate routine work at INFO on the hot path.
+CHATTY_LOGGERS = ("alembic", "httpx", "httpcore", "uvicorn.access")
+_OURS = "_tollgate_handler"
+
+
+def record_fields(record: logging.LogRecord, redactor: redaction.Redactor) -> dict[str, Any]:
+    """The `extra=` fields of a record, masked by name; the caller redacts the formatted line."""
+    return {
+        name: redactor.mask_names(name, value)
+        for name, value in record.__dict__.items()
+        if name not in _STANDARD_ATTRS and not name.startswith("_")
+    }
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the record's fields, any traceback."""
+
+    def __init__(self, redactor: redaction.Redactor) -> None:
+        super().__init__()
+        self._redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            # Already redacted at creation when redaction is installed; cheap again for a short message.
+            "message": self._redactor.redact(record.getMessage()),
+        }
+        line.update(record_fields(record, self._redactor))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = self._redactor.redact(record.exc_text)
+        text = orjson.dumps(line, default=str).decode()
+        # Names were masked field by field above; this pass catches key shapes and configured values.
+        return self._redactor.redact(text, names=False)
+
+
+class TextFormatter(logging.Formatter):
+    """`time level logger: message key=value ...`, for a human at a terminal."""
+
+    def __init__(self, redactor: redaction.Redactor) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = record_fields(record, self._redactor)
+        if fields:
+            head, newline, rest = text.partition("\n")
+            pairs = " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
+            text = f"{head} {pairs}{newline}{rest}"
+        return self._redactor.redact(text)
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, (Mapping, list)):
+        return orjson.dumps(value, default=str).decode()
+    return str(value)
+
+
+def effective_settings(settings: LoggingSettings, env: Mapping[str, str]) -> LoggingSettings:
+    """The settings with TOLLGATE_LOG_LEVEL / TOLLGATE_LOG_FORMAT applied (invalid values ignored)."""
+    level = env.get(LEVEL_ENV, "").lower()
+    format_ = env.get(FORMAT_ENV, "").lower()
+    return LoggingSettings(
+        level=level if level in LOG_LEVELS else settings.level,
+        format=format_ if format_ in LOG_FORMATS else settings.format,
+    )
+
+
+def make_formatter(format_: str, redactor: redaction.Redactor) -> logging.Formatter:
+    return JsonFormatter(redactor) if format_ == "json" else TextFormatter(redactor)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time (test runners and click swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        pass
+
+
+def configure_logging(settings: LoggingSettings, *, stream: IO[str] | None = None) -> redaction.Redactor:
+    """Routes every log record of the process to stream (stderr), redacted, at the configured level.
+
+    Replaces only a handler an earlier call installed; others (a test runner's) stay.
+    """
+    redactor = redaction.install()
+    handler: logging.Handler = _StderrHandler() if stream is None else logging.StreamHandler(stream)
+    handler.setFormatter(make_formatter(settings.format, redactor))
+    setattr(handler, _OURS, True)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, _OURS, False):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    level = getattr(logging, settings.level.upper())
+    root.setLevel(level)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, level))
+    return redactor

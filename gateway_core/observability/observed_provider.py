@@ -1,0 +1,145 @@
+"""A Provider wrapper that times the upstream and, with tracing on, opens the upstream span.
+
+Wrapping at the Provider boundary keeps the chat pipeline free of telemetry: the
+pipeline calls `complete`/`stream` as before, and whatever sits around those
+calls (routing, retries, fallbacks) gets one span and one timing per upstream call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+
+from opentelemetry import trace
+
+from gateway_core.errors import GatewayError
+from gateway_core.observability import tracing
+from gateway_core.observability.request_record import add_upstream_wait
+from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
+from gateway_core.providers.base import Provider, UpstreamCall
+
+_FINISH = types_pb2.FinishReason
+
+
+class ObservedProvider:
+    """Delegates to a provider; adds upstream wait time to the current request and a client span."""
+
+    def __init__(self, inner: Provider, tracer: trace.Tracer | None, *, system: str) -> None:
+        self.name = inner.name
+        self._inner = inner
+        self._tracer = tracer
+        self._system = system
+
+    async def complete(self, call: UpstreamCall) -> chat_pb2.CreateChatCompletionResponse:
+        with self._span(call) as span:
+            call = _with_span_context(call, span)
+            started = time.monotonic()
+            try:
+                response = await self._inner.complete(call)
+            except BaseException as exc:
+                _record_error(span, exc)
+                raise
+            finally:
+                add_upstream_wait(time.monotonic() - started)
+            if span is not None:
+                _record_response(span, response.model, response.id, response.usage if response.HasField("usage") else None,
+                                 [c.finish_reason for c in response.choices])
+            return response
+
+    async def stream(self, call: UpstreamCall) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
+        with self._span(call) as span:
+            call = _with_span_context(call, span)
+            chunks = self._inner.stream(call)
+            model, response_id, usage, finishes = "", "", None, []
+            try:
+                while True:
+                    started = time.monotonic()
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        add_upstream_wait(time.monotonic() - started)
+                    model, response_id = chunk.model or model, chunk.id or response_id
+                    usage = chunk.usage if chunk.HasField("usage") else usage
+                    finishes.extend(c.finish_reason for c in chunk.choices if c.finish_reason)
+                    yield chunk
+            except BaseException as exc:
+                _record_error(span, exc)
+                raise
+            finally:
+                await _aclose(chunks)
+            if span is not None:
+                _record_response(span, model, response_id, usage, finishes)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    @contextlib.contextmanager
+    def _span(self, call: UpstreamCall) -> Iterator[trace.Span | None]:
+        if self._tracer is None:
+            yield None
+            return
+        attributes = {
+            tracing.OPERATION_NAME: tracing.CHAT,
+            tracing.PROVIDER_NAME: self._system,
+            tracing.SYSTEM: self._system,
+            tracing.REQUEST_MODEL: call.upstream_model,
+            "tollgate.provider": self.name,
+            "tollgate.request_id": call.request_id,
+        }
+        with self._tracer.start_as_current_span(
+            f"{tracing.CHAT} {call.upstream_model}", kind=trace.SpanKind.CLIENT, attributes=attributes,
+            record_exception=False,
+        ) as span:
+            yield span
+
+
+def observe_providers(
+    providers: Mapping[str, Provider], tracer: trace.Tracer | None, systems: Mapping[str, str]
+) -> dict[str, Provider]:
+    """Each provider wrapped; systems maps provider name to its gen_ai.provider.name (openai, anthropic...)."""
+    return {name: ObservedProvider(p, tracer, system=systems.get(name, name)) for name, p in providers.items()}
+
+
+def _with_span_context(call: UpstreamCall, span: trace.Span | None) -> UpstreamCall:
+    """The call with traceparent/tracestate naming the upstream span as parent."""
+    if span is None:
+        return call
+    return dataclasses.replace(call, forward_headers=tuple(tracing.with_current_context(call.forward_headers)))
+
+
+def _record_error(span: trace.Span | None, exc: BaseException) -> None:
+    if span is None or isinstance(exc, GeneratorExit):
+        return
+    error_type = exc.reason.value if isinstance(exc, GatewayError) else type(exc).__qualname__
+    span.set_attribute(tracing.ERROR_TYPE, error_type)
+    span.set_status(trace.Status(trace.StatusCode.ERROR, error_type))
+
+
+def _record_response(
+    span: trace.Span, model: str, response_id: str, usage: object, finishes: list[int]
+) -> None:
+    if model:
+        span.set_attribute(tracing.RESPONSE_MODEL, model)
+    if response_id:
+        span.set_attribute(tracing.RESPONSE_ID, response_id)
+    if usage is not None:
+        span.set_attribute(tracing.INPUT_TOKENS, int(getattr(usage, "prompt_tokens", 0)))
+        span.set_attribute(tracing.OUTPUT_TOKENS, int(getattr(usage, "completion_tokens", 0)))
+    reasons = [_finish_name(f) for f in finishes if f]
+    if reasons:
+        span.set_attribute(tracing.FINISH_REASONS, reasons)
+
+
+def _finish_name(value: int) -> str:
+    name = _FINISH.Name(value) if value in _FINISH.values() else str(value)
+    return name.removeprefix("FINISH_REASON_").lower()
+
+
+async def _aclose(chunks: AsyncIterator[object]) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()
