@@ -175,11 +175,17 @@ async def _run(settings: Settings, *, core: bool, facade_core_target: str | None
 
 
 def _facade_server(settings: Settings, core_target: str) -> _Uvicorn:
+    from dataclasses import asdict
+
     from http_facade.app import create_app
+    from http_facade.edge_limits import EdgeLimits
+    from http_facade.serving import uvicorn_config
 
     host, port = _split(settings.http_address)
-    config = uvicorn.Config(
-        create_app(core_target),
+    limits = EdgeLimits(**asdict(settings.http))
+    config = uvicorn_config(  # the hardened protocol: header/body deadlines, header size limit
+        create_app(core_target, limits=limits),
+        limits,
         host=host,
         port=port,
         access_log=False,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway_core.config_defaults import embedded_defaults
+from gateway_core.config_http import http_settings
 from gateway_core.config_model import (
     DEFAULT_BASE_URLS,
     MICROS_PER_USD,
@@ -87,6 +88,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     metering_settings = metering(table(raw, "metering", problems), problems)
     provider_settings = providers(raw.get("providers", []), problems)
     model_settings = models(raw.get("models", []), provider_settings, problems)
+    http = http_settings(table(raw, "http", problems, SECTION_KEYS["http"]), problems.add)
     if problems.lines:
         raise ConfigError(problems.lines)
     return Settings(
@@ -100,6 +102,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         models=model_settings,
         metering=metering_settings,
         create_demo_account=bool(demo.get("create_account", False)),
+        http=http,
     )
 
 

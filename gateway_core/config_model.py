@@ -6,6 +6,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gateway_core.config_http import HTTP_KEYS, HttpSettings
+
 PROVIDER_TYPES = frozenset({"openai", "anthropic", "gemini", "mock"})
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -97,6 +99,7 @@ class Settings:
     models: Mapping[str, ModelSettings] = field(default_factory=dict)
     metering: MeteringSettings = field(default_factory=MeteringSettings)
     create_demo_account: bool = False
+    http: HttpSettings = field(default_factory=HttpSettings)
 
 
 MODEL_KEYS = frozenset({"name", "routes", "input_price", "output_price", "cached_input_price", "max_output_tokens"})
@@ -109,6 +112,7 @@ SECTION_KEYS: Mapping[str, frozenset[str]] = {
     "keys": frozenset({"pepper", "cache_seconds"}),
     "metering": frozenset(MeteringSettings.__dataclass_fields__),
     "demo": frozenset({"create_account"}),
+    "http": HTTP_KEYS,
     "providers": PROVIDER_KEYS,
     "models": MODEL_KEYS,
 }
