@@ -35,7 +35,7 @@ def check_bounds(payload: dict[str, Any], limits: EdgeLimits) -> None:
         _walk(payload, 1, limits)
     except _TooBig as exc:
         param = _param(reversed(exc.path))
-        raise invalid_request(exc.message.format(param=param), param, exc.code) from None
+        raise invalid_request(exc.message.format(param=param), param or None, exc.code) from None
     _check_top_level(payload, limits)
 
 
@@ -47,7 +47,7 @@ def _walk(value: Any, depth: int, limits: EdgeLimits) -> None:
     if isinstance(value, dict):
         children: Any = value.items()
         for key in value:
-            _check_string(key, limits)
+            _check_string(key, limits)  # reported as the object's own param
     elif isinstance(value, list):
         if len(value) > limits.max_array_items:
             raise _TooBig(_array_too_long(limits.max_array_items, len(value)), "array_above_max_length")
