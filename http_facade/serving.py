@@ -19,5 +19,6 @@ def uvicorn_config(app: Any, limits: EdgeLimits, **options: Any) -> uvicorn.Conf
         app,
         http=edge_http_protocol(limits),
         timeout_keep_alive=limits.keep_alive_seconds,  # type: ignore[arg-type]  # float works; the hint says int
+        ws="none",  # no WebSocket routes: an Upgrade is an ordinary request, under the same deadlines
         **options,
     )

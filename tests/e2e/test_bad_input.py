@@ -211,6 +211,21 @@ def test_control_characters_in_headers_are_refused(gateway: RunningGateway, key:
     assert len(upstream.requests) == before
 
 
+@pytest.mark.parametrize("path", ["/v1/models/%ED%A0%80", "/v1/models/%FF%FE", "/v1/models/%00", "/v1/models/a%0D%0Ab",
+                                  "/v1/%ED%A0%80", "/v1/models/" + "m" * 8000])
+def test_odd_bytes_in_the_path_are_a_clean_404(gateway: RunningGateway, key: str, path: str) -> None:
+    response = httpx.get(f"{gateway.http_url}{path}", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 404, response.text
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_websocket_upgrade_is_just_a_request(gateway: RunningGateway) -> None:
+    response = httpx.get(f"{gateway.http_url}/v1/models", headers={
+        "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+
+
 def test_a_tab_in_a_header_is_fine(gateway: RunningGateway, key: str) -> None:
     response = httpx.post(f"{gateway.http_url}/v1/chat/completions", content=_body(),
                           headers={"Authorization": f"Bearer {key}", "X-Note": "a\tb"})
