@@ -82,6 +82,8 @@ CASES: list[tuple[str, bytes, int, str | None, str | None]] = [
      400, "json_too_deep", None),
     ("huge array in an unknown field", _body(padding=[0] * 1001), 400, "array_above_max_length", "padding"),
     ("too many messages", _body(messages=HELLO * 51), 400, "array_above_max_length", "messages"),
+    ("too many messages, streamed", _body(stream=True, messages=HELLO * 51), 400, "array_above_max_length",
+     "messages"),
     ("too many tools", _body(tools=[TOOL] * 129), 400, "array_above_max_length", "tools"),
     ("content too long", _body(messages=[{"role": "user", "content": "x" * 100_001}]), 400,
      "string_above_max_length", "messages[0].content"),

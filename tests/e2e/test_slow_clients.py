@@ -257,3 +257,26 @@ def test_answers_are_not_held_back_by_nagle(gateway: RunningGateway) -> None:
             _read_health(conn)
             taken.append(time.monotonic() - start)
     assert statistics.median(taken) < 0.025, taken
+
+
+def test_an_endless_body_after_the_answer_is_cut_off_without_a_second_answer(gateway: RunningGateway) -> None:
+    """A GET answered without reading its chunked body: the body deadline still closes the connection."""
+    with _connect(gateway) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        start = time.monotonic()
+        reply = b""
+        closed = False
+        while not closed and time.monotonic() - start < 30:  # keep sending after the answer
+            try:
+                conn.sendall(b"1\r\na\r\n")
+                while select.select([conn], [], [], 0.1)[0]:
+                    chunk = conn.recv(65536)
+                    reply += chunk
+                    if not chunk:
+                        closed = True
+                        break
+            except OSError:
+                closed = True
+        took = time.monotonic() - start
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.count(b"HTTP/1.1") == 1, reply
+    assert BODY_TIMEOUT * 0.9 <= took <= BODY_TIMEOUT + SLACK, took
