@@ -199,15 +199,25 @@ async def _run(settings: Settings, *, core: bool, facade_core_target: str | None
 
 
 def _facade_server(settings: Settings, core_target: str, drain: Drain, tracer_provider: Any = None) -> _Uvicorn:
+    from dataclasses import asdict
+
     from gateway_core.lifecycle import FACADE_CLOSE_SECONDS
     from http_facade.app import create_app
+    from http_facade.edge_limits import EdgeLimits
+    from http_facade.serving import uvicorn_config
 
     host, port = _split(settings.http_address)
+    limits = EdgeLimits(**asdict(settings.http))
     app = create_app(
-        core_target, drain=drain, metrics_token=settings.observability.metrics.token, tracer_provider=tracer_provider
+        core_target,
+        limits=limits,
+        drain=drain,
+        metrics_token=settings.observability.metrics.token,
+        tracer_provider=tracer_provider,
     )
-    config = uvicorn.Config(
+    config = uvicorn_config(  # the hardened protocol: header/body deadlines, header size limit
         app,
+        limits,
         host=host,
         port=port,
         access_log=False,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway_core.config_defaults import embedded_defaults
+from gateway_core.config_http import http_settings
 from gateway_core.config_model import (
     DEFAULT_BASE_URLS,
     MICROS_PER_USD,
@@ -90,6 +91,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     provider_settings = providers(raw.get("providers", []), problems)
     model_settings = models(raw.get("models", []), provider_settings, problems)
     observability_settings = observability(raw, problems)
+    http = http_settings(table(raw, "http", problems, SECTION_KEYS["http"]), problems.add)
     if problems.lines:
         raise ConfigError(problems.lines)
     return Settings(
@@ -105,6 +107,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         create_demo_account=bool(demo.get("create_account", False)),
         shutdown_grace_seconds=shutdown_grace_seconds,
         observability=observability_settings,
+        http=http,
     )
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway_core.observability.settings import LOGGING_KEYS, METRICS_KEYS, TRACING_KEYS, ObservabilitySettings
+from gateway_core.config_http import HTTP_KEYS, HttpSettings
 
 PROVIDER_TYPES = frozenset({"openai", "anthropic", "gemini", "mock"})
 DEFAULT_BASE_URLS = {
@@ -102,6 +103,7 @@ class Settings:
     # How long SIGTERM lets in-flight requests and streams finish before cutting them.
     shutdown_grace_seconds: float = 30.0
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
 
 MODEL_KEYS = frozenset({"name", "routes", "input_price", "output_price", "cached_input_price", "max_output_tokens"})
@@ -114,6 +116,7 @@ SECTION_KEYS: Mapping[str, frozenset[str]] = {
     "keys": frozenset({"pepper", "cache_seconds"}),
     "metering": frozenset(MeteringSettings.__dataclass_fields__),
     "demo": frozenset({"create_account"}),
+    "http": HTTP_KEYS,
     "providers": PROVIDER_KEYS,
     "models": MODEL_KEYS,
     "logging": LOGGING_KEYS,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from dataclasses import replace
 
 import grpc
 from fastapi import FastAPI, Request
@@ -21,12 +22,13 @@ from starlette.responses import Response
 from gateway_core.pb.gateway.v1 import chat_pb2_grpc, metering_pb2_grpc
 from http_facade.billing import router as billing_router
 from http_facade.drain import Drain, DrainMiddleware
+from http_facade.edge_limits import EdgeLimits
 from http_facade.errors import ApiError, invalid_request
 from http_facade.middleware import RequestIdMiddleware
 from http_facade.observe import ObserveMiddleware, metrics_router
 from http_facade.routes import Facade, router
 
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = EdgeLimits.max_body_bytes
 # Messages to and from our own core may exceed gRPC's 4 MiB default (a 32 MiB
 # body of images, a long answer with logprobs); the facade bounds bodies itself.
 _CHANNEL_OPTIONS = [
@@ -39,21 +41,26 @@ def create_app(
     core_target: str,
     *,
     call_timeout_seconds: float = 600.0,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_body_bytes: int | None = None,
     heartbeat_seconds: float = 15.0,
     drain: Drain | None = None,
     metrics_token: str = "",
     tracer_provider: Any = None,
+    limits: EdgeLimits | None = None,
 ) -> FastAPI:
     """The facade app, calling the core's gRPC API at core_target ("host:port").
 
     call_timeout_seconds is the deadline of every core call (a whole stream
-    included); max_body_bytes bounds request bodies (413 beyond);
-    heartbeat_seconds is how long a stream may stay silent before a `: ping`.
     drain, when given, is how the process's shutdown refuses and cuts requests.
     metrics_token, if set, guards GET /metrics; tracer_provider (an OpenTelemetry
-    SDK TracerProvider) turns on the facade's spans.
+    SDK TracerProvider) turns on the facade's spans. heartbeat_seconds is how long a stream may stay silent before a
+    `: ping`; limits bound each request's size and shape (the `[http]`
+    section), and max_body_bytes, when given, overrides limits.max_body_bytes.
     """
+    limits = limits or EdgeLimits()
+    if max_body_bytes is not None:
+        limits = replace(limits, max_body_bytes=max_body_bytes)
+    max_body_bytes = limits.max_body_bytes
     if call_timeout_seconds <= 0 or max_body_bytes <= 0 or heartbeat_seconds <= 0:
         raise ValueError("call_timeout_seconds, max_body_bytes and heartbeat_seconds must be positive")
 
@@ -69,6 +76,7 @@ def create_app(
                     call_timeout_seconds=call_timeout_seconds,
                     max_body_bytes=max_body_bytes,
                     heartbeat_seconds=heartbeat_seconds,
+                    limits=limits,
                 )
             }
         finally:

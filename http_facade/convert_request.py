@@ -48,6 +48,7 @@ DENIED_FIELDS = frozenset(
         "timeout",
         "deployment_id",
         "custom_llm_provider",
+        "user_api_key",
     }
 )
 
@@ -115,7 +116,7 @@ def to_chat_request(payload: dict[str, Any], request_id: str) -> ChatCall:
     include_usage = _stream_options(request, payload.get("stream_options"), stream)
     extra: dict[str, Any] = {}
     for key, value in payload.items():
-        if key in _HANDLED_FIRST or key in DENIED_FIELDS:
+        if key in _HANDLED_FIRST or _denied(key):
             continue
         if key not in _MODELLED:
             extra[key] = value  # a field newer than us: OpenAI-compatible upstreams get it as is
@@ -124,6 +125,11 @@ def to_chat_request(payload: dict[str, Any], request_id: str) -> ChatCall:
     if extra:
         request.extra_json = orjson.dumps(extra).decode()
     return ChatCall(request, stream, include_usage)
+
+
+def _denied(key: str) -> bool:
+    """Whether key names a connection or credential setting, however it is spelt ("API-Base")."""
+    return key.strip().lower().replace("-", "_") in DENIED_FIELDS
 
 
 def _model(value: Any) -> str:

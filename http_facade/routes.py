@@ -19,9 +19,11 @@ from starlette.responses import Response
 
 from gateway_core.pb.gateway.v1 import chat_pb2 as pb
 from gateway_core.pb.gateway.v1 import chat_pb2_grpc, metering_pb2_grpc
+from http_facade.bounds import check_bounds
 from http_facade.convert_request import ChatCall, parse_json_object, to_chat_request
 from http_facade.convert_response import completion_json
 from http_facade.disconnect import ClientDisconnected, unless_disconnected
+from http_facade.edge_limits import EdgeLimits
 from http_facade.errors import ApiError, from_rpc_error
 from http_facade.middleware import request_id_of
 from http_facade.observe import mark_core_reached, with_trace_context
@@ -47,6 +49,7 @@ class Facade:
     call_timeout_seconds: float
     max_body_bytes: int
     heartbeat_seconds: float
+    limits: EdgeLimits = EdgeLimits()
 
 
 @router.post("/v1/chat/completions")
@@ -56,6 +59,7 @@ async def create_chat_completion(request: Request) -> Response:
     request_id = request_id_of(request.scope)
     try:
         payload = parse_json_object(await read_body(request, facade.max_body_bytes))
+        check_bounds(payload, facade.limits)
         chat = to_chat_request(payload, request_id)
         metadata = call_metadata(request, request_id)
         if chat.stream:

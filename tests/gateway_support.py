@@ -12,7 +12,7 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from gateway_core.config import Settings, parse_settings
 from gateway_core.pb.gateway.admin.v1 import admin_pb2, admin_pb2_grpc
 from gateway_core.server import Core, start_core
 from http_facade.app import create_app
+from http_facade.edge_limits import EdgeLimits
+from http_facade.serving import uvicorn_config
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
@@ -125,8 +127,11 @@ def running_gateway(
 
     async def start() -> tuple[Core, _QuietUvicorn, asyncio.Task[None]]:
         core = await start_core(settings, address="127.0.0.1:0", tracer_provider=tracer_provider)
-        app = create_app(f"127.0.0.1:{core.port}", tracer_provider=tracer_provider, **dict(facade_options or {}))
-        server = _QuietUvicorn(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+        limits = EdgeLimits(**asdict(settings.http))
+        app = create_app(
+            f"127.0.0.1:{core.port}", **{"limits": limits, "tracer_provider": tracer_provider, **dict(facade_options or {})}
+        )
+        server = _QuietUvicorn(uvicorn_config(app, limits, log_level="warning", lifespan="on", access_log=False))
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
             if task.done():

@@ -179,6 +179,11 @@ class FakeUpstream:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        # socket.create_server listeners skip asyncio's TCP_NODELAY; without it every
+        # response waits ~40 ms for the client's delayed ACK.
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = _Connection(reader, writer, self.wire)
         self._connections += 1
         number = self._connections

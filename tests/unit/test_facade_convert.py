@@ -203,11 +203,17 @@ def test_unknown_fields_pass_through_and_denied_fields_are_dropped() -> None:
         "timeout",
         "deployment_id",
         "custom_llm_provider",
+        "user_api_key",
     } == DENIED_FIELDS
 
 
 def test_only_denied_fields_leave_no_extra_json() -> None:
     assert convert(api_key="sk-upstream", base_url="http://evil").request.extra_json == ""
+
+
+def test_denied_fields_are_dropped_however_they_are_spelt() -> None:
+    spellings = {"API_KEY": "x", "Api-Base": "x", " base_url ": "x", "EXTRA-HEADERS": {}}
+    assert convert(**spellings).request.extra_json == ""
 
 
 def test_every_role_and_message_field() -> None:

@@ -1,0 +1,134 @@
+"""Bounds on a parsed request body: depth, array lengths, string sizes, counts.
+
+Runs on the whole JSON document before any field is converted, so a structure
+bomb is refused in one linear pass whatever field it hides in (including the
+ones that travel on as `extra_json`). Type errors are left to the converters;
+a value is only bounded here when it has the type its bound is about. Errors
+use OpenAI's wording and name the offending `param` ("messages[3].content").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from http_facade.edge_limits import OPENAI_MAX_TOOLS, EdgeLimits
+from http_facade.errors import invalid_request
+
+# Short identifiers: a longer one is a mistake or an attack, never a real id.
+_NAME_FIELDS = ("model", "user", "safety_identifier", "prompt_cache_key")
+_MAX_NAME_CHARS = 256
+
+
+class _TooBig(Exception):
+    """A bound was broken; carries the message and the path walked so far (innermost first)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.path: list[str | int] = []
+
+
+def check_bounds(payload: dict[str, Any], limits: EdgeLimits) -> None:
+    """Raises a 400 naming the param if payload breaks one of limits' bounds."""
+    try:
+        _walk(payload, 1, limits)
+    except _TooBig as exc:
+        param = _param(reversed(exc.path))
+        raise invalid_request(exc.message.format(param=param), param or None, exc.code) from None
+    _check_top_level(payload, limits)
+
+
+def _walk(value: Any, depth: int, limits: EdgeLimits) -> None:
+    """Recursive, but never deeper than limits.max_json_depth (at most MAX_JSON_DEPTH)."""
+    if isinstance(value, str):
+        _check_string(value, limits)
+        return
+    if isinstance(value, dict):
+        children: Any = value.items()
+        for key in value:
+            _check_string(key, limits)  # reported as the object's own param
+    elif isinstance(value, list):
+        if len(value) > limits.max_array_items:
+            raise _TooBig(_array_too_long(limits.max_array_items, len(value)), "array_above_max_length")
+        children = enumerate(value)
+    else:
+        return
+    if depth > limits.max_json_depth:
+        raise _TooBig(
+            f"Invalid '{{param}}': JSON nested too deeply. Expected at most {limits.max_json_depth} "
+            "levels of arrays and objects.",
+            "json_too_deep",
+        )
+    for key, child in children:
+        try:
+            _walk(child, depth + 1, limits)
+        except _TooBig as exc:
+            exc.path.append(key)
+            raise
+
+
+def _check_string(value: str, limits: EdgeLimits) -> None:
+    if len(value) > limits.max_string_chars:
+        raise _TooBig(
+            f"Invalid '{{param}}': string too long. Expected a string with maximum length "
+            f"{limits.max_string_chars}, but got a string with length {len(value)} instead.",
+            "string_above_max_length",
+        )
+
+
+def _check_top_level(payload: dict[str, Any], limits: EdgeLimits) -> None:
+    _max_length(payload.get("messages"), "messages", limits.max_messages)
+    _max_length(payload.get("tools"), "tools", OPENAI_MAX_TOOLS)
+    _at_most(payload.get("n"), "n", limits.max_n)
+    for field in ("max_tokens", "max_completion_tokens"):
+        _at_most(payload.get(field), field, limits.max_tokens_ceiling)
+    for field in _NAME_FIELDS:
+        _short(payload.get(field), field)
+    messages = payload.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        if isinstance(message, dict):
+            _short(message.get("name"), f"messages[{i}].name")
+            _short(message.get("tool_call_id"), f"messages[{i}].tool_call_id")
+
+
+def _max_length(value: Any, param: str, limit: int) -> None:
+    if isinstance(value, list) and len(value) > limit:
+        message = _array_too_long(limit, len(value)).format(param=param)
+        raise invalid_request(message, param, "array_above_max_length")
+
+
+def _at_most(value: Any, param: str, limit: int) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+        raise invalid_request(
+            f"Invalid '{param}': integer above maximum value. "
+            f"Expected a value <= {limit}, but got {value} instead.",
+            param,
+            "integer_above_max_value",
+        )
+
+
+def _short(value: Any, param: str) -> None:
+    if isinstance(value, str) and len(value) > _MAX_NAME_CHARS:
+        raise invalid_request(
+            f"Invalid '{param}': string too long. Expected a string with maximum length "
+            f"{_MAX_NAME_CHARS}, but got a string with length {len(value)} instead.",
+            param,
+            "string_above_max_length",
+        )
+
+
+def _array_too_long(limit: int, length: int) -> str:
+    return (
+        f"Invalid '{{param}}': array too long. Expected an array with maximum length {limit}, "
+        f"but got an array with length {length} instead."
+    )
+
+
+def _param(path: Any) -> str:
+    """OpenAI's spelling of a JSON path: messages[0].content[1].text."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+

@@ -1,0 +1,194 @@
+"""uvicorn's httptools protocol, hardened against slow and oversized requests.
+
+uvicorn bounds only the idle time between requests (keep-alive), and the first
+byte of a request cancels even that: a client that dribbles a header byte every
+few seconds, or a body byte at a time, holds its connection (a socket, a
+buffer, a slot under `limit_concurrency`) for as long as it likes, and headers
+have no size limit at all. This subclass adds, per connection:
+
+- a header deadline: from a request's first byte (or the connection's start)
+  until its headers are complete, else 408 and close;
+- a header size limit: request line plus headers, else 431 and close, counted
+  per received chunk so nothing larger than one read is ever buffered beyond it;
+- a body deadline: from the end of the headers until the body is complete,
+  else 408 (if no response has started) and close;
+- malformed requests answered in OpenAI's error shape instead of uvicorn's
+  text: llhttp (strict) refuses CR, LF and every other control character but
+  HTAB in a header name or value, and broken request lines or chunk framing.
+
+Responses written here bypass the app, so they build their own OpenAI-shaped
+body and x-request-id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from http_facade.edge_limits import EdgeLimits
+from http_facade.middleware import new_request_id
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+def edge_http_protocol(limits: EdgeLimits) -> type[asyncio.Protocol]:
+    """An HTTP protocol class for uvicorn.Config(http=...) enforcing limits."""
+
+    class _Bound(EdgeHttpProtocol):
+        edge_limits = limits
+
+    return _Bound
+
+
+def error_response(status: int, message: str, code: str) -> bytes:
+    """A complete HTTP/1.1 error response in OpenAI's shape that closes the connection."""
+    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
+    head = (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"x-request-id: %s\r\nconnection: close\r\n\r\n"
+        % (status, _REASONS[status], len(body), new_request_id().encode())
+    )
+    return head + body
+
+
+def _no_delay(transport: asyncio.Transport) -> None:
+    """Turns Nagle's algorithm off, which asyncio skips for sockets made with proto 0.
+
+    asyncio sets TCP_NODELAY only when the listening socket's proto is
+    IPPROTO_TCP, and a socket made as socket.socket(AF_INET) (uvicorn's
+    bind_socket for --workers/--fd, and most test harnesses) has proto 0. A
+    response written as head then body then waits for the client's delayed
+    ACK: about 40 ms on every request.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # already closed by the peer: nothing to speed up
+            pass
+
+
+class _HeadersTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a request whose headers are too large."""
+
+
+class EdgeHttpProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with header/body deadlines and a header size limit; see the module doc."""
+
+    edge_limits: EdgeLimits = EdgeLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._awaiting_headers = True
+        self._header_bytes = 0  # received while awaiting headers: bounds what the parser buffers
+        self._parsed_header_bytes = 0  # of the current request's complete header lines
+        self._headers_too_large = False
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        _no_delay(transport)
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._awaiting_headers:
+            self._arm_header_timer()
+            self._header_bytes += len(data)
+        super().data_received(data)
+        if self._awaiting_headers and self._header_bytes > self.edge_limits.max_header_bytes:
+            self._refuse_large_headers()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._parsed_header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed_header_bytes += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._parsed_header_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._parsed_header_bytes > self.edge_limits.max_header_bytes:
+            # Headers that arrived in one read are only measurable here. Raising
+            # makes the parser fail, and send_400_response answers 431.
+            self._headers_too_large = True
+            raise _HeadersTooLarge()
+        self._awaiting_headers = False
+        self._header_bytes = 0
+        self._cancel(self._header_timer)
+        self._header_timer = None
+        self._body_timer = self.loop.call_later(self.edge_limits.body_timeout_seconds, self._body_timed_out)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._cancel(self._body_timer)
+        self._body_timer = None
+        self._awaiting_headers = True
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._headers_too_large:
+            self._refuse_large_headers()
+        else:
+            self._refuse(400, "We could not parse your HTTP request: it is malformed.", "invalid_http_request")
+
+    def _refuse_large_headers(self) -> None:
+        self._refuse(
+            431,
+            f"Request headers too large: the limit is {self.edge_limits.max_header_bytes} bytes.",
+            "request_header_fields_too_large",
+        )
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(
+                self.edge_limits.header_timeout_seconds, self._headers_timed_out
+            )
+
+    def _headers_timed_out(self) -> None:
+        self._header_timer = None
+        if self._awaiting_headers:
+            self._refuse(408, "Timed out waiting for the request headers.", "request_timeout")
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        # A body still arriving after its request was answered gets no second answer.
+        self._refuse(408, "Timed out waiting for the request body.", "request_timeout", after_response=False)
+
+    def _refuse(self, status: int, message: str, code: str, *, after_response: bool = True) -> None:
+        """Answers status, unless a response is under way (or done, if not after_response), and closes."""
+        self._cancel_timers()
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        done = cycle is not None and cycle.response_complete
+        if cycle is None or (done and after_response) or not cycle.response_started:
+            self.transport.write(error_response(status, message, code))
+        if cycle is not None and not cycle.response_complete:
+            # As connection_lost would, but now: the app sees a disconnect and its
+            # own answer, if it still sends one, is dropped rather than written.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.transport.close()
+
+    def _cancel_timers(self) -> None:
+        self._cancel(self._header_timer)
+        self._cancel(self._body_timer)
+        self._header_timer = self._body_timer = None
+
+    @staticmethod
+    def _cancel(timer: asyncio.TimerHandle | None) -> None:
+        if timer is not None:
+            timer.cancel()

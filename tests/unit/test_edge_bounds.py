@@ -1,0 +1,102 @@
+"""Bounds on request bodies (http_facade.bounds) and the [http] section that configures them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Any
+
+import pytest
+
+from gateway_core.config import ConfigError, parse_settings
+from gateway_core.config_http import HttpSettings
+from http_facade.bounds import check_bounds
+from http_facade.edge_limits import EdgeLimits
+from http_facade.errors import ApiError
+
+SMALL = EdgeLimits(max_json_depth=5, max_array_items=3, max_messages=2, max_string_chars=30, max_n=4,
+                   max_tokens_ceiling=100)
+HI = [{"role": "user", "content": "hi"}]
+
+
+def _refusal(payload: dict[str, Any], limits: EdgeLimits = SMALL) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        check_bounds(payload, limits)
+    assert caught.value.status == 400
+    return caught.value
+
+
+def test_a_request_within_bounds_passes() -> None:
+    check_bounds({"model": "m", "messages": HI, "n": 4, "max_tokens": 100, "tools": [{"a": {"b": 1}}]}, SMALL)
+
+
+@pytest.mark.parametrize(
+    ("payload", "param", "code"),
+    [
+        ({"messages": [{"role": "user", "content": "x" * 31}]}, "messages[0].content", "string_above_max_length"),
+        ({"messages": HI, "tools": [{"function": {"parameters": {"p": {}}}}]}, "tools[0].function.parameters.p",
+         "json_too_deep"),
+        ({"messages": HI, "stop": [1, 2, 3, 4]}, "stop", "array_above_max_length"),
+        ({"messages": HI * 3}, "messages", "array_above_max_length"),
+        ({"messages": HI, "n": 5}, "n", "integer_above_max_value"),
+        ({"messages": HI, "max_tokens": 101}, "max_tokens", "integer_above_max_value"),
+        ({"messages": HI, "max_completion_tokens": 2**64}, "max_completion_tokens", "integer_above_max_value"),
+        ({"messages": HI, "metadata": {"k" * 31: "v"}}, "metadata", "string_above_max_length"),
+        ({"k" * 31: 1, "messages": HI}, None, "string_above_max_length"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "y" * 31}]}]},
+         "messages[0].content[0].text", "string_above_max_length"),
+    ],
+)
+def test_each_bound_names_its_param(payload: dict[str, Any], param: str | None, code: str) -> None:
+    error = _refusal(payload)
+    assert (error.param, error.code) == (param, code)
+    assert f"'{param or ''}'" in error.message
+
+
+def test_names_are_short_whatever_the_string_limit() -> None:
+    roomy = EdgeLimits()
+    assert _refusal({"model": "m" * 257, "messages": HI}, roomy).param == "model"
+    assert _refusal({"messages": [{"role": "user", "content": "x", "name": "n" * 257}]}, roomy).param == "messages[0].name"
+
+
+def test_tools_are_capped_at_openais_128() -> None:
+    error = _refusal({"messages": HI, "tools": [{}] * 129}, EdgeLimits())
+    assert error.param == "tools" and "maximum length 128" in error.message
+
+
+def test_wrong_types_are_left_to_the_converters() -> None:
+    check_bounds({"messages": "not a list", "n": "9", "max_tokens": 1e30, "model": None}, SMALL)
+
+
+def test_the_depth_check_survives_the_deepest_document_orjson_accepts() -> None:
+    deep: Any = []
+    for _ in range(1000):
+        deep = [deep]
+    assert _refusal({"messages": deep}, EdgeLimits()).code == "json_too_deep"
+
+
+def test_facade_and_core_agree_on_the_http_section() -> None:
+    assert asdict(EdgeLimits()) == asdict(HttpSettings())
+    assert [f.name for f in fields(EdgeLimits)] == [f.name for f in fields(HttpSettings)]
+
+
+def test_http_section_is_parsed_and_checked() -> None:
+    settings = parse_settings({"http": {"max_body_bytes": 1024, "header_timeout_seconds": 2.5}}, {})
+    assert settings.http.max_body_bytes == 1024 and settings.http.header_timeout_seconds == 2.5
+    assert EdgeLimits(**asdict(settings.http)).max_body_bytes == 1024
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"http": {"max_body_bytes": 0, "max_n": 500, "max_json_depth": 1.5, "max_bytes": 1,
+                                 "body_timeout_seconds": True}}, {})
+    assert sorted(caught.value.problems) == [
+        "http.body_timeout_seconds: must be a positive number",
+        "http.max_body_bytes: must be a positive whole number",
+        "http.max_bytes: unknown setting",
+        "http.max_json_depth: must be a positive whole number",
+        "http.max_n: must be at most 128",
+    ]
+
+
+def test_edge_limits_refuse_nonsense() -> None:
+    with pytest.raises(ValueError):
+        EdgeLimits(max_body_bytes=0)
+    with pytest.raises(ValueError):
+        EdgeLimits(max_json_depth=10_000)
