@@ -243,7 +243,7 @@ async def test_get_balance_for_the_calling_key(
         0,
         1_234_567,
     )
-    for metadata in [(), admin_metadata(ADMIN_TOKEN), admin_metadata(secret[:-1] + "x")]:
+    for metadata in [(), admin_metadata(ADMIN_TOKEN), admin_metadata(secret[:-1] + ("y" if secret.endswith("x") else "x"))]:
         await expect_status(
             metering.GetBalance(metering_pb2.GetBalanceRequest(), metadata=metadata),
             grpc.StatusCode.UNAUTHENTICATED,
