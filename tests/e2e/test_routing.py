@@ -7,6 +7,7 @@ they count is the ground truth for how many attempts the gateway made.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import grpc
 import openai
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway_core.pb.gateway.admin.v1 import admin_pb2
 from gateway_core.pb.gateway.v1 import metering_pb2, metering_pb2_grpc
@@ -101,6 +103,11 @@ def _record(gateway: RunningGateway, key: str, request_id: str) -> metering_pb2.
         time.sleep(0.05)
 
 
+def _sample(name: str, **labels: str) -> float:
+    """A counter's value in this process's registry (the gateway runs in-process)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def _charged_once(gateway: RunningGateway, account_id: str, request_id: str, cost: int) -> None:
     """One hold, one settlement for the request, and the balance moved by exactly its cost."""
     entries = [e for e in gateway.ledger(account_id) if e.request_id == request_id]
@@ -118,10 +125,12 @@ def _charged_once(gateway: RunningGateway, account_id: str, request_id: str, cos
     ("overloaded-then-ok", "fb-3"),
 ])
 def test_a_failing_first_route_falls_back_and_the_answer_is_charged_once(
-    gateway: RunningGateway, upstream: ScriptedUpstream, model: str, answering: str
+    gateway: RunningGateway, upstream: ScriptedUpstream, model: str, answering: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     account_id, _, key = gateway.create_key()
-    with _sdk(gateway, key) as client:
+    fallbacks = _sample("tollgate_fallbacks_total", model=model)
+    answered = _sample("tollgate_upstream_attempts_total", provider="up", route=answering, outcome="ok")
+    with _sdk(gateway, key) as client, caplog.at_level(logging.INFO, logger="tollgate.routing"):
         raw = client.chat.completions.with_raw_response.create(model=model, messages=HELLO)
     completion = raw.parse()
     assert completion.choices[0].message.content and completion.model == model
@@ -133,6 +142,13 @@ def test_a_failing_first_route_falls_back_and_the_answer_is_charged_once(
     assert record.cost_micros == 2 * sent["prompt_tokens"] + 5 * sent["completion_tokens"] > 0
     _charged_once(gateway, account_id, request_id, record.cost_micros)
     assert upstream.calls(answering) == 1
+    lines = [r.upstream_attempt for r in caplog.records  # type: ignore[attr-defined]
+             if getattr(r, "upstream_attempt", {}).get("request_id") == request_id]
+    assert [(line["attempt"], line["outcome"] == "ok", line["route"]) for line in lines] == [
+        (1, False, lines[0]["route"]), (2, True, answering)]
+    assert lines[0]["outcome"] in ("UPSTREAM_UNAVAILABLE", "UPSTREAM_ERROR") and lines[1]["latency_ms"] >= 0
+    assert _sample("tollgate_fallbacks_total", model=model) == fallbacks + 1
+    assert _sample("tollgate_upstream_attempts_total", provider="up", route=answering, outcome="ok") == answered + 1
 
 
 def test_a_stream_that_hangs_before_its_first_chunk_falls_back(gateway: RunningGateway, upstream: ScriptedUpstream) -> None:
