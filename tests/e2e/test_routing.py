@@ -18,7 +18,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway_core.pb.gateway.admin.v1 import admin_pb2
-from gateway_core.pb.gateway.v1 import metering_pb2, metering_pb2_grpc
+from gateway_core.errors import error_info
+from gateway_core.pb.gateway.v1 import chat_pb2, chat_pb2_grpc, metering_pb2, metering_pb2_grpc, types_pb2
 from tests.fakes.anthropic_upstream import FakeAnthropicUpstream
 from tests.gateway_support import RunningGateway, running_gateway, settings_for
 from tests.routing_support import (
@@ -62,6 +63,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: ScriptedUpstream
             {"name": "up", "type": "openai", "base_url": upstream.base_url, "first_token_timeout_seconds": 0.5,
              "total_timeout_seconds": 5},
             {"name": "dead", "type": "openai", "base_url": refused_base_url()},
+            {"name": "brief", "type": "openai", "base_url": upstream.base_url, "total_timeout_seconds": 0.5},
             {"name": "claude", "type": "anthropic", "base_url": claude.base_url},
         ],
         models=[
@@ -69,11 +71,13 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: ScriptedUpstream
             _model("five-hundred-then-ok", _up("fake-error-500"), _up("fb-2")),
             _model("overloaded-then-ok", {"provider": "claude", "model": "claude-error-529"}, _up("fb-3")),
             _model("hang-then-ok", _up("fake-hang"), _up("fb-4")),
+            _model("unary-hang-then-ok", {"provider": "brief", "model": "fake-hang"}, _up("fb-10")),
             _model("early-reset-then-ok", _up("early-reset"), _up("fb-5")),
             _model("late-reset", _up("fake-reset"), _up("fb-6")),
             _model("bad-request", _up("fake-error-400"), _up("fb-7")),
             _model("rate-limited", _up("rl-a"), _up("fb-8")),
             _model("rate-limited-alone", _up("rl-alone")),
+            _model("rate-limited-deadline", _up("rl-deadline")),
             _model("quota", _up("quota-a"), _up("fb-9")),
             _model("quota-alone", _up("quota-alone")),
             _model("weighted", _up("w-heavy", priority=0, weight=3), _up("w-light", priority=0, weight=1),
@@ -161,6 +165,18 @@ def test_a_stream_that_hangs_before_its_first_chunk_falls_back(gateway: RunningG
     assert upstream.calls("fake-hang") == 1 and upstream.calls("fb-4") == 1
 
 
+def test_a_unary_call_past_its_total_timeout_falls_back(gateway: RunningGateway, upstream: ScriptedUpstream) -> None:
+    _, _, key = gateway.create_key()
+    before = upstream.calls("fake-hang")
+    started = time.monotonic()
+    with _sdk(gateway, key) as client:
+        raw = client.chat.completions.with_raw_response.create(model="unary-hang-then-ok", messages=HELLO)
+    assert raw.parse().choices[0].message.content
+    assert 0.5 <= time.monotonic() - started < 5, "total_timeout_seconds (0.5 s) ended the silent attempt"
+    assert upstream.calls("fake-hang") == before + 1
+    assert _record(gateway, key, raw.headers["x-request-id"]).provider == "up"
+
+
 def test_a_stream_reset_before_its_first_chunk_falls_back(gateway: RunningGateway, upstream: ScriptedUpstream) -> None:
     upstream.script("early-reset", reset_before_first_chunk())
     account_id, _, key = gateway.create_key()
@@ -225,6 +241,26 @@ def test_the_only_route_is_waited_for_within_reach_and_not_beyond(gateway: Runni
     assert time.monotonic() - started < 1, "a 30 s wait is past max_retry_wait_seconds: fail at once"
     assert caught.value.status_code == 503 and caught.value.code == "upstream_rate_limited"
     assert upstream.calls("rl-alone") == 3
+
+
+def test_a_wait_longer_than_the_callers_deadline_fails_at_once(gateway: RunningGateway,
+                                                               upstream: ScriptedUpstream) -> None:
+    """Retry-After 2 s is within max_retry_wait_seconds (3 s) but not within the caller's 1.5 s gRPC deadline."""
+    upstream.script("rl-deadline", rate_limited(retry_after="2"))
+    _, _, key = gateway.create_key()
+    request = chat_pb2.CreateChatCompletionRequest(model="rate-limited-deadline")
+    request.messages.add(role=types_pb2.ROLE_USER, content="Hello over gRPC")
+    before = upstream.calls("rl-deadline")
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            chat_pb2_grpc.ChatServiceStub(channel).CreateChatCompletion(
+                request, metadata=(("authorization", f"Bearer {key}"),), timeout=1.5)
+    assert time.monotonic() - started < 1.0, "failed without sleeping into the deadline"
+    info = error_info(caught.value)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and info is not None
+    assert info.reason == "UPSTREAM_RATE_LIMITED"
+    assert upstream.calls("rl-deadline") == before + 1
 
 
 def test_an_exhausted_operator_quota_is_never_the_callers_insufficient_quota(
