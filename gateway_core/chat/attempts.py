@@ -31,7 +31,7 @@ from gateway_core.chat.retry_budget import RetryBudget
 from gateway_core.chat.route_health import RouteHealth
 from gateway_core.chat.route_order import route_order
 from gateway_core.config import ModelSettings, ProviderSettings, Route, RoutingSettings
-from gateway_core.errors import Reason
+from gateway_core.errors import GatewayError, Reason
 from gateway_core.metrics import FALLBACKS, UPSTREAM_ATTEMPTS, UPSTREAM_RETRIES
 from gateway_core.pb.gateway.v1 import chat_pb2
 from gateway_core.providers.base import Provider, ProviderError
@@ -185,8 +185,8 @@ class RouteAttempts:
             outcome = error.reason.value
             self.health.failed(route, probe, retry_after=None, quota_exhausted=False)
             raise
-        except BaseException:
-            outcome = "cancelled"
+        except BaseException as other:
+            outcome = _other_outcome(other)
             self.health.release(route, probe)
             raise
         else:
@@ -236,9 +236,9 @@ class RouteAttempts:
                     ruled_out.add(route)
                 last_error = error
                 continue
-            except BaseException:
+            except BaseException as other:  # the client left, or a failure of ours: says nothing of the route
                 self.health.release(route, probe)
-                _log_attempt(meter, route, number, "cancelled", began)
+                _log_attempt(meter, route, number, _other_outcome(other), began)
                 raise
             if route != routes[0]:
                 FALLBACKS.labels(first.model.name).inc()
@@ -298,6 +298,13 @@ def _final_error(last: ProviderError | None, wait: float | None) -> ProviderErro
         upstream_body="" if last is None else last.upstream_body,
         retry_after_seconds=None if wait is None else max(round(wait, 3), 0.001),
     )
+
+
+def _other_outcome(error: BaseException) -> str:
+    """The log/metric outcome of an attempt that ended by something other than a ProviderError."""
+    if isinstance(error, GatewayError):
+        return error.reason.value
+    return "cancelled" if isinstance(error, (asyncio.CancelledError, GeneratorExit)) else "error"
 
 
 async def _close(chunks: AsyncIterator[Chunk]) -> None:
