@@ -316,6 +316,26 @@ def test_circuit_opens_skips_the_route_then_a_probe_closes_it(tmp_path_factory: 
     assert upstream.calls("cb-steady") == 4
 
 
+def test_when_every_circuit_is_open_the_longest_open_route_is_still_tried(
+    tmp_path_factory: pytest.TempPathFactory, upstream: ScriptedUpstream
+) -> None:
+    upstream.script("all-open", server_error())
+    settings = settings_for(
+        tmp_path_factory.mktemp("all-open"),
+        providers=[{"name": "up", "type": "openai", "base_url": upstream.base_url}],
+        models=[_model("lonely", _up("all-open"))],
+        routing={"max_attempts": 1, "breaker_failure_threshold": 1, "breaker_cooldown_seconds": 60},
+    )
+    with running_gateway(settings) as gateway:
+        _, _, key = gateway.create_key()
+        with _sdk(gateway, key) as client:
+            with pytest.raises(openai.InternalServerError):
+                client.chat.completions.create(model="lonely", messages=HELLO)
+            answer = client.chat.completions.create(model="lonely", messages=HELLO)
+    assert answer.choices[0].message.content, "an open circuit with nothing else left is tried, not refused"
+    assert upstream.calls("all-open") == 2
+
+
 def test_the_retry_budget_bounds_attempts_when_everything_fails(tmp_path_factory: pytest.TempPathFactory,
                                                                 upstream: ScriptedUpstream) -> None:
     routes = [_up(f"budget-{i}") for i in range(3)]
