@@ -27,8 +27,11 @@ def weighted_order(routes: Sequence[Route], rng: random.Random) -> list[Route]:
 
 def route_order(routes: Sequence[Route], health: RouteHealth, rng: random.Random) -> tuple[Route, ...]:
     """Every route of the model once: available ones in weighted order, then the rest, oldest-opened first."""
+    if len(routes) == 1:  # the common case: nothing to order, and no random draw on the hot path
+        return tuple(routes)
     ordered = weighted_order(routes, rng)
-    available = [route for route in ordered if health.available(route)]
-    resting = [route for route in ordered if not health.available(route)]
+    up = {route: health.available(route) for route in ordered}
+    available = [route for route in ordered if up[route]]
+    resting = [route for route in ordered if not up[route]]
     resting.sort(key=lambda route: (health.wait_seconds(route) > 0, health.opened_at(route)))
     return (*available, *resting)
