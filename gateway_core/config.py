@@ -29,6 +29,7 @@ from gateway_core.config_model import (
     ModelSettings,
     ProviderSettings,
     Route,
+    RoutingSettings,
     Settings,
 )
 from gateway_core.config_observability import observability
@@ -41,12 +42,13 @@ from gateway_core.config_sections import (
     number,
     price_to_micros,
     providers,
+    routing,
     table,
 )
 
 __all__ = [
     "DEFAULT_BASE_URLS", "MICROS_PER_USD", "PROVIDER_TYPES", "ConfigError", "MeteringSettings", "ModelSettings",
-    "ProviderSettings", "Route", "Settings", "embedded_defaults", "embedded_settings", "load_settings",
+    "ProviderSettings", "Route", "RoutingSettings", "Settings", "embedded_defaults", "embedded_settings", "load_settings",
     "parse_settings", "price_to_micros",
 ]
 
@@ -88,6 +90,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         pepper = ""
     cache_seconds = number(keys, "keys", "cache_seconds", 2.0, problems)
     metering_settings = metering(table(raw, "metering", problems), problems)
+    routing_settings = routing(table(raw, "routing", problems, SECTION_KEYS["routing"]), problems)
     provider_settings = providers(raw.get("providers", []), problems)
     model_settings = models(raw.get("models", []), provider_settings, problems)
     observability_settings = observability(raw, problems)
@@ -104,6 +107,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         providers=provider_settings,
         models=model_settings,
         metering=metering_settings,
+        routing=routing_settings,
         create_demo_account=bool(demo.get("create_account", False)),
         shutdown_grace_seconds=shutdown_grace_seconds,
         observability=observability_settings,

@@ -23,10 +23,17 @@ ADDRESS_PATTERN = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$"
 
 @dataclass(frozen=True)
 class Route:
-    """One way to serve a model: a configured provider and its model id."""
+    """One way to serve a model: a configured provider and its model id.
+
+    Routes are tried lowest priority first; among equal priorities a route is
+    picked first in proportion to its weight. Priority defaults to the route's
+    position, so a plain list is tried in order.
+    """
 
     provider: str
     model: str
+    priority: int = 0
+    weight: int = 1
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,14 @@ class ProviderSettings:
     base_url: str = ""
     api_key: str = field(default="", repr=False)
     connect_timeout_seconds: float = 10.0
+    # The longest silence between two bytes of an answer (httpx's read timeout).
     read_timeout_seconds: float = 600.0
+    # Routing's limits per attempt: until the first stream chunk, between two chunks,
+    # and for the whole attempt (also capped by the caller's deadline).
+    # The first two default to read_timeout_seconds, so older configurations keep their limits.
+    first_token_timeout_seconds: float = 600.0
+    idle_timeout_seconds: float = 600.0
+    total_timeout_seconds: float = 1800.0
     # OpenAI-compatible dialect quirks; "" means detected from base_url.
     vendor: str = ""
     # "max_completion_tokens" or "max_tokens"; "" means what the vendor accepts.
@@ -67,6 +81,7 @@ class ProviderSettings:
 
 PROVIDER_KEYS = frozenset({
     "name", "type", "base_url", "api_key", "connect_timeout_seconds", "read_timeout_seconds", "vendor",
+    "first_token_timeout_seconds", "idle_timeout_seconds", "total_timeout_seconds",
     "max_tokens_field", "unsupported_params", "unsupported_param_policy", "anthropic_version",
 })
 
@@ -86,6 +101,25 @@ class MeteringSettings:
 
 
 @dataclass(frozen=True)
+class RoutingSettings:
+    """How a request moves between a model's routes when upstreams fail."""
+
+    # Upstream attempts one request may make, the first included.
+    max_attempts: int = 3
+    # Wait at most this long for a route's Retry-After before giving up on it.
+    max_retry_wait_seconds: float = 10.0
+    # Process-wide retry budget (a token bucket): each request adds this many tokens,
+    # each retry takes one; the bucket holds at most retry_budget_burst.
+    retry_budget_ratio: float = 0.2
+    retry_budget_burst: int = 10
+    # A route's circuit opens after this many consecutive failures, for this long.
+    breaker_failure_threshold: int = 5
+    breaker_cooldown_seconds: float = 30.0
+    # How long a route whose operator quota is exhausted is left alone.
+    quota_cooldown_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the core and the facade need, validated."""
 
@@ -99,6 +133,7 @@ class Settings:
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
     models: Mapping[str, ModelSettings] = field(default_factory=dict)
     metering: MeteringSettings = field(default_factory=MeteringSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
     create_demo_account: bool = False
     # How long SIGTERM lets in-flight requests and streams finish before cutting them.
     shutdown_grace_seconds: float = 30.0
@@ -107,7 +142,7 @@ class Settings:
 
 
 MODEL_KEYS = frozenset({"name", "routes", "input_price", "output_price", "cached_input_price", "max_output_tokens"})
-ROUTE_KEYS = frozenset({"provider", "model"})
+ROUTE_KEYS = frozenset({"provider", "model", "priority", "weight"})
 # Every key each section accepts; anything else is reported, so a typo never passes silently.
 SECTION_KEYS: Mapping[str, frozenset[str]] = {
     "server": frozenset({"http_address", "grpc_address", "shutdown_grace_seconds"}),
@@ -115,6 +150,7 @@ SECTION_KEYS: Mapping[str, frozenset[str]] = {
     "admin": frozenset({"token"}),
     "keys": frozenset({"pepper", "cache_seconds"}),
     "metering": frozenset(MeteringSettings.__dataclass_fields__),
+    "routing": frozenset(RoutingSettings.__dataclass_fields__),
     "demo": frozenset({"create_account"}),
     "http": HTTP_KEYS,
     "providers": PROVIDER_KEYS,

@@ -25,6 +25,7 @@ from gateway_core.config_model import (
     ModelSettings,
     ProviderSettings,
     Route,
+    RoutingSettings,
 )
 
 class Problems:
@@ -131,7 +132,10 @@ def providers(raw: Any, problems: Problems) -> dict[str, ProviderSettings]:
             base_url=str(base_url).rstrip("/"),
             api_key=_choice(item, key, "api_key", None, "", problems),
             connect_timeout_seconds=number(item, key, "connect_timeout_seconds", 10.0, problems),
-            read_timeout_seconds=number(item, key, "read_timeout_seconds", 600.0, problems),
+            read_timeout_seconds=(read := number(item, key, "read_timeout_seconds", 600.0, problems)),
+            first_token_timeout_seconds=number(item, key, "first_token_timeout_seconds", read, problems),
+            idle_timeout_seconds=number(item, key, "idle_timeout_seconds", read, problems),
+            total_timeout_seconds=number(item, key, "total_timeout_seconds", 1800.0, problems),
             vendor=_choice(item, key, "vendor", VENDORS, "", problems),
             max_tokens_field=_choice(item, key, "max_tokens_field", {"", "max_tokens", "max_completion_tokens"}, "", problems),
             unsupported_params=_names(item, key, "unsupported_params", problems),
@@ -161,6 +165,14 @@ def _names(item: Mapping[str, Any], key: str, name: str, problems: Problems) -> 
         problems.add(f"{key}.{name}", "must be a list of parameter names")
         return ()
     return tuple(value)
+
+
+def _whole(item: Mapping[str, Any], key: str, name: str, default: int, minimum: int, problems: Problems) -> int:
+    value = item.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        problems.add(f"{key}.{name}", f"must be a whole number >= {minimum}")
+        return default
+    return value
 
 
 def _price(item: Mapping[str, Any], key: str, name: str, problems: Problems, required: bool = True) -> int | None:
@@ -211,7 +223,9 @@ def models(raw: Any, providers: Mapping[str, ProviderSettings], problems: Proble
             if not isinstance(upstream, str) or not upstream:
                 problems.add(f"{rkey}.model", "must be a non-empty string")
                 continue
-            routes.append(Route(provider=route["provider"], model=upstream))
+            priority = _whole(route, rkey, "priority", j, 0, problems)
+            weight = _whole(route, rkey, "weight", 1, 1, problems)
+            routes.append(Route(provider=route["provider"], model=upstream, priority=priority, weight=weight))
         input_price = _price(item, key, "input_price", problems)
         output_price = _price(item, key, "output_price", problems)
         cached = _price(item, key, "cached_input_price", problems, required=False)
@@ -249,4 +263,26 @@ def metering(table: Mapping[str, Any], problems: Problems) -> MeteringSettings:
         max_concurrent_drains=drains,
         reconcile_interval_seconds=interval,
         orphan_after_seconds=orphan_after,
+    )
+
+
+def routing(table: Mapping[str, Any], problems: Problems) -> RoutingSettings:
+    """The [routing] section: attempts, retry budget and circuit breakers."""
+    defaults = RoutingSettings()
+    ratio = table.get("retry_budget_ratio", defaults.retry_budget_ratio)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+        problems.add("routing.retry_budget_ratio", "must be a number from 0 to 1")
+        ratio = defaults.retry_budget_ratio
+    return RoutingSettings(
+        max_attempts=_whole(table, "routing", "max_attempts", defaults.max_attempts, 1, problems),
+        max_retry_wait_seconds=number(table, "routing", "max_retry_wait_seconds", defaults.max_retry_wait_seconds,
+                                      problems),
+        retry_budget_ratio=float(ratio),
+        retry_budget_burst=_whole(table, "routing", "retry_budget_burst", defaults.retry_budget_burst, 0, problems),
+        breaker_failure_threshold=_whole(table, "routing", "breaker_failure_threshold",
+                                         defaults.breaker_failure_threshold, 1, problems),
+        breaker_cooldown_seconds=number(table, "routing", "breaker_cooldown_seconds",
+                                        defaults.breaker_cooldown_seconds, problems),
+        quota_cooldown_seconds=number(table, "routing", "quota_cooldown_seconds", defaults.quota_cooldown_seconds,
+                                      problems),
     )

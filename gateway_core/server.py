@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from admin.servicer import AdminServicer
 from gateway_core.auth import Authenticator
 from gateway_core.background import BackgroundTasks
+from gateway_core.chat.attempts import RouteAttempts
 from gateway_core.chat.pipeline import ChatPipeline
 from gateway_core.chat.servicer import ChatServicer
 from gateway_core.config import Settings
@@ -125,6 +126,7 @@ async def start_core(
             ledger=ledger,
             metering=settings.metering,
             background=background,
+            attempts=RouteAttempts(settings.routing, upstreams, settings.providers),
         )
         server = grpc.aio.server(
             options=[

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from gateway_core.config import ModelSettings
+from gateway_core.config import ModelSettings, Route
 from gateway_core.metering.outcome import Hold, UsageOutcome, UsageStatus
 from gateway_core.metering.usage import CheckedUsage, charge_micros, check_usage
 from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
@@ -25,6 +25,8 @@ class Admission:
     # Output tokens the hold covers: n x the per-choice limit sent upstream.
     max_completion_tokens: int
     started: float
+    # The routes to try, in order (routing's choice at admission); provider and call are the current attempt's.
+    routes: tuple[Route, ...] = ()
 
 
 class RequestMeter:

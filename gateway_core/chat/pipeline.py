@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from gateway_core.auth import Authenticator
+from gateway_core.chat.attempts import RouteAttempts
 from gateway_core.background import BackgroundTasks
 from gateway_core.chat.meter import Admission, RequestMeter, billed_usage
 from gateway_core.chat.pump import StreamPump
 from gateway_core.chat.validate import validate_request
-from gateway_core.config import MeteringSettings
+from gateway_core.config import MeteringSettings, RoutingSettings
 from gateway_core.errors import GatewayError
 from gateway_core.metering.ledger import Ledger
 from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome, UsageStatus
@@ -51,6 +52,7 @@ class ChatPipeline:
         ledger: Ledger,
         metering: MeteringSettings,
         background: BackgroundTasks,
+        attempts: RouteAttempts | None = None,
     ) -> None:
         self._auth = authenticator
         self._router = router
@@ -58,6 +60,7 @@ class ChatPipeline:
         self._ledger = ledger
         self._metering = metering
         self._background = background
+        self._attempts = attempts or RouteAttempts(RoutingSettings(), providers, {})
         self._drains = 0
 
     async def admit(self, request: ChatRequest, metadata: Metadata, time_remaining: float | None) -> Admission:
@@ -66,7 +69,8 @@ class ChatPipeline:
         principal = await self._auth.authenticate(metadata)
         validate_request(request)
         model = self._router.resolve(request.model, principal)
-        route = model.routes[0]
+        routes = self._attempts.order(model)
+        route = routes[0]
         provider = self._providers[route.provider]
         limit = apply_output_limit(request, model)
         prompt_estimate = estimate_prompt_tokens(request)
@@ -89,12 +93,12 @@ class ChatPipeline:
         )
         hold = await self._hold_shielded(hold_args)
         choices = request.n if request.HasField("n") else 1
-        return Admission(model, provider, call, hold, prompt_estimate, choices * limit, started)
+        return Admission(model, provider, call, hold, prompt_estimate, choices * limit, started, routes)
 
     async def complete(self, admission: Admission) -> chat_pb2.CreateChatCompletionResponse:
         """Runs a unary request and settles it before answering."""
         meter = RequestMeter(admission)
-        upstream = asyncio.ensure_future(admission.provider.complete(admission.call))
+        upstream = asyncio.ensure_future(self._attempts.complete(meter))
         try:
             response = await asyncio.shield(upstream)
         except asyncio.CancelledError:
@@ -107,19 +111,19 @@ class ChatPipeline:
         outcome = meter.outcome(UsageStatus.OK)
         settlement = await self._settle_shielded(admission.hold, outcome)
         response.usage.CopyFrom(billed_usage(outcome, settlement.charged_micros))
-        response.provider = admission.provider.name
+        response.provider = meter.admission.provider.name  # the route that answered
         return response
 
     async def stream(self, admission: Admission) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
         """Streams a request; the last message carries the billed usage, after settlement."""
         meter = RequestMeter(admission)
-        pump = StreamPump(admission.provider.stream(admission.call), meter.observe)
+        pump = StreamPump(self._attempts.stream(meter), meter.observe)
         settled = False
         try:
             try:
                 async for chunk in pump:
                     if chunk.choices:  # upstream usage is replaced by the billed usage below
-                        chunk.provider = admission.provider.name
+                        chunk.provider = meter.admission.provider.name
                         yield chunk
             except Exception:
                 settled = True
@@ -128,7 +132,7 @@ class ChatPipeline:
             settled = True
             outcome = meter.outcome(UsageStatus.OK)
             settlement = await self._settle_shielded(admission.hold, outcome)
-            yield _final_chunk(meter, admission, billed_usage(outcome, settlement.charged_micros))
+            yield _final_chunk(meter, meter.admission, billed_usage(outcome, settlement.charged_micros))
         finally:
             if not settled:  # the client left (cancelled, or the generator was closed)
                 pump.detach()

@@ -43,7 +43,9 @@ class ProviderError(GatewayError):
     """An upstream failure, already mapped to the gateway vocabulary.
 
     upstream_status and upstream_body are for operator logs only: never
-    returned to clients.
+    returned to clients. quota_exhausted marks the operator's own upstream
+    quota or credit running out (not the caller's balance): routing cools that
+    route down for long and clients see a rate-limit-style error.
     """
 
     def __init__(
@@ -55,10 +57,12 @@ class ProviderError(GatewayError):
         upstream_body: str = "",
         param: str | None = None,
         retry_after_seconds: float | None = None,
+        quota_exhausted: bool = False,
     ) -> None:
         super().__init__(reason, message, param=param, retry_after_seconds=retry_after_seconds)
         self.upstream_status = upstream_status
         self.upstream_body = upstream_body[:2048]
+        self.quota_exhausted = quota_exhausted
 
 
 class Provider(Protocol):

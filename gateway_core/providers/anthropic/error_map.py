@@ -50,6 +50,10 @@ _SECRET_TYPES = frozenset({"authentication_error", "permission_error"})
 # so nothing that looks like a key is spared.
 _FIELD_PATH = re.compile(r"\b[a-z_]+(?:\.(?:\d+|[a-z_]+))+\b")
 _HELD = re.compile(r"\x00(\d+)\x00")
+# Anthropic reports the operator's prepaid credit running out as a 400 invalid_request_error
+# ("Your credit balance is too low to access the Anthropic API. ..."): that is not the
+# caller's mistake and must never read to them as *their* balance being low.
+_OPERATOR_CREDIT = re.compile(r"(?i)credit balance is too low")
 
 
 def map_error(
@@ -77,6 +81,9 @@ def error_in_event(error: Any) -> ProviderError:
 
 def _error(kind: str, error: dict[str, Any], logged: str, *, status: int | None, delay: float | None) -> ProviderError:
     reason, message = _BY_TYPE.get(kind, (Reason.UPSTREAM_ERROR, "upstream reported an error"))
+    if reason == Reason.INVALID_REQUEST and _OPERATOR_CREDIT.search(str(error.get("message", ""))):
+        return ProviderError(Reason.UPSTREAM_RATE_LIMITED, "upstream quota exhausted", upstream_status=status,
+                             upstream_body=logged, quota_exhausted=True)
     if reason == Reason.INVALID_REQUEST:
         message = _client_message(error)
     if kind == "overloaded_error" and delay is None:

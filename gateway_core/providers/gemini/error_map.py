@@ -36,6 +36,7 @@ _GOOGLE_KEY = re.compile(r"AIza[0-9A-Za-z_\-]{30,}")
 _DURATION = re.compile(r"(\d{1,9}(?:\.\d{0,9})?)s")
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+_QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 
 
 def map_error(status: int, body: bytes, retry_after: str | None = None, *, now: datetime | None = None) -> ProviderError:
@@ -59,6 +60,10 @@ def map_error(status: int, body: bytes, retry_after: str | None = None, *, now: 
     delay = openai_errors.parse_retry_after(retry_after, None, now or datetime.now(UTC))
     if delay is None:
         delay = retry_delay(error)
+    if status == 429 and _daily_quota_spent(error):
+        # A per-day quota will not come back in seconds: the operator's quota is spent.
+        return ProviderError(Reason.UPSTREAM_RATE_LIMITED, "upstream quota exhausted", upstream_status=status,
+                             upstream_body=logged, quota_exhausted=True)
     if status == 429:
         return fail(Reason.UPSTREAM_RATE_LIMITED, "upstream rate limit reached", delay=delay)
     if status in (500, 502, 503):
@@ -121,6 +126,13 @@ def error_object(body: bytes) -> dict[str, Any]:
 def _details(error: dict[str, Any]) -> list[dict[str, Any]]:
     details = error.get("details")
     return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+
+
+def _daily_quota_spent(error: dict[str, Any]) -> bool:
+    """Whether a QuotaFailure names only per-day quotas (quotaId "GenerateRequestsPerDayPerProjectPerModel...")."""
+    ids = [str(v.get("quotaId", "")) for d in _details(error) if d.get("@type") == _QUOTA_FAILURE
+           for v in (d.get("violations") or []) if isinstance(v, dict)]
+    return bool(ids) and all("PerDay" in quota_id for quota_id in ids)
 
 
 def _reasons(error: dict[str, Any]) -> list[str]:

@@ -66,7 +66,9 @@ def map_error(
     delay = parse_retry_after(retry_after, retry_after_ms, now or datetime.now(UTC))
     if status == 429:
         if "insufficient_quota" in (error.get("code"), error.get("type")):
-            return fail(Reason.UPSTREAM_RATE_LIMITED, "upstream quota exhausted")
+            # The operator's account is out of credit: not the caller's balance, and not soon over.
+            return ProviderError(Reason.UPSTREAM_RATE_LIMITED, "upstream quota exhausted", upstream_status=status,
+                                 upstream_body=logged, quota_exhausted=True)
         return fail(Reason.UPSTREAM_RATE_LIMITED, "upstream rate limit reached", delay=delay)
     if status in (500, 502, 503, 529):
         return fail(Reason.UPSTREAM_UNAVAILABLE, "upstream unavailable", delay=delay)

@@ -1,0 +1,339 @@
+"""The attempt loop: one request, tried on its model's routes in order until one answers.
+
+A failure that happens before the first byte reaches the client (connection
+refused, timeout, upstream 429, 5xx, 529 overloaded, a stream that breaks
+before its first chunk) moves on to the next route. Retry-After is honoured:
+a route is not called again sooner than it asked, and if the only routes left
+would need a longer wait than the request's deadline (or max_retry_wait)
+allows, the request fails. Deterministic failures (the upstream rejected the
+request itself: 400/401/403/404/413/422) are never retried. Once a stream's
+first chunk is out, there is no fallback: a later error goes in-band.
+
+Every attempt is one structured log line and one UPSTREAM_ATTEMPTS count. The
+request's one hold covers every attempt (its price is the model's, not the
+route's), and `meter.admission` always names the route of the current attempt,
+so the usage record names the provider and upstream model that answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Generic, TypeVar
+
+from gateway_core.chat.meter import Admission, RequestMeter
+from gateway_core.chat.retry_budget import RetryBudget
+from gateway_core.chat.route_health import RouteHealth
+from gateway_core.chat.route_order import route_order
+from gateway_core.config import ModelSettings, ProviderSettings, Route, RoutingSettings
+from gateway_core.errors import GatewayError, Reason
+from gateway_core.metrics import FALLBACKS, UPSTREAM_ATTEMPTS, UPSTREAM_RETRIES
+from gateway_core.pb.gateway.v1 import chat_pb2
+from gateway_core.providers.base import Provider, ProviderError
+
+log = logging.getLogger("tollgate.routing")
+
+Chunk = chat_pb2.StreamChatCompletionResponse
+Response = chat_pb2.CreateChatCompletionResponse
+T = TypeVar("T")
+
+# Upstream statuses that say nothing about the request itself: another try may succeed.
+_TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+_CALLERS_FAULT = frozenset({Reason.INVALID_REQUEST, Reason.UNSUPPORTED_PARAMETER, Reason.REQUEST_TOO_LARGE})
+# A route that failed without a Retry-After is tried again (if at all) after this, doubling.
+_BACKOFF_SECONDS = 0.1
+_BACKOFF_CAP_SECONDS = 2.0
+_BUSY_MESSAGE = "the upstream provider for this model is over capacity; try again later"
+
+
+def retryable(error: ProviderError) -> bool:
+    """Whether another attempt (on this route or another) could answer where this one failed."""
+    if error.quota_exhausted:
+        return True  # on another route: this one is cooled down for long
+    if error.reason in _CALLERS_FAULT:
+        return False
+    status = error.upstream_status
+    if status is None:  # transport failures, broken or malformed answers, in-stream errors
+        return True
+    return status in _TRANSIENT_STATUSES or status >= 500
+
+
+class _NoRoute(Exception):
+    """Every route left would need a wait the request cannot afford (wait: the shortest, if known)."""
+
+    def __init__(self, wait: float | None) -> None:
+        super().__init__()
+        self.wait = wait
+
+
+@dataclasses.dataclass(frozen=True)
+class _Started(Generic[T]):
+    """The attempt that returned: what it returned, its route, whether it is a half-open probe."""
+
+    result: T
+    route: Route
+    probe: bool
+    began: float
+    number: int
+
+
+class _Timing:
+    """One request's deadline and per-route retry waits. One per request."""
+
+    def __init__(self, admission: Admission, settings: RoutingSettings, health: RouteHealth) -> None:
+        timeout = admission.call.timeout_seconds
+        self.deadline = None if timeout is None else admission.started + timeout
+        self._settings = settings
+        self._health = health
+        self._local_not_before: dict[Route, float] = {}
+        self._failures: dict[Route, int] = {}
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
+
+    def wait(self, route: Route) -> float:
+        local = max(self._local_not_before.get(route, 0.0) - time.monotonic(), 0.0)
+        return max(self._health.wait_seconds(route), local)
+
+    def affordable(self, wait: float) -> bool:
+        remaining = self.remaining()
+        return wait <= self._settings.max_retry_wait_seconds and (remaining is None or wait < remaining)
+
+    def failed(self, route: Route) -> None:
+        count = self._failures[route] = self._failures.get(route, 0) + 1
+        delay = min(_BACKOFF_SECONDS * 2 ** (count - 1), _BACKOFF_CAP_SECONDS) * random.uniform(0.5, 1.0)
+        self._local_not_before[route] = time.monotonic() + delay
+
+
+class RouteAttempts:
+    """Chooses routes and runs the attempt loop. One per core; safe to share between requests."""
+
+    def __init__(
+        self,
+        settings: RoutingSettings,
+        providers: Mapping[str, Provider],
+        provider_settings: Mapping[str, ProviderSettings],
+        *,
+        health: RouteHealth | None = None,
+        budget: RetryBudget | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._providers = providers
+        self._provider_settings = provider_settings
+        self.health = health or RouteHealth(settings)
+        self.budget = budget or RetryBudget(settings.retry_budget_ratio, settings.retry_budget_burst)
+        self._rng = rng or random.Random()
+
+    def order(self, model: ModelSettings) -> tuple[Route, ...]:
+        """The routes one new request will try, in order; the request also earns the retry budget."""
+        self.budget.on_request()
+        return route_order(model.routes, self.health, self._rng)
+
+    async def complete(self, meter: RequestMeter) -> Response:
+        """A unary answer from the first route that gives one."""
+
+        async def attempt(admission: Admission, limits: ProviderSettings) -> Response:
+            return await admission.provider.complete(admission.call)
+
+        started = await self._run(meter, attempt)
+        self.health.succeeded(started.route, started.probe)
+        _log_attempt(meter, started.route, started.number, "ok", started.began)
+        return started.result
+
+    async def stream(self, meter: RequestMeter) -> AsyncIterator[Chunk]:
+        """Chunks from the first route whose stream starts; after its first chunk there is no fallback."""
+
+        async def attempt(admission: Admission, limits: ProviderSettings) -> tuple[AsyncIterator[Chunk], Chunk | None]:
+            chunks = admission.provider.stream(admission.call)
+            try:
+                async with asyncio.timeout(limits.first_token_timeout_seconds):
+                    first = await anext(chunks, None)
+            except TimeoutError:
+                await _close(chunks)
+                raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
+                                    upstream_body="no first chunk within first_token_timeout_seconds") from None
+            except BaseException:
+                await _close(chunks)
+                raise
+            return chunks, first
+
+        started = await self._run(meter, attempt)
+        chunks, first = started.result
+        route, probe = started.route, started.probe
+        idle = self._limits(route).idle_timeout_seconds
+        outcome = "ok"
+        try:
+            if first is not None:
+                yield first
+            while first is not None:
+                try:
+                    async with asyncio.timeout(idle):
+                        chunk = await anext(chunks, None)
+                except TimeoutError:
+                    raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
+                                        upstream_body="silent past idle_timeout_seconds") from None
+                if chunk is None:
+                    break
+                yield chunk
+        except ProviderError as error:  # after the first chunk: in-band, no fallback
+            outcome = error.reason.value
+            self.health.failed(route, probe, retry_after=None, quota_exhausted=False)
+            raise
+        except BaseException as other:
+            outcome = _other_outcome(other)
+            self.health.release(route, probe)
+            raise
+        else:
+            self.health.succeeded(route, probe)
+        finally:
+            await _close(chunks)
+            _log_attempt(meter, route, started.number, outcome, started.began, streamed=True)
+
+    async def _run(
+        self, meter: RequestMeter, attempt: Callable[[Admission, ProviderSettings], Awaitable[T]]
+    ) -> _Started[T]:
+        """Tries routes until one attempt returns; raises the last failure when none does.
+
+        The caller gives the verdict on the attempt that returned (health, log line)."""
+        first = meter.admission
+        routes = first.routes or (_route_of(first),)
+        timing = _Timing(first, self._settings, self.health)
+        ruled_out: set[Route] = set()
+        last_error: ProviderError | None = None
+        for number in range(1, self._settings.max_attempts + 1):
+            try:
+                route, wait = self._next(routes, ruled_out, timing)
+            except _NoRoute as none:
+                raise _final_error(last_error, none.wait) from None
+            if number > 1:
+                if not self.budget.try_retry():
+                    log.warning("retry budget spent; not retrying request %s", first.call.request_id)
+                    raise _final_error(last_error, None)
+                UPSTREAM_RETRIES.labels(first.model.name).inc()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            admission = self._admission_for(first, route, timing)
+            meter.admission = admission
+            probe = self.health.acquire(route)
+            began = time.monotonic()
+            try:
+                result = await attempt(admission, self._limits(route))
+            except ProviderError as error:
+                _log_attempt(meter, route, number, error.reason.value, began, error=error)
+                if not retryable(error):
+                    self.health.release(route, probe)
+                    raise
+                self.health.failed(route, probe, retry_after=error.retry_after_seconds,
+                                   quota_exhausted=error.quota_exhausted)
+                timing.failed(route)
+                if error.quota_exhausted:
+                    ruled_out.add(route)
+                last_error = error
+                continue
+            except BaseException as other:  # the client left, or a failure of ours: says nothing of the route
+                self.health.release(route, probe)
+                _log_attempt(meter, route, number, _other_outcome(other), began)
+                raise
+            if route != routes[0]:
+                FALLBACKS.labels(first.model.name).inc()
+            return _Started(result, route, probe, began, number)
+        raise _final_error(last_error, None)
+
+    def _next(
+        self, routes: tuple[Route, ...], ruled_out: set[Route], timing: _Timing
+    ) -> tuple[Route, float]:
+        """The next route and how long to wait for it first.
+
+        The first route (in order) that is ready now and whose breaker lets calls through;
+        failing that, the first that is ready now at all: if every remaining route's circuit is
+        open, a call that may succeed beats an error for sure (route_order puts the
+        longest-open first). Failing that, the route ready soonest, if the request can afford
+        the wait (Retry-After is never cut short)."""
+        candidates = [route for route in routes if route not in ruled_out]
+        if not candidates:
+            raise _NoRoute(None)
+        ready = [route for route in candidates if timing.wait(route) == 0]
+        healthy = [route for route in ready if self.health.available(route)]
+        if healthy:
+            return healthy[0], 0.0
+        if ready:
+            return ready[0], 0.0
+        soonest = min(candidates, key=timing.wait)
+        wait = timing.wait(soonest)
+        if not timing.affordable(wait):
+            raise _NoRoute(wait)
+        return soonest, wait
+
+    def _limits(self, route: Route) -> ProviderSettings:
+        """The route's provider settings (their defaults when none were given, as in unit tests)."""
+        return self._provider_settings.get(route.provider) or ProviderSettings(name=route.provider, type="mock")
+
+    def _admission_for(self, first: Admission, route: Route, timing: _Timing) -> Admission:
+        limits = self._limits(route)
+        remaining = timing.remaining()
+        timeout = limits.total_timeout_seconds if remaining is None else min(limits.total_timeout_seconds, remaining)
+        call = dataclasses.replace(first.call, upstream_model=route.model, timeout_seconds=max(timeout, 0.001))
+        return dataclasses.replace(first, provider=self._providers[route.provider], call=call)
+
+
+def _route_of(admission: Admission) -> Route:
+    return Route(provider=admission.provider.name, model=admission.call.upstream_model)
+
+
+def _final_error(last: ProviderError | None, wait: float | None) -> ProviderError:
+    """What the client sees when no route answered: the last failure, except that an operator's
+    exhausted quota (or a wait we could not afford) reads as the upstream being busy, never as
+    the caller's own quota or balance."""
+    if last is not None and not last.quota_exhausted:
+        return last
+    return ProviderError(
+        Reason.UPSTREAM_RATE_LIMITED, _BUSY_MESSAGE,
+        upstream_status=None if last is None else last.upstream_status,
+        upstream_body="" if last is None else last.upstream_body,
+        retry_after_seconds=None if wait is None else max(round(wait, 3), 0.001),
+    )
+
+
+def _other_outcome(error: BaseException) -> str:
+    """The log/metric outcome of an attempt that ended by something other than a ProviderError."""
+    if isinstance(error, GatewayError):
+        return error.reason.value
+    return "cancelled" if isinstance(error, (asyncio.CancelledError, GeneratorExit)) else "error"
+
+
+async def _close(chunks: AsyncIterator[Chunk]) -> None:
+    """Closes an upstream stream (and its connection); closing errors are not the caller's."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
+
+
+def _log_attempt(
+    meter: RequestMeter, route: Route, number: int, outcome: str, began: float, *,
+    error: ProviderError | None = None, streamed: bool = False,
+) -> None:
+    """One line per attempt, as text and as `extra` fields for structured handlers; one count."""
+    UPSTREAM_ATTEMPTS.labels(route.provider, route.model, "ok" if outcome == "ok" else outcome).inc()
+    fields = {
+        "request_id": meter.admission.call.request_id,
+        "model": meter.admission.model.name,
+        "provider": route.provider,
+        "route": route.model,
+        "attempt": number,
+        "outcome": outcome,
+        "latency_ms": int((time.monotonic() - began) * 1000),
+        "upstream_status": None if error is None else error.upstream_status,
+        "streamed": streamed,
+    }
+    log.info(
+        "upstream_attempt request_id=%(request_id)s model=%(model)s provider=%(provider)s route=%(route)s "
+        "attempt=%(attempt)d outcome=%(outcome)s latency_ms=%(latency_ms)d upstream_status=%(upstream_status)s",
+        fields, extra={"upstream_attempt": fields},
+    )
