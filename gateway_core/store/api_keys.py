@@ -33,6 +33,7 @@ class ApiKeySettings:
     tpm_limit: int = 0
     spend_limit_micros: int = 0
     expire_time: datetime | None = None
+    concurrency_limit: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ApiKeyUpdate:
     spend_limit_micros: int | None = None
     expire_time: datetime | None = None
     clear_expire_time: bool = False
+    concurrency_limit: int | None = None
 
 
 def check_models(models: Iterable[str]) -> tuple[str, ...]:
@@ -105,6 +107,7 @@ def create_api_key(
         expire_time=None if settings.expire_time is None else check_expire_time(settings.expire_time, now),
         created_at=now,
         redacted="",
+        concurrency_limit=check_limit(settings.concurrency_limit, "concurrency_limit"),
     )
     load_account(session, account_id)
     key_id, secret = keys.generate_key()
@@ -166,6 +169,8 @@ def update_api_key(session: Session, key_id: str, update: ApiKeyUpdate) -> ApiKe
         row.tpm_limit = check_limit(update.tpm_limit, "tpm_limit")
     if update.spend_limit_micros is not None:
         row.spend_limit_micros = check_limit(update.spend_limit_micros, "spend_limit_micros")
+    if update.concurrency_limit is not None:
+        row.concurrency_limit = check_limit(update.concurrency_limit, "concurrency_limit")
     if update.expire_time is not None:
         row.expire_time = check_expire_time(update.expire_time, datetime.now(UTC))
     if update.clear_expire_time:
