@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway_core.config_defaults import embedded_defaults
+from gateway_core.config_limits import limits_section
 from gateway_core.config_model import (
     DEFAULT_BASE_URLS,
     MICROS_PER_USD,
     PROVIDER_TYPES,
     SECTION_KEYS,
+    LimitSettings,
     MeteringSettings,
     ModelSettings,
     ProviderSettings,
@@ -43,7 +45,7 @@ from gateway_core.config_sections import (
 )
 
 __all__ = [
-    "DEFAULT_BASE_URLS", "MICROS_PER_USD", "PROVIDER_TYPES", "ConfigError", "MeteringSettings", "ModelSettings",
+    "DEFAULT_BASE_URLS", "MICROS_PER_USD", "PROVIDER_TYPES", "ConfigError", "LimitSettings", "MeteringSettings", "ModelSettings",
     "ProviderSettings", "Route", "Settings", "embedded_defaults", "embedded_settings", "load_settings",
     "parse_settings", "price_to_micros",
 ]
@@ -85,6 +87,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         pepper = ""
     cache_seconds = number(keys, "keys", "cache_seconds", 2.0, problems)
     metering_settings = metering(table(raw, "metering", problems), problems)
+    limit_settings = limits_section(table(raw, "limits", problems, SECTION_KEYS["limits"]), problems)
     provider_settings = providers(raw.get("providers", []), problems)
     model_settings = models(raw.get("models", []), provider_settings, problems)
     if problems.lines:
@@ -99,6 +102,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         providers=provider_settings,
         models=model_settings,
         metering=metering_settings,
+        limits=limit_settings,
         create_demo_account=bool(demo.get("create_account", False)),
     )
 

@@ -83,6 +83,20 @@ class MeteringSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    """Where rate and concurrency counters live, and what happens when that store is down."""
+
+    # "" keeps counters in process; "redis://host:6379/0" shares them between replicas.
+    redis_url: str = field(default="", repr=False)
+    # "open" admits (and logs) when Redis is unreachable; "closed" answers 503 limits_unavailable.
+    redis_failure_policy: str = "open"
+    redis_connect_timeout_seconds: float = 0.25
+    redis_command_timeout_seconds: float = 0.25
+    # A concurrency slot in Redis expires after this long even if its replica died holding it.
+    concurrency_lease_seconds: float = 900.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the core and the facade need, validated."""
 
@@ -96,6 +110,7 @@ class Settings:
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
     models: Mapping[str, ModelSettings] = field(default_factory=dict)
     metering: MeteringSettings = field(default_factory=MeteringSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     create_demo_account: bool = False
 
 
@@ -108,6 +123,7 @@ SECTION_KEYS: Mapping[str, frozenset[str]] = {
     "admin": frozenset({"token"}),
     "keys": frozenset({"pepper", "cache_seconds"}),
     "metering": frozenset(MeteringSettings.__dataclass_fields__),
+    "limits": frozenset(LimitSettings.__dataclass_fields__),
     "demo": frozenset({"create_account"}),
     "providers": PROVIDER_KEYS,
     "models": MODEL_KEYS,
