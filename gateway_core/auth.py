@@ -53,6 +53,7 @@ class Principal:
     tpm_limit: int
     spend_limit_micros: int
     expire_time: datetime | None
+    concurrency_limit: int = 0
 
     @classmethod
     def from_key(cls, key: ApiKeyRecord) -> Principal:
@@ -64,6 +65,7 @@ class Principal:
             tpm_limit=key.tpm_limit,
             spend_limit_micros=key.spend_limit_micros,
             expire_time=key.expire_time,
+            concurrency_limit=key.concurrency_limit,
         )
 
     def may_use(self, model: str) -> bool:

@@ -21,6 +21,8 @@ from gateway_core.background import BackgroundTasks
 from gateway_core.chat.pipeline import ChatPipeline
 from gateway_core.chat.servicer import ChatServicer
 from gateway_core.config import Settings
+from gateway_core.limits.build import build_enforcer
+from gateway_core.limits.enforcer import LimitEnforcer
 from gateway_core.metering.ledger import Ledger
 from gateway_core.metering.reconciler import Reconciler
 from gateway_core.metering.servicer import MeteringServicer
@@ -55,6 +57,7 @@ class Core:
     reconciler: Reconciler
     background: BackgroundTasks
     providers: dict[str, Provider] = field(default_factory=dict)
+    limits: LimitEnforcer | None = None
 
     async def stop(self, grace_seconds: float | None = 5.0) -> None:
         """Turns health NOT_SERVING, lets in-flight calls finish (up to grace), lets
@@ -66,6 +69,8 @@ class Core:
         for provider in self.providers.values():
             await provider.aclose()
         await self.http.aclose()
+        if self.limits is not None:
+            await self.limits.close()
         await self.store.close()
 
 
@@ -89,6 +94,7 @@ async def start_core(settings: Settings, *, address: str | None = None) -> Core:
         providers = build_providers(settings.providers, http)
         authenticator = Authenticator(store, settings.key_pepper, settings.key_cache_seconds)
         router = Router(settings.models)
+        limits = build_enforcer(settings.limits, store, settings.key_cache_seconds)
         pipeline = ChatPipeline(
             authenticator=authenticator,
             router=router,
@@ -96,6 +102,7 @@ async def start_core(settings: Settings, *, address: str | None = None) -> Core:
             ledger=ledger,
             metering=settings.metering,
             background=background,
+            limits=limits,
         )
         server = grpc.aio.server(
             options=[
@@ -130,4 +137,5 @@ async def start_core(settings: Settings, *, address: str | None = None) -> Core:
         reconciler=reconciler,
         background=background,
         providers=providers,
+        limits=limits,
     )

@@ -25,6 +25,8 @@ class Admission:
     # Output tokens the hold covers: n x the per-choice limit sent upstream.
     max_completion_tokens: int
     started: float
+    # x-ratelimit-* values to send the client (gRPC initial metadata), when limits apply.
+    limit_headers: tuple[tuple[str, str], ...] = ()
 
 
 class RequestMeter:

@@ -15,13 +15,14 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from gateway_core.auth import Authenticator
+from gateway_core.auth import Authenticator, Principal
 from gateway_core.background import BackgroundTasks
 from gateway_core.chat.meter import Admission, RequestMeter, billed_usage
 from gateway_core.chat.pump import StreamPump
 from gateway_core.chat.validate import validate_request
 from gateway_core.config import MeteringSettings
 from gateway_core.errors import GatewayError
+from gateway_core.limits.enforcer import LimitEnforcer, Lease
 from gateway_core.metering.ledger import Ledger
 from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome, UsageStatus
 from gateway_core.metering.usage import apply_output_limit, hold_micros
@@ -51,6 +52,7 @@ class ChatPipeline:
         ledger: Ledger,
         metering: MeteringSettings,
         background: BackgroundTasks,
+        limits: LimitEnforcer | None = None,
     ) -> None:
         self._auth = authenticator
         self._router = router
@@ -59,6 +61,9 @@ class ChatPipeline:
         self._metering = metering
         self._background = background
         self._drains = 0
+        self._limits = limits
+        # Limit leases of admitted requests, by request id; finished when the request settles.
+        self._leases: dict[str, Lease] = {}
 
     async def admit(self, request: ChatRequest, metadata: Metadata, time_remaining: float | None) -> Admission:
         """Checks the caller and the request, then holds the worst-case cost."""
@@ -87,9 +92,32 @@ class ChatPipeline:
             provider=provider.name,
             upstream_model=route.model,
         )
-        hold = await self._hold_shielded(hold_args)
+        lease = await self._take_limits(principal, call.request_id, prompt_estimate)
+        try:
+            hold = await self._hold_shielded(hold_args)
+        except BaseException:
+            self._leases.pop(call.request_id, None)
+            self._background.spawn(lease.finish(None), name=f"limits-{call.request_id}")
+            raise
         choices = request.n if request.HasField("n") else 1
-        return Admission(model, provider, call, hold, prompt_estimate, choices * limit, started)
+        return Admission(
+            model, provider, call, hold, prompt_estimate, choices * limit, started, limit_headers=lease.headers
+        )
+
+    async def _take_limits(self, principal: Principal, request_id: str, prompt_estimate: int) -> Lease:
+        """Spends the caller's rate and concurrency limits (429 if over); remembered until settle."""
+        if self._limits is None:
+            return Lease(None, request_id)
+        lease = await self._limits.admit(
+            account_id=principal.account_id,
+            key_id=principal.api_key_id,
+            key_limits=(principal.rpm_limit, principal.tpm_limit, principal.concurrency_limit),
+            request_id=request_id,
+            token_estimate=prompt_estimate,
+        )
+        if lease.limiter is not None:
+            self._leases[request_id] = lease
+        return lease
 
     async def complete(self, admission: Admission) -> chat_pb2.CreateChatCompletionResponse:
         """Runs a unary request and settles it before answering."""
@@ -165,14 +193,22 @@ class ChatPipeline:
             raise
 
     async def _settle_with_retries(self, hold: Hold, outcome: UsageOutcome) -> Settlement:
-        """Settlement is idempotent, so a failed write (a busy or restarting database) is retried."""
-        for delay in _SETTLE_RETRY_DELAYS:
-            try:
-                return await self._ledger.settle(hold, outcome)
-            except Exception:  # noqa: BLE001 - logged; retried; the last attempt raises
-                log.warning("settling %s failed; retrying in %.2fs", hold.request_id, delay, exc_info=True)
-                await asyncio.sleep(delay)
-        return await self._ledger.settle(hold, outcome)
+        """Settlement is idempotent, so a failed write (a busy or restarting database) is retried.
+
+        However it ends, the request's limit lease is finished: slots back, tokens corrected.
+        """
+        try:
+            for delay in _SETTLE_RETRY_DELAYS:
+                try:
+                    return await self._ledger.settle(hold, outcome)
+                except Exception:  # noqa: BLE001 - logged; retried; the last attempt raises
+                    log.warning("settling %s failed; retrying in %.2fs", hold.request_id, delay, exc_info=True)
+                    await asyncio.sleep(delay)
+            return await self._ledger.settle(hold, outcome)
+        finally:
+            lease = self._leases.pop(hold.request_id, None)
+            if lease is not None:
+                await lease.finish(outcome.prompt_tokens + outcome.completion_tokens)
 
     def _may_drain(self) -> bool:
         return self._drains < self._metering.max_concurrent_drains

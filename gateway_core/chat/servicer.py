@@ -31,6 +31,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     ) -> chat_pb2.CreateChatCompletionResponse:
         try:
             admission = await self._pipeline.admit(request, context.invocation_metadata() or (), context.time_remaining())
+            if admission.limit_headers:
+                await context.send_initial_metadata(admission.limit_headers)
             return await self._pipeline.complete(admission)
         except GatewayError as error:
             await abort(context, error)
@@ -44,6 +46,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     ) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
         try:
             admission = await self._pipeline.admit(request, context.invocation_metadata() or (), context.time_remaining())
+            if admission.limit_headers:
+                await context.send_initial_metadata(admission.limit_headers)
             # aclosing: if gRPC closes this generator, the pipeline's own cleanup runs now, not at GC.
             async with contextlib.aclosing(self._pipeline.stream(admission)) as chunks:
                 async for chunk in chunks:
