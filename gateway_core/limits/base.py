@@ -95,5 +95,6 @@ def gcra_state(tat: float, now: float, limit: int) -> RateState:
     """Remaining units and seconds until the counter is full again."""
     interval = PERIOD_SECONDS / limit
     used = max(tat - now, 0.0)
-    remaining = int((PERIOD_SECONDS - used) // interval)
+    # The epsilon keeps float error (59.999999...) from costing a whole unit.
+    remaining = int((PERIOD_SECONDS - used) / interval + 1e-6)
     return RateState(limit=limit, remaining=max(min(remaining, limit), 0), reset_seconds=used)

@@ -65,7 +65,7 @@ for i = 1, n do
   end
   local used = tat - now
   if used < 0 then used = 0 end
-  local remaining = math.floor((period - used) / (period / limit))
+  local remaining = math.floor((period - used) / (period / limit) + 0.000001)
   if remaining < 0 then remaining = 0 end
   if remaining > limit then remaining = limit end
   table.insert(out, remaining)
