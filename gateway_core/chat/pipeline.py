@@ -96,7 +96,8 @@ class ChatPipeline:
         try:
             hold = await self._hold_shielded(hold_args)
         except BaseException:
-            self._leases.pop(call.request_id, None)
+            if self._leases.get(call.request_id) is lease:
+                del self._leases[call.request_id]
             self._background.spawn(lease.finish(None), name=f"limits-{call.request_id}")
             raise
         choices = request.n if request.HasField("n") else 1
@@ -115,7 +116,8 @@ class ChatPipeline:
             request_id=request_id,
             token_estimate=prompt_estimate,
         )
-        if lease.limiter is not None:
+        # A reused request id is refused by the hold (ALREADY_EXISTS); the first request keeps its lease.
+        if lease.limiter is not None and request_id not in self._leases:
             self._leases[request_id] = lease
         return lease
 

@@ -8,6 +8,7 @@ slots and replaces the up-front token estimate with the real usage.
 from __future__ import annotations
 
 import logging
+import secrets
 
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from gateway_core.errors import GatewayError, Reason
 from gateway_core.limits.accounts import AccountLimits, AccountLimitsCache
 from gateway_core.limits.base import Limiter, LimiterUnavailable, RateCheck, SlotCheck
 from gateway_core.limits.headers import rate_headers
+from gateway_core.metrics import LIMIT_STORE_FAILURES
 
 log = logging.getLogger("tollgate.limits")
 
@@ -78,9 +80,12 @@ class LimitEnforcer:
         plan = _plan(account_id, key_id, key_limits, account, max(token_estimate, 1))
         if not plan.labels:
             return Lease(None, request_id)
+        # Unique per admission: a client reusing a request id must not share (or free) another's slot.
+        lease_id = f"{request_id}:{secrets.token_hex(6)}"
         try:
-            verdict = await self._limiter.admit(plan.requests + plan.tokens, plan.slots, request_id)
+            verdict = await self._limiter.admit(plan.requests + plan.tokens, plan.slots, lease_id)
         except LimiterUnavailable as exc:
+            LIMIT_STORE_FAILURES.labels(policy=self._policy).inc()
             if self._policy == FAIL_CLOSED:
                 raise GatewayError(
                     Reason.LIMITS_UNAVAILABLE, LIMITS_UNAVAILABLE_MESSAGE, retry_after_seconds=_UNAVAILABLE_RETRY_SECONDS
@@ -98,7 +103,7 @@ class LimitEnforcer:
                 retry_after_seconds=max(verdict.retry_after_seconds, 0.001),
                 headers=headers,
             )
-        return Lease(self._limiter, request_id, tuple(s.key for s in plan.slots), plan.tokens, headers)
+        return Lease(self._limiter, lease_id, tuple(s.key for s in plan.slots), plan.tokens, headers)
 
     async def close(self) -> None:
         await self._limiter.close()

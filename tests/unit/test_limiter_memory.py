@@ -9,8 +9,9 @@ from gateway_core.limits.accounts import AccountLimits, AccountLimitsCache
 from gateway_core.limits.base import LimiterUnavailable, RateCheck, SlotCheck, Verdict
 from gateway_core.limits.enforcer import FAIL_CLOSED, FAIL_OPEN, LimitEnforcer
 from gateway_core.limits.headers import duration, rate_headers
-from gateway_core.limits.memory import MemoryLimiter
 from gateway_core.limits.base import RateState
+from gateway_core.limits.memory import MemoryLimiter
+from gateway_core.metrics import LIMIT_STORE_FAILURES
 
 
 class Clock:
@@ -151,10 +152,12 @@ async def test_finish_releases_slots_and_corrects_tokens_once() -> None:
 
 async def test_limiter_down_fail_open_admits_and_fail_closed_refuses() -> None:
     accounts = _Accounts(AccountLimits(rpm_limit=1))
+    failures = LIMIT_STORE_FAILURES.labels(policy="open")
+    before = failures._value.get()
     lease = await _enforcer(_DeadLimiter(), accounts, FAIL_OPEN).admit(
         account_id="a", key_id="k", key_limits=(0, 0, 0), request_id="r", token_estimate=1
     )
-    assert lease.limiter is None
+    assert lease.limiter is None and failures._value.get() == before + 1
     with pytest.raises(GatewayError) as caught:
         await _enforcer(_DeadLimiter(), accounts, FAIL_CLOSED).admit(
             account_id="a", key_id="k", key_limits=(0, 0, 0), request_id="r", token_estimate=1
