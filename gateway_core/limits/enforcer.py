@@ -80,6 +80,7 @@ class LimitEnforcer:
         plan = _plan(account_id, key_id, key_limits, account, max(token_estimate, 1))
         if not plan.labels:
             return Lease(None, request_id)
+        _refuse_if_never_admissible(plan)
         # Unique per admission: a client reusing a request id must not share (or free) another's slot.
         lease_id = f"{request_id}:{secrets.token_hex(6)}"
         try:
@@ -107,6 +108,18 @@ class LimitEnforcer:
 
     async def close(self) -> None:
         await self._limiter.close()
+
+
+def _refuse_if_never_admissible(plan: _Plan) -> None:
+    """A prompt bigger than a whole minute's tokens would wait forever: say so instead of a Retry-After."""
+    for index, rate in enumerate(plan.tokens):
+        if rate.cost > rate.limit:
+            label = plan.labels[len(plan.requests) + index]
+            raise GatewayError(
+                Reason.RATE_LIMITED,
+                f"Request too large: about {rate.cost} prompt tokens, over the {label}. "
+                "Shorten the request or ask for a higher limit.",
+            )
 
 
 def _plan(

@@ -130,7 +130,8 @@ def test_a_prompt_bigger_than_the_tpm_limit_is_refused(gateway: RunningGateway, 
     before = len(upstream.requests)
     with _sdk(gateway, key) as client, pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="m-text", messages=[{"role": "user", "content": "word " * 400}])
-    assert "tokens per minute" in caught.value.body["message"]
+    assert "Request too large" in caught.value.body["message"] and "50 tokens per minute" in caught.value.body["message"]
+    assert "retry-after" not in caught.value.response.headers
     assert len(upstream.requests) == before
 
 

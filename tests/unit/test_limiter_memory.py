@@ -175,3 +175,15 @@ async def test_account_limits_are_cached_within_the_bound() -> None:
     assert (await cache.get("a")).rpm_limit == 5 and accounts.reads == 1
     clock.now += 0.2
     assert (await cache.get("a")).rpm_limit == 7 and accounts.reads == 2
+
+
+async def test_a_prompt_over_a_whole_minute_of_tokens_is_refused_without_a_retry_hint() -> None:
+    limiter = MemoryLimiter(Clock())
+    enforcer = _enforcer(limiter, _Accounts(AccountLimits(tpm_limit=500)))
+    with pytest.raises(GatewayError) as caught:
+        await enforcer.admit(account_id="a", key_id="k", key_limits=(10, 0, 1), request_id="r", token_estimate=501)
+    assert caught.value.reason == Reason.RATE_LIMITED and caught.value.retry_after_seconds is None
+    assert "Request too large" in caught.value.message and "account limit of 500 tokens" in caught.value.message
+    assert limiter.in_flight("key:k:slots") == 0  # nothing was spent
+    lease = await enforcer.admit(account_id="a", key_id="k", key_limits=(10, 0, 1), request_id="s", token_estimate=500)
+    assert dict(lease.headers)["x-ratelimit-remaining-requests"] == "9"
