@@ -195,22 +195,23 @@ class ChatPipeline:
             raise
 
     async def _settle_with_retries(self, hold: Hold, outcome: UsageOutcome) -> Settlement:
-        """Settlement is idempotent, so a failed write (a busy or restarting database) is retried.
-
-        However it ends, the request's limit lease is finished: slots back, tokens corrected.
-        """
+        """Settles (retrying); however that ends, finishes the request's limit lease: slots back, tokens corrected."""
         try:
-            for delay in _SETTLE_RETRY_DELAYS:
-                try:
-                    return await self._ledger.settle(hold, outcome)
-                except Exception:  # noqa: BLE001 - logged; retried; the last attempt raises
-                    log.warning("settling %s failed; retrying in %.2fs", hold.request_id, delay, exc_info=True)
-                    await asyncio.sleep(delay)
-            return await self._ledger.settle(hold, outcome)
+            return await self._settle_retrying(hold, outcome)
         finally:
             lease = self._leases.pop(hold.request_id, None)
             if lease is not None:
                 await lease.finish(outcome.prompt_tokens + outcome.completion_tokens)
+
+    async def _settle_retrying(self, hold: Hold, outcome: UsageOutcome) -> Settlement:
+        """Settlement is idempotent, so a failed write (a busy or restarting database) is retried."""
+        for delay in _SETTLE_RETRY_DELAYS:
+            try:
+                return await self._ledger.settle(hold, outcome)
+            except Exception:  # noqa: BLE001 - logged; retried; the last attempt raises
+                log.warning("settling %s failed; retrying in %.2fs", hold.request_id, delay, exc_info=True)
+                await asyncio.sleep(delay)
+        return await self._ledger.settle(hold, outcome)
 
     def _may_drain(self) -> bool:
         return self._drains < self._metering.max_concurrent_drains

@@ -37,7 +37,7 @@ def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def gateway(db_path: Path, upstream: FakeOpenAIUpstream) -> Iterator[RunningGateway]:
     models = [
         {"name": name, "routes": [{"provider": "up", "model": target}], "input_price": 2, "output_price": 5}
-        for name, target in (("m-text", "fake-text"), ("m-slow", "fake-slow"))
+        for name, target in (("m-text", "fake-text"), ("m-slow", "fake-slow"), ("m-error", "fake-error-500"))
     ]
     settings = settings_for(
         db_path,
@@ -159,12 +159,14 @@ def test_concurrency_slot_is_taken_while_streaming_and_back_after_disconnect(
     assert reply.choices[0].message.content
 
 
-def test_slot_is_back_after_an_upstream_error(gateway: RunningGateway) -> None:
+def test_slot_is_back_after_an_upstream_error(gateway: RunningGateway, upstream: FakeOpenAIUpstream) -> None:
     _, _, key = gateway.create_key(concurrency_limit=1)
     with _sdk(gateway, key) as client:
         for _ in range(3):
-            with pytest.raises(openai.NotFoundError):
-                client.chat.completions.create(model="no-such-model", messages=HELLO)
+            before = len(upstream.requests)
+            with pytest.raises(openai.APIStatusError) as caught:
+                client.chat.completions.create(model="m-error", messages=HELLO)
+            assert caught.value.status_code >= 500 and len(upstream.requests) == before + 1
             client.chat.completions.create(model="m-text", messages=HELLO)
 
 
