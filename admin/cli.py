@@ -137,7 +137,8 @@ def accounts() -> None:
 @click.option("--tpm", default=0, type=click.IntRange(min=0), help="Tokens per minute over all keys (0: no limit).")
 @click.option("--concurrency", default=0, type=click.IntRange(min=0), help="Requests in flight at once (0: no limit).")
 @click.option("--monthly-budget-usd", default="0", help="Most the account may spend per calendar month, UTC (0: no limit).")
-def accounts_create(name: str, rpm: int, tpm: int, concurrency: int, monthly_budget_usd: str) -> None:
+@click.option("--models", default="", help="Comma-separated model ids the account's keys may use (default: all).")
+def accounts_create(name: str, rpm: int, tpm: int, concurrency: int, monthly_budget_usd: str, models: str) -> None:
     """Create an account with a zero balance (and optional limits); prints its id.
 
     \b
@@ -150,6 +151,7 @@ def accounts_create(name: str, rpm: int, tpm: int, concurrency: int, monthly_bud
         tpm_limit=tpm,
         concurrency_limit=concurrency,
         monthly_budget_micros=parse_usd(monthly_budget_usd, positive=False),
+        allowed_models=[m.strip() for m in models.split(",") if m.strip()],
     )
     reply = _client().call("CreateAccount", request)
     show(reply, account_pairs(reply.account))
@@ -162,9 +164,10 @@ def accounts_create(name: str, rpm: int, tpm: int, concurrency: int, monthly_bud
 @click.option("--tpm", default=None, type=click.IntRange(min=0), help="Tokens per minute over all keys (0: no limit).")
 @click.option("--concurrency", default=None, type=click.IntRange(min=0), help="Requests in flight at once (0: no limit).")
 @click.option("--monthly-budget-usd", default=None, help="Most the account may spend per calendar month, UTC (0: no limit).")
+@click.option("--models", default=None, help='Comma-separated model ids the account\'s keys may use ("" for all).')
 def accounts_update(
     account_id: str, name: str | None, rpm: int | None, tpm: int | None, concurrency: int | None,
-    monthly_budget_usd: str | None,
+    monthly_budget_usd: str | None, models: str | None,
 ) -> None:
     """Change an account's name and limits; options not given stay as they are.
 
@@ -183,6 +186,9 @@ def accounts_update(
         request.concurrency_limit = concurrency
     if monthly_budget_usd is not None:
         request.monthly_budget_micros = parse_usd(monthly_budget_usd, positive=False)
+    if models is not None:
+        request.allowed_models.models.extend(m.strip() for m in models.split(",") if m.strip())
+        request.allowed_models.SetInParent()  # an empty list still means "set": every model
     reply = _client().call("UpdateAccount", request)
     show(reply, account_pairs(reply.account))
 

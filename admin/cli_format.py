@@ -78,6 +78,7 @@ def account_pairs(a: pb.Account) -> list[tuple[str, str]]:
         ("balance", usd(a.balance_micros)),
         ("held", usd(a.held_micros)),
         ("available", usd(a.balance_micros - a.held_micros)),
+        ("models", ",".join(a.allowed_models) or "all"),
         ("rpm limit", str(a.rpm_limit or "none")),
         ("tpm limit", str(a.tpm_limit or "none")),
         ("concurrency limit", str(a.concurrency_limit or "none")),

@@ -74,6 +74,7 @@ def account_to_pb(account: AccountRecord) -> pb.Account:
         monthly_budget_micros=account.monthly_budget_micros,
         budget_spent_micros=account.budget_spent_in(budget_period(datetime.now(UTC))),
         budget_held_micros=account.budget_held_micros,
+        allowed_models=account.allowed_models,
     )
 
 
@@ -170,6 +171,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             tpm_limit=request.tpm_limit,
             concurrency_limit=request.concurrency_limit,
             monthly_budget_micros=request.monthly_budget_micros,
+            allowed_models=tuple(request.allowed_models),
         )
         account = await self._store.create_account(request.display_name, limits=limits)
         return pb.CreateAccountResponse(account=account_to_pb(account))
@@ -195,6 +197,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             tpm_limit=optional("tpm_limit"),
             concurrency_limit=optional("concurrency_limit"),
             monthly_budget_micros=optional("monthly_budget_micros"),
+            allowed_models=tuple(request.allowed_models.models) if request.HasField("allowed_models") else None,
         )
         account = await self._store.update_account(request.account_id, display_name=name, limits=limits)
         return pb.UpdateAccountResponse(account=account_to_pb(account))

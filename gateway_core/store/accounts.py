@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import and_, func, or_
 from sqlmodel import Session, col, select
@@ -58,12 +59,19 @@ class AccountLimitsUpdate:
     tpm_limit: int | None = None
     concurrency_limit: int | None = None
     monthly_budget_micros: int | None = None
+    # Empty: every model.
+    allowed_models: tuple[str, ...] | None = None
 
-    def changes(self) -> dict[str, int]:
+    def changes(self) -> dict[str, Any]:
         """The fields to set, each checked: a limit is 0 (none) or positive."""
-        result = {name: value for name, value in asdict(self).items() if value is not None}
+        result: dict[str, Any] = {name: value for name, value in asdict(self).items() if value is not None}
         for name, value in result.items():
-            if value < 0:
+            if name == "allowed_models":
+                # Imported here: api_keys imports this module (the same rule applies to both lists).
+                from gateway_core.store.api_keys import check_models
+
+                result[name] = list(check_models(value))
+            elif value < 0:
                 raise invalid_request(f"{name} must be 0 (no limit) or positive", param=name)
         return result
 

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 from gateway_core import keys
 from gateway_core.errors import GatewayError, Reason, invalid_request
 from gateway_core.store.accounts import check_display_name, load_account
-from gateway_core.store.models import ApiKey
+from gateway_core.store.models import Account, ApiKey
 from gateway_core.store.paging import cursor_time, decode_token, encode_token, page_size
 from gateway_core.store.records import ApiKeyCredential, ApiKeyRecord
 
@@ -125,9 +125,13 @@ def get_api_key(session: Session, key_id: str) -> ApiKeyRecord:
 
 
 def get_api_key_for_auth(session: Session, key_id: str) -> ApiKeyCredential | None:
-    """The key and its stored hash by primary key, or None: one indexed lookup."""
+    """The key, its stored hash and its account's allowed models, or None: two primary-key lookups."""
     row = session.get(ApiKey, key_id)
-    return None if row is None else ApiKeyCredential(ApiKeyRecord.from_row(row), row.key_hash)
+    if row is None:
+        return None
+    account = session.get(Account, row.account_id)
+    account_models = tuple(account.allowed_models) if account is not None else ()
+    return ApiKeyCredential(ApiKeyRecord.from_row(row), row.key_hash, account_models)
 
 
 def list_api_keys(

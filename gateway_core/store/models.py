@@ -61,6 +61,8 @@ class Account(SQLModel, table=True):
     budget_period: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
     budget_spent_micros: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
     budget_held_micros: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
+    # Model ids every key of the account may use at most; empty means every model.
+    allowed_models: list[str] = Field(default_factory=list, sa_type=JSONList, sa_column_kwargs={"server_default": "[]"})
 
 
 class ApiKey(SQLModel, table=True):

@@ -31,6 +31,8 @@ class AccountRecord:
     budget_period: int = 0
     budget_spent_micros: int = 0
     budget_held_micros: int = 0
+    # Models the account's keys may use at most; empty means every model.
+    allowed_models: tuple[str, ...] = ()
 
     @property
     def available_micros(self) -> int:
@@ -57,6 +59,7 @@ class AccountRecord:
             budget_period=row.budget_period,
             budget_spent_micros=row.budget_spent_micros,
             budget_held_micros=row.budget_held_micros,
+            allowed_models=tuple(row.allowed_models),
         )
 
 
@@ -115,6 +118,8 @@ class ApiKeyCredential:
 
     key: ApiKeyRecord
     key_hash: str = field(repr=False)
+    # The key's account's allowed models (empty: every model), read in the same lookup.
+    account_allowed_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

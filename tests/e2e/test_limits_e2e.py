@@ -219,3 +219,22 @@ def test_admin_refuses_negative_limits_and_changes_nothing(gateway: RunningGatew
         with pytest.raises(grpc.RpcError):
             stub.CreateApiKey(admin_pb2.CreateApiKeyRequest(account_id=account_id, concurrency_limit=-2), metadata=META)
     assert gateway.account(account_id).rpm_limit == 0
+
+
+def test_account_allowed_models_narrow_every_key(gateway: RunningGateway, upstream: FakeOpenAIUpstream) -> None:
+    account_id, _, key = gateway.create_key(allowed_models=["m-text", "m-slow"])
+    stub, channel = gateway.admin()
+    with channel:
+        request = admin_pb2.UpdateAccountRequest(account_id=account_id)
+        request.allowed_models.models.extend(["m-text", "m-error"])
+        assert list(stub.UpdateAccount(request, metadata=META).account.allowed_models) == ["m-text", "m-error"]
+    time.sleep(0.3)  # keys (with their account's models) are cached up to cache_seconds
+    with _sdk(gateway, key) as client:
+        assert [m.id for m in client.models.list()] == ["m-text"]  # in both lists
+        before = len(upstream.requests)
+        for forbidden in ("m-slow", "m-error"):  # allowed by only one of the two lists
+            with pytest.raises(openai.NotFoundError) as caught:
+                client.chat.completions.create(model=forbidden, messages=HELLO)
+            assert caught.value.body["code"] == "model_not_found"
+        assert len(upstream.requests) == before
+        assert client.chat.completions.create(model="m-text", messages=HELLO).choices

@@ -1,4 +1,4 @@
-"""Account limits (rpm, tpm, concurrency), a monthly budget per account, key concurrency.
+"""Account limits (allowed models, rpm, tpm, concurrency), a monthly budget per account, key concurrency.
 
 Revision ID: 0003
 Revises: 0002
@@ -40,6 +40,7 @@ def upgrade() -> None:
     with op.batch_alter_table("accounts") as batch:
         for name in _ACCOUNT_COLUMNS:
             batch.add_column(_bigint_zero(name))
+        batch.add_column(sa.Column("allowed_models", sa.Text(), nullable=False, server_default="[]"))
     with op.batch_alter_table("api_keys") as batch:
         batch.add_column(_bigint_zero("concurrency_limit"))
 
@@ -48,5 +49,6 @@ def downgrade() -> None:
     with op.batch_alter_table("api_keys") as batch:
         batch.drop_column("concurrency_limit")
     with op.batch_alter_table("accounts") as batch:
+        batch.drop_column("allowed_models")
         for name in reversed(_ACCOUNT_COLUMNS):
             batch.drop_column(name)

@@ -39,7 +39,7 @@ LEDGER_ENTRY_KIND_REFUND: LedgerEntryKind
 LEDGER_ENTRY_KIND_ADJUSTMENT: LedgerEntryKind
 
 class Account(_message.Message):
-    __slots__ = ("id", "display_name", "balance_micros", "held_micros", "create_time", "rpm_limit", "tpm_limit", "concurrency_limit", "monthly_budget_micros", "budget_spent_micros", "budget_held_micros")
+    __slots__ = ("id", "display_name", "balance_micros", "held_micros", "create_time", "rpm_limit", "tpm_limit", "concurrency_limit", "monthly_budget_micros", "budget_spent_micros", "budget_held_micros", "allowed_models")
     ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     BALANCE_MICROS_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class Account(_message.Message):
     MONTHLY_BUDGET_MICROS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_SPENT_MICROS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_HELD_MICROS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     id: str
     display_name: str
     balance_micros: int
@@ -62,21 +63,24 @@ class Account(_message.Message):
     monthly_budget_micros: int
     budget_spent_micros: int
     budget_held_micros: int
-    def __init__(self, id: _Optional[str] = ..., display_name: _Optional[str] = ..., balance_micros: _Optional[int] = ..., held_micros: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rpm_limit: _Optional[int] = ..., tpm_limit: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., monthly_budget_micros: _Optional[int] = ..., budget_spent_micros: _Optional[int] = ..., budget_held_micros: _Optional[int] = ...) -> None: ...
+    allowed_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., display_name: _Optional[str] = ..., balance_micros: _Optional[int] = ..., held_micros: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rpm_limit: _Optional[int] = ..., tpm_limit: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., monthly_budget_micros: _Optional[int] = ..., budget_spent_micros: _Optional[int] = ..., budget_held_micros: _Optional[int] = ..., allowed_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateAccountRequest(_message.Message):
-    __slots__ = ("display_name", "rpm_limit", "tpm_limit", "concurrency_limit", "monthly_budget_micros")
+    __slots__ = ("display_name", "rpm_limit", "tpm_limit", "concurrency_limit", "monthly_budget_micros", "allowed_models")
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     RPM_LIMIT_FIELD_NUMBER: _ClassVar[int]
     TPM_LIMIT_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
     MONTHLY_BUDGET_MICROS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     display_name: str
     rpm_limit: int
     tpm_limit: int
     concurrency_limit: int
     monthly_budget_micros: int
-    def __init__(self, display_name: _Optional[str] = ..., rpm_limit: _Optional[int] = ..., tpm_limit: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., monthly_budget_micros: _Optional[int] = ...) -> None: ...
+    allowed_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, display_name: _Optional[str] = ..., rpm_limit: _Optional[int] = ..., tpm_limit: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., monthly_budget_micros: _Optional[int] = ..., allowed_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateAccountResponse(_message.Message):
     __slots__ = ("account",)
@@ -113,20 +117,22 @@ class ListAccountsResponse(_message.Message):
     def __init__(self, accounts: _Optional[_Iterable[_Union[Account, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class UpdateAccountRequest(_message.Message):
-    __slots__ = ("account_id", "display_name", "rpm_limit", "tpm_limit", "concurrency_limit", "monthly_budget_micros")
+    __slots__ = ("account_id", "display_name", "rpm_limit", "tpm_limit", "concurrency_limit", "monthly_budget_micros", "allowed_models")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     RPM_LIMIT_FIELD_NUMBER: _ClassVar[int]
     TPM_LIMIT_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
     MONTHLY_BUDGET_MICROS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     display_name: str
     rpm_limit: int
     tpm_limit: int
     concurrency_limit: int
     monthly_budget_micros: int
-    def __init__(self, account_id: _Optional[str] = ..., display_name: _Optional[str] = ..., rpm_limit: _Optional[int] = ..., tpm_limit: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., monthly_budget_micros: _Optional[int] = ...) -> None: ...
+    allowed_models: ModelList
+    def __init__(self, account_id: _Optional[str] = ..., display_name: _Optional[str] = ..., rpm_limit: _Optional[int] = ..., tpm_limit: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., monthly_budget_micros: _Optional[int] = ..., allowed_models: _Optional[_Union[ModelList, _Mapping]] = ...) -> None: ...
 
 class UpdateAccountResponse(_message.Message):
     __slots__ = ("account",)
