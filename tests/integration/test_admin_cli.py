@@ -204,6 +204,11 @@ def test_account_limits_are_set_shown_and_changed_only_when_given(address: str) 
     assert "concurrency limit" in shown and "monthly budget" in shown and "spent this month" in shown
     bad = run(address, "accounts", "update", account_id, "--monthly-budget-usd", "-5")
     assert bad.exit_code != 0
+    narrowed = as_json(address, "accounts", "update", account_id, "--models", "m1,m2")["account"]
+    assert narrowed["allowed_models"] == ["m1", "m2"] and narrowed["tpm_limit"] == 90000
+    assert "m1,m2" in ok(run(address, "accounts", "show", account_id))
+    widened = as_json(address, "accounts", "update", account_id, "--models", "")["account"]
+    assert widened["allowed_models"] == []
 
 
 def test_key_concurrency_limit_is_set_and_changed(address: str) -> None:
