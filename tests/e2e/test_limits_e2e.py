@@ -238,3 +238,14 @@ def test_account_allowed_models_narrow_every_key(gateway: RunningGateway, upstre
             assert caught.value.body["code"] == "model_not_found"
         assert len(upstream.requests) == before
         assert client.chat.completions.create(model="m-text", messages=HELLO).choices
+
+
+def test_slot_is_back_when_the_hold_is_refused(gateway: RunningGateway, upstream: FakeOpenAIUpstream) -> None:
+    _, _, key = gateway.create_key(balance_micros=0, concurrency_limit=1, rpm_limit=100)
+    before = len(upstream.requests)
+    with _sdk(gateway, key) as client:
+        for _ in range(4):  # each refusal must give its slot back, or the next would be rate limited
+            with pytest.raises(openai.RateLimitError) as caught:
+                client.chat.completions.create(model="m-text", messages=HELLO)
+            assert caught.value.body["code"] == "insufficient_quota"
+    assert len(upstream.requests) == before
