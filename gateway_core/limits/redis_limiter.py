@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway_core.limits.base import PERIOD_SECONDS, LimiterUnavailable, RateCheck, RateState, SlotCheck, Verdict
@@ -112,8 +114,8 @@ class RedisLimiter:
             url,
             socket_connect_timeout=connect_timeout_seconds,
             socket_timeout=command_timeout_seconds,
-            retry_on_timeout=False,
-            retry=None,
+            # No retries: one bounded try per check, then the failure policy decides.
+            retry=Retry(NoBackoff(), 0),
         )
         self._timeout = connect_timeout_seconds + command_timeout_seconds
         self._lease_ms = int(lease_seconds * 1000)
