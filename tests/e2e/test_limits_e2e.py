@@ -14,7 +14,8 @@ import openai
 import pytest
 
 from gateway_core.pb.gateway.admin.v1 import admin_pb2
-from gateway_core.pb.gateway.v1 import metering_pb2, metering_pb2_grpc
+from gateway_core.errors import error_info
+from gateway_core.pb.gateway.v1 import chat_pb2, chat_pb2_grpc, metering_pb2, metering_pb2_grpc, types_pb2
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.gateway_support import ADMIN_TOKEN, RunningGateway, running_gateway, settings_for
 
@@ -249,3 +250,23 @@ def test_slot_is_back_when_the_hold_is_refused(gateway: RunningGateway, upstream
                 client.chat.completions.create(model="m-text", messages=HELLO)
             assert caught.value.body["code"] == "insufficient_quota"
     assert len(upstream.requests) == before
+
+
+def test_grpc_callers_get_the_headers_as_metadata(gateway: RunningGateway) -> None:
+    _, _, key = gateway.create_key(rpm_limit=1, tpm_limit=10_000)
+    request = chat_pb2.CreateChatCompletionRequest(model="m-text")
+    request.messages.add(role=types_pb2.ROLE_USER, content="Hello over gRPC")
+    auth = (("authorization", f"Bearer {key}"),)
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        _, call = stub.CreateChatCompletion.with_call(request, metadata=auth)
+        initial = dict(call.initial_metadata())
+        assert initial["x-ratelimit-limit-requests"] == "1" and initial["x-ratelimit-remaining-requests"] == "0"
+        assert initial["x-ratelimit-limit-tokens"] == "10000"
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.CreateChatCompletion(request, metadata=auth)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(caught.value)
+    assert info is not None and info.reason == "RATE_LIMITED"
+    assert info.metadata["x-ratelimit-remaining-requests"] == "0"
+    assert 50 <= float(info.metadata["retry_after_seconds"]) <= 60
