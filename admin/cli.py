@@ -139,14 +139,63 @@ def accounts() -> None:
 
 @accounts.command("create")
 @click.argument("name")
-def accounts_create(name: str) -> None:
-    """Create an account with a zero balance; prints its id.
+@click.option("--rpm", default=0, type=click.IntRange(min=0), help="Requests per minute over all keys (0: no limit).")
+@click.option("--tpm", default=0, type=click.IntRange(min=0), help="Tokens per minute over all keys (0: no limit).")
+@click.option("--concurrency", default=0, type=click.IntRange(min=0), help="Requests in flight at once (0: no limit).")
+@click.option("--monthly-budget-usd", default="0", help="Most the account may spend per calendar month, UTC (0: no limit).")
+@click.option("--models", default="", help="Comma-separated model ids the account's keys may use (default: all).")
+def accounts_create(name: str, rpm: int, tpm: int, concurrency: int, monthly_budget_usd: str, models: str) -> None:
+    """Create an account with a zero balance (and optional limits); prints its id.
 
     \b
     Example:
-      tollgate admin accounts create "Research team"
+      tollgate admin accounts create "Research team" --rpm 600 --monthly-budget-usd 200
     """
-    reply = _client().call("CreateAccount", pb.CreateAccountRequest(display_name=name))
+    request = pb.CreateAccountRequest(
+        display_name=name,
+        rpm_limit=rpm,
+        tpm_limit=tpm,
+        concurrency_limit=concurrency,
+        monthly_budget_micros=parse_usd(monthly_budget_usd, positive=False),
+        allowed_models=[m.strip() for m in models.split(",") if m.strip()],
+    )
+    reply = _client().call("CreateAccount", request)
+    show(reply, account_pairs(reply.account))
+
+
+@accounts.command("update")
+@click.argument("account_id")
+@click.option("--name", default=None, help="A new human name.")
+@click.option("--rpm", default=None, type=click.IntRange(min=0), help="Requests per minute over all keys (0: no limit).")
+@click.option("--tpm", default=None, type=click.IntRange(min=0), help="Tokens per minute over all keys (0: no limit).")
+@click.option("--concurrency", default=None, type=click.IntRange(min=0), help="Requests in flight at once (0: no limit).")
+@click.option("--monthly-budget-usd", default=None, help="Most the account may spend per calendar month, UTC (0: no limit).")
+@click.option("--models", default=None, help='Comma-separated model ids the account\'s keys may use ("" for all).')
+def accounts_update(
+    account_id: str, name: str | None, rpm: int | None, tpm: int | None, concurrency: int | None,
+    monthly_budget_usd: str | None, models: str | None,
+) -> None:
+    """Change an account's name and limits; options not given stay as they are.
+
+    \b
+    Example:
+      tollgate admin accounts update acct_123 --rpm 120 --concurrency 4 --monthly-budget-usd 50
+    """
+    request = pb.UpdateAccountRequest(account_id=account_id)
+    if name is not None:
+        request.display_name = name
+    if rpm is not None:
+        request.rpm_limit = rpm
+    if tpm is not None:
+        request.tpm_limit = tpm
+    if concurrency is not None:
+        request.concurrency_limit = concurrency
+    if monthly_budget_usd is not None:
+        request.monthly_budget_micros = parse_usd(monthly_budget_usd, positive=False)
+    if models is not None:
+        request.allowed_models.models.extend(m.strip() for m in models.split(",") if m.strip())
+        request.allowed_models.SetInParent()  # an empty list still means "set": every model
+    reply = _client().call("UpdateAccount", request)
     show(reply, account_pairs(reply.account))
 
 
@@ -235,8 +284,10 @@ def _parse_expiry(_ctx: click.Context, _param: click.Parameter, value: str | Non
 @click.option("--tpm", default=0, type=click.IntRange(min=0), help="Tokens per minute (0: no limit).")
 @click.option("--expires", callback=_parse_expiry, help="ISO 8601 expiry time (UTC unless it has an offset).")
 @click.option("--spend-limit-usd", default="0", help="Most the key may spend in total, in USD (0: no limit).")
+@click.option("--concurrency", default=0, type=click.IntRange(min=0), help="Requests in flight at once (0: no limit).")
 def keys_create(
-    account_id: str, name: str, models: str, rpm: int, tpm: int, expires: datetime | None, spend_limit_usd: str
+    account_id: str, name: str, models: str, rpm: int, tpm: int, expires: datetime | None, spend_limit_usd: str,
+    concurrency: int,
 ) -> None:
     """Create an API key for an account and print its secret, once.
 
@@ -252,6 +303,7 @@ def keys_create(
         tpm_limit=tpm,
         allowed_models=[m.strip() for m in models.split(",") if m.strip()],
         spend_limit_micros=parse_usd(spend_limit_usd, positive=False),
+        concurrency_limit=concurrency,
     )
     if expires is not None:
         request.expire_time.FromDatetime(expires)
@@ -272,9 +324,10 @@ def keys_create(
 @click.option("--expires", callback=_parse_expiry, help="New ISO 8601 expiry time.")
 @click.option("--no-expiry", is_flag=True, help="Remove the expiry time.")
 @click.option("--spend-limit-usd", default=None, help="Most the key may spend in total, in USD (0: no limit).")
+@click.option("--concurrency", default=None, type=click.IntRange(min=0), help="Requests in flight at once (0: no limit).")
 def keys_update(
     key_id: str, name: str | None, models: str | None, rpm: int | None, tpm: int | None,
-    expires: datetime | None, no_expiry: bool, spend_limit_usd: str | None,
+    expires: datetime | None, no_expiry: bool, spend_limit_usd: str | None, concurrency: int | None,
 ) -> None:
     """Change an API key's name, allowed models and limits; options not given stay as they are.
 
@@ -295,6 +348,8 @@ def keys_update(
         request.rpm_limit = rpm
     if tpm is not None:
         request.tpm_limit = tpm
+    if concurrency is not None:
+        request.concurrency_limit = concurrency
     if spend_limit_usd is not None:
         request.spend_limit_micros = parse_usd(spend_limit_usd, positive=False)
     if expires is not None:

@@ -78,6 +78,12 @@ def account_pairs(a: pb.Account) -> list[tuple[str, str]]:
         ("balance", usd(a.balance_micros)),
         ("held", usd(a.held_micros)),
         ("available", usd(a.balance_micros - a.held_micros)),
+        ("models", ",".join(a.allowed_models) or "all"),
+        ("rpm limit", str(a.rpm_limit or "none")),
+        ("tpm limit", str(a.tpm_limit or "none")),
+        ("concurrency limit", str(a.concurrency_limit or "none")),
+        ("monthly budget", usd(a.monthly_budget_micros) if a.monthly_budget_micros else "none"),
+        ("spent this month", usd(a.budget_spent_micros)),
         ("created", when(a.create_time)),
     ]
 
@@ -92,6 +98,7 @@ def key_pairs(k: pb.ApiKey) -> list[tuple[str, str]]:
         ("models", ",".join(k.allowed_models) or "all"),
         ("rpm limit", str(k.rpm_limit or "none")),
         ("tpm limit", str(k.tpm_limit or "none")),
+        ("concurrency limit", str(k.concurrency_limit or "none")),
         ("spend limit", usd(k.spend_limit_micros) if k.spend_limit_micros else "none"),
         ("expires", when(k.expire_time, k.HasField("expire_time"))),
         ("created", when(k.create_time)),

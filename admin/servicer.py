@@ -23,6 +23,8 @@ from gateway_core.errors import GatewayError, Reason, abort, invalid_request
 from gateway_core.pb.gateway.admin.v1 import admin_pb2 as pb
 from gateway_core.pb.gateway.admin.v1 import admin_pb2_grpc
 from gateway_core.store import AccountRecord, ApiKeyRecord, LedgerEntryRecord, LedgerKind, Store
+from gateway_core.store.accounts import AccountLimitsUpdate
+from gateway_core.store.holds import budget_period
 
 _log = logging.getLogger(__name__)
 
@@ -67,6 +69,13 @@ def account_to_pb(account: AccountRecord) -> pb.Account:
         balance_micros=account.balance_micros,
         held_micros=account.held_micros,
         create_time=timestamp(account.created_at),
+        rpm_limit=account.rpm_limit,
+        tpm_limit=account.tpm_limit,
+        concurrency_limit=account.concurrency_limit,
+        monthly_budget_micros=account.monthly_budget_micros,
+        budget_spent_micros=account.budget_spent_in(budget_period(datetime.now(UTC))),
+        budget_held_micros=account.budget_held_micros,
+        allowed_models=account.allowed_models,
     )
 
 
@@ -83,6 +92,7 @@ def api_key_to_pb(key: ApiKeyRecord, now: datetime) -> pb.ApiKey:
         state=_STATES[key.state(now)],
         redacted_secret=key.redacted,
         create_time=timestamp(key.created_at),
+        concurrency_limit=key.concurrency_limit,
     )
     if key.expire_time is not None:
         result.expire_time.CopyFrom(timestamp(key.expire_time))
@@ -159,7 +169,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @_admin_rpc
     async def CreateAccount(self, request: pb.CreateAccountRequest, context: Context) -> pb.CreateAccountResponse:
-        account = await self._store.create_account(request.display_name)
+        limits = AccountLimitsUpdate(
+            rpm_limit=request.rpm_limit,
+            tpm_limit=request.tpm_limit,
+            concurrency_limit=request.concurrency_limit,
+            monthly_budget_micros=request.monthly_budget_micros,
+            allowed_models=tuple(request.allowed_models),
+        )
+        account = await self._store.create_account(request.display_name, limits=limits)
         return pb.CreateAccountResponse(account=account_to_pb(account))
 
     @_admin_rpc
@@ -174,8 +191,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @_admin_rpc
     async def UpdateAccount(self, request: pb.UpdateAccountRequest, context: Context) -> pb.UpdateAccountResponse:
+        def optional(field: str) -> int | None:
+            return getattr(request, field) if request.HasField(field) else None
+
         name = request.display_name if request.HasField("display_name") else None
-        account = await self._store.update_account(request.account_id, display_name=name)
+        limits = AccountLimitsUpdate(
+            rpm_limit=optional("rpm_limit"),
+            tpm_limit=optional("tpm_limit"),
+            concurrency_limit=optional("concurrency_limit"),
+            monthly_budget_micros=optional("monthly_budget_micros"),
+            allowed_models=tuple(request.allowed_models.models) if request.HasField("allowed_models") else None,
+        )
+        account = await self._store.update_account(request.account_id, display_name=name, limits=limits)
         return pb.UpdateAccountResponse(account=account_to_pb(account))
 
     @_admin_rpc
@@ -197,6 +224,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             tpm_limit=request.tpm_limit,
             spend_limit_micros=request.spend_limit_micros,
             expire_time=expire,
+            concurrency_limit=request.concurrency_limit,
         )
         return pb.CreateApiKeyResponse(api_key=api_key_to_pb(key, self._now()), secret=secret)
 
@@ -227,6 +255,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 from_timestamp(request.expire_time, "expire_time") if request.HasField("expire_time") else None
             ),
             clear_expire_time=request.clear_expire_time,
+            concurrency_limit=optional("concurrency_limit"),
         )
         return pb.UpdateApiKeyResponse(api_key=api_key_to_pb(key, self._now()))
 

@@ -53,22 +53,37 @@ class Principal:
     tpm_limit: int
     spend_limit_micros: int
     expire_time: datetime | None
+    concurrency_limit: int = 0
 
     @classmethod
-    def from_key(cls, key: ApiKeyRecord) -> Principal:
+    def from_key(cls, key: ApiKeyRecord, account_allowed_models: Iterable[str] = ()) -> Principal:
+        """The key's principal; allowed_models is what both the key and its account allow."""
         return cls(
             account_id=key.account_id,
             api_key_id=key.id,
-            allowed_models=frozenset(key.allowed_models),
+            allowed_models=_both_allow(frozenset(key.allowed_models), frozenset(account_allowed_models)),
             rpm_limit=key.rpm_limit,
             tpm_limit=key.tpm_limit,
             spend_limit_micros=key.spend_limit_micros,
             expire_time=key.expire_time,
+            concurrency_limit=key.concurrency_limit,
         )
 
     def may_use(self, model: str) -> bool:
         """Whether this key may call model."""
         return not self.allowed_models or model in self.allowed_models
+
+
+# Stands for "no model at all" where an empty set would mean "every model" (the router
+# reads allowed_models directly): it starts with NUL, which no sane model id contains.
+NO_MODEL = "\x00no-model"
+
+
+def _both_allow(key_models: frozenset[str], account_models: frozenset[str]) -> frozenset[str]:
+    """The models both lists allow, an empty list allowing every model."""
+    if not key_models or not account_models:
+        return key_models or account_models
+    return (key_models & account_models) or frozenset({NO_MODEL})
 
 
 def bearer_token(metadata: Metadata | None) -> str | None:
@@ -130,7 +145,7 @@ class Authenticator:
         key = credential.key
         if key.revoked_at is not None or (key.expire_time is not None and key.expire_time <= self._now()):
             raise invalid_api_key()
-        return Principal.from_key(key)
+        return Principal.from_key(key, credential.account_allowed_models)
 
     async def _credential(self, key_id: str) -> ApiKeyCredential | None:
         cached = self._cache.get(key_id)

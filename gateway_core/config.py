@@ -20,11 +20,13 @@ from typing import Any
 
 from gateway_core.config_defaults import embedded_defaults
 from gateway_core.config_http import http_settings
+from gateway_core.config_limits import limits_section
 from gateway_core.config_model import (
     DEFAULT_BASE_URLS,
     MICROS_PER_USD,
     PROVIDER_TYPES,
     SECTION_KEYS,
+    LimitSettings,
     MeteringSettings,
     ModelSettings,
     ProviderSettings,
@@ -47,8 +49,9 @@ from gateway_core.config_sections import (
 )
 
 __all__ = [
-    "DEFAULT_BASE_URLS", "MICROS_PER_USD", "PROVIDER_TYPES", "ConfigError", "MeteringSettings", "ModelSettings",
-    "ProviderSettings", "Route", "RoutingSettings", "Settings", "embedded_defaults", "embedded_settings", "load_settings",
+    "DEFAULT_BASE_URLS", "MICROS_PER_USD", "PROVIDER_TYPES", "ConfigError", "LimitSettings", "MeteringSettings",
+    "ModelSettings", "ProviderSettings", "Route", "RoutingSettings", "Settings", "embedded_defaults",
+    "embedded_settings", "load_settings",
     "parse_settings", "price_to_micros",
 ]
 
@@ -91,6 +94,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     cache_seconds = number(keys, "keys", "cache_seconds", 2.0, problems)
     metering_settings = metering(table(raw, "metering", problems), problems)
     routing_settings = routing(table(raw, "routing", problems, SECTION_KEYS["routing"]), problems)
+    limit_settings = limits_section(table(raw, "limits", problems, SECTION_KEYS["limits"]), problems)
     provider_settings = providers(raw.get("providers", []), problems)
     model_settings = models(raw.get("models", []), provider_settings, problems)
     observability_settings = observability(raw, problems)
@@ -108,6 +112,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         models=model_settings,
         metering=metering_settings,
         routing=routing_settings,
+        limits=limit_settings,
         create_demo_account=bool(demo.get("create_account", False)),
         shutdown_grace_seconds=shutdown_grace_seconds,
         observability=observability_settings,

@@ -120,6 +120,20 @@ class RoutingSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    """Where rate and concurrency counters live, and what happens when that store is down."""
+
+    # "" keeps counters in process; "redis://host:6379/0" shares them between replicas.
+    redis_url: str = field(default="", repr=False)
+    # "open" admits (and logs) when Redis is unreachable; "closed" answers 503 limits_unavailable.
+    redis_failure_policy: str = "open"
+    redis_connect_timeout_seconds: float = 0.25
+    redis_command_timeout_seconds: float = 0.25
+    # A concurrency slot in Redis expires after this long even if its replica died holding it.
+    concurrency_lease_seconds: float = 900.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the core and the facade need, validated."""
 
@@ -134,6 +148,7 @@ class Settings:
     models: Mapping[str, ModelSettings] = field(default_factory=dict)
     metering: MeteringSettings = field(default_factory=MeteringSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     create_demo_account: bool = False
     # How long SIGTERM lets in-flight requests and streams finish before cutting them.
     shutdown_grace_seconds: float = 30.0
@@ -151,6 +166,7 @@ SECTION_KEYS: Mapping[str, frozenset[str]] = {
     "keys": frozenset({"pepper", "cache_seconds"}),
     "metering": frozenset(MeteringSettings.__dataclass_fields__),
     "routing": frozenset(RoutingSettings.__dataclass_fields__),
+    "limits": frozenset(LimitSettings.__dataclass_fields__),
     "demo": frozenset({"create_account"}),
     "http": HTTP_KEYS,
     "providers": PROVIDER_KEYS,

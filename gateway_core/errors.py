@@ -11,7 +11,7 @@ handler becomes INTERNAL with a generic message.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import grpc
 from google.protobuf import any_pb2
@@ -33,6 +33,7 @@ class Reason(enum.StrEnum):
     ALREADY_EXISTS = "ALREADY_EXISTS"
     INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
     RATE_LIMITED = "RATE_LIMITED"
+    LIMITS_UNAVAILABLE = "LIMITS_UNAVAILABLE"
     REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
     UPSTREAM_ERROR = "UPSTREAM_ERROR"
     UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
@@ -51,6 +52,7 @@ _CODES: Mapping[Reason, grpc.StatusCode] = {
     Reason.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     Reason.INSUFFICIENT_BALANCE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.LIMITS_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Reason.REQUEST_TOO_LARGE: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.UPSTREAM_ERROR: grpc.StatusCode.UNAVAILABLE,
     Reason.UPSTREAM_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
@@ -70,12 +72,15 @@ class GatewayError(Exception):
         *,
         param: str | None = None,
         retry_after_seconds: float | None = None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.param = param
         self.retry_after_seconds = retry_after_seconds
+        # Client-safe HTTP headers for the facade (x-ratelimit-*), carried in ErrorInfo metadata.
+        self.headers = tuple(headers)
 
     @property
     def code(self) -> grpc.StatusCode:
@@ -88,6 +93,7 @@ class GatewayError(Exception):
             metadata["param"] = self.param
         if self.retry_after_seconds is not None:
             metadata["retry_after_seconds"] = f"{self.retry_after_seconds:g}"
+        metadata.update(self.headers)
         info = error_details_pb2.ErrorInfo(
             reason=self.reason.value, domain=ERROR_DOMAIN, metadata=metadata
         )

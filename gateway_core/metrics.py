@@ -83,3 +83,8 @@ HOLDS_OUTSTANDING = Gauge(
     "tollgate_holds_outstanding",
     "Holds taken by this process and not yet settled or released.",
 )
+LIMIT_STORE_FAILURES = Counter(
+    "tollgate_limit_store_failures_total",
+    "Rate-limit checks that could not reach the counter store (Redis), by the policy applied (open, closed).",
+    ["policy"],
+)

@@ -23,6 +23,8 @@ from gateway_core.chat.attempts import RouteAttempts
 from gateway_core.chat.pipeline import ChatPipeline
 from gateway_core.chat.servicer import ChatServicer
 from gateway_core.config import Settings
+from gateway_core.limits.build import build_enforcer
+from gateway_core.limits.enforcer import LimitEnforcer
 from gateway_core.metering.ledger import Ledger
 from gateway_core.metering.reconciler import Reconciler
 from gateway_core.metering.servicer import MeteringServicer
@@ -63,6 +65,7 @@ class Core:
     metrics_listener: MetricsListener | None = None
     # The SDK TracerProvider this core built from [tracing] (flushed and shut down at stop), if any.
     tracer_provider: Any = None
+    limits: LimitEnforcer | None = None
 
     async def stop(self, grace_seconds: float | None = 5.0, *, settle_seconds: float | None = None) -> None:
         """Turns health NOT_SERVING, lets in-flight calls finish (up to grace), lets
@@ -77,6 +80,8 @@ class Core:
         for provider in self.providers.values():
             await provider.aclose()
         await self.http.aclose()
+        if self.limits is not None:
+            await self.limits.close()
         await self.store.close()
         if self.metrics_listener is not None:
             await self.metrics_listener.stop()
@@ -119,6 +124,7 @@ async def start_core(
         })
         authenticator = Authenticator(store, settings.key_pepper, settings.key_cache_seconds)
         router = Router(settings.models)
+        limits = build_enforcer(settings.limits, store, settings.key_cache_seconds)
         pipeline = ChatPipeline(
             authenticator=authenticator,
             router=router,
@@ -127,6 +133,7 @@ async def start_core(
             metering=settings.metering,
             background=background,
             attempts=RouteAttempts(settings.routing, upstreams, settings.providers),
+            limits=limits,
         )
         server = grpc.aio.server(
             options=[
@@ -170,4 +177,5 @@ async def start_core(
         providers=providers,
         metrics_listener=listener,
         tracer_provider=owned_tracer_provider,
+        limits=limits,
     )

@@ -10,7 +10,7 @@ a cancelled call). Nothing else in the facade decides an error's status.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -19,6 +19,7 @@ from google.rpc import error_details_pb2, status_pb2
 from starlette.responses import Response
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+RATE_LIMIT_PREFIX = "x-ratelimit-"
 _GENERIC_SERVER_MESSAGE = "The server had an error while processing your request."
 
 
@@ -50,6 +51,7 @@ REASONS: Mapping[str, ErrorKind] = {
     # Retrying cannot help until someone tops the account up; tell the SDK so.
     "INSUFFICIENT_BALANCE": ErrorKind(429, "insufficient_quota", "insufficient_quota", should_retry=False),
     "RATE_LIMITED": ErrorKind(429, "requests", "rate_limit_exceeded"),
+    "LIMITS_UNAVAILABLE": ErrorKind(503, "server_error", "limits_unavailable"),
     "REQUEST_TOO_LARGE": ErrorKind(413, "invalid_request_error", "request_too_large"),
     "UPSTREAM_ERROR": ErrorKind(502, "server_error", "upstream_error"),
     "UPSTREAM_UNAVAILABLE": ErrorKind(503, "server_error", "upstream_unavailable"),
@@ -143,6 +145,7 @@ def from_rpc_error(error: grpc.RpcError) -> ApiError:
         headers["retry-after"] = retry_after
     if kind.should_retry is False:
         headers["x-should-retry"] = "false"
+    headers.update(rate_limit_headers(metadata.items()))
     return ApiError(
         kind.status,
         message,
@@ -151,6 +154,15 @@ def from_rpc_error(error: grpc.RpcError) -> ApiError:
         code=kind.code,
         headers=headers,
     )
+
+
+def rate_limit_headers(pairs: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
+    """The core's x-ratelimit-* values, from gRPC metadata or ErrorInfo, as HTTP headers."""
+    return {
+        key: value
+        for key, value in pairs
+        if key.startswith(RATE_LIMIT_PREFIX) and isinstance(value, str) and value.isascii() and value.isprintable()
+    }
 
 
 def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:

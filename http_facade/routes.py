@@ -24,7 +24,7 @@ from http_facade.convert_request import ChatCall, parse_json_object, to_chat_req
 from http_facade.convert_response import completion_json
 from http_facade.disconnect import ClientDisconnected, unless_disconnected
 from http_facade.edge_limits import EdgeLimits
-from http_facade.errors import ApiError, from_rpc_error
+from http_facade.errors import ApiError, from_rpc_error, rate_limit_headers
 from http_facade.middleware import request_id_of
 from http_facade.observe import mark_core_reached, with_trace_context
 from http_facade.sse import DONE, SSE_HEADERS, EventStreamResponse, chat_events
@@ -68,11 +68,12 @@ async def create_chat_completion(request: Request) -> Response:
             chat.request, metadata=metadata, timeout=facade.call_timeout_seconds
         )
         response = await unless_disconnected(call, request.receive, call.cancel)
+        limit_headers = rate_limit_headers(await call.initial_metadata() or ())
     except grpc.aio.AioRpcError as exc:
         raise from_rpc_error(exc) from None
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    return Response(completion_json(response), media_type=JSON)
+    return Response(completion_json(response), media_type=JSON, headers=limit_headers)
 
 
 async def _stream_completion(
@@ -95,7 +96,9 @@ async def _stream_completion(
         include_usage=chat.include_usage,
         heartbeat_seconds=facade.heartbeat_seconds,
     )
-    return EventStreamResponse(events, on_close=call.cancel)
+    response = EventStreamResponse(events, on_close=call.cancel)
+    response.headers.update(rate_limit_headers(await call.initial_metadata() or ()))
+    return response
 
 
 @router.get("/v1/models")

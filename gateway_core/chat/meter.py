@@ -27,6 +27,8 @@ class Admission:
     started: float
     # The routes to try, in order (routing's choice at admission); provider and call are the current attempt's.
     routes: tuple[Route, ...] = ()
+    # x-ratelimit-* values to send the client (gRPC initial metadata), when limits apply.
+    limit_headers: tuple[tuple[str, str], ...] = ()
 
 
 class RequestMeter:

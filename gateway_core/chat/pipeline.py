@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from gateway_core.auth import Authenticator
+from gateway_core.auth import Authenticator, Principal
 from gateway_core.chat.attempts import RouteAttempts
 from gateway_core.background import BackgroundTasks
 from gateway_core.chat.meter import Admission, RequestMeter, billed_usage
@@ -23,6 +23,7 @@ from gateway_core.chat.pump import StreamPump
 from gateway_core.chat.validate import validate_request
 from gateway_core.config import MeteringSettings, RoutingSettings
 from gateway_core.errors import GatewayError
+from gateway_core.limits.enforcer import LimitEnforcer, Lease
 from gateway_core.metering.ledger import Ledger
 from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome, UsageStatus
 from gateway_core.metering.usage import apply_output_limit, hold_micros
@@ -53,6 +54,7 @@ class ChatPipeline:
         metering: MeteringSettings,
         background: BackgroundTasks,
         attempts: RouteAttempts | None = None,
+        limits: LimitEnforcer | None = None,
     ) -> None:
         self._auth = authenticator
         self._router = router
@@ -62,6 +64,9 @@ class ChatPipeline:
         self._background = background
         self._attempts = attempts or RouteAttempts(RoutingSettings(), providers, {})
         self._drains = 0
+        self._limits = limits
+        # Limit leases of admitted requests, by request id; finished when the request settles.
+        self._leases: dict[str, Lease] = {}
 
     async def admit(self, request: ChatRequest, metadata: Metadata, time_remaining: float | None) -> Admission:
         """Checks the caller and the request, then holds the worst-case cost."""
@@ -91,9 +96,34 @@ class ChatPipeline:
             provider=provider.name,
             upstream_model=route.model,
         )
-        hold = await self._hold_shielded(hold_args)
+        lease = await self._take_limits(principal, call.request_id, prompt_estimate)
+        try:
+            hold = await self._hold_shielded(hold_args)
+        except BaseException:
+            if self._leases.get(call.request_id) is lease:
+                del self._leases[call.request_id]
+            self._background.spawn(lease.finish(None), name=f"limits-{call.request_id}")
+            raise
         choices = request.n if request.HasField("n") else 1
-        return Admission(model, provider, call, hold, prompt_estimate, choices * limit, started, routes)
+        return Admission(
+            model, provider, call, hold, prompt_estimate, choices * limit, started, routes, limit_headers=lease.headers
+        )
+
+    async def _take_limits(self, principal: Principal, request_id: str, prompt_estimate: int) -> Lease:
+        """Spends the caller's rate and concurrency limits (429 if over); remembered until settle."""
+        if self._limits is None:
+            return Lease(None, request_id)
+        lease = await self._limits.admit(
+            account_id=principal.account_id,
+            key_id=principal.api_key_id,
+            key_limits=(principal.rpm_limit, principal.tpm_limit, principal.concurrency_limit),
+            request_id=request_id,
+            token_estimate=prompt_estimate,
+        )
+        # A reused request id is refused by the hold (ALREADY_EXISTS); the first request keeps its lease.
+        if lease.limiter is not None and request_id not in self._leases:
+            self._leases[request_id] = lease
+        return lease
 
     async def complete(self, admission: Admission) -> chat_pb2.CreateChatCompletionResponse:
         """Runs a unary request and settles it before answering."""
@@ -169,6 +199,15 @@ class ChatPipeline:
             raise
 
     async def _settle_with_retries(self, hold: Hold, outcome: UsageOutcome) -> Settlement:
+        """Settles (retrying); however that ends, finishes the request's limit lease: slots back, tokens corrected."""
+        try:
+            return await self._settle_retrying(hold, outcome)
+        finally:
+            lease = self._leases.pop(hold.request_id, None)
+            if lease is not None:
+                await lease.finish(outcome.prompt_tokens + outcome.completion_tokens)
+
+    async def _settle_retrying(self, hold: Hold, outcome: UsageOutcome) -> Settlement:
         """Settlement is idempotent, so a failed write (a busy or restarting database) is retried."""
         for delay in _SETTLE_RETRY_DELAYS:
             try:

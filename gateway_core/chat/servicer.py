@@ -49,6 +49,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             try:
                 admission = await self._pipeline.admit(request, metadata, context.time_remaining())
                 observer.admitted(admission)
+                if admission.limit_headers:
+                    await context.send_initial_metadata(admission.limit_headers)
                 response = await self._pipeline.complete(admission)
                 observer.usage(response.usage.prompt_tokens, response.usage.completion_tokens)
                 return response
@@ -69,6 +71,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             try:
                 admission = await self._pipeline.admit(request, metadata, context.time_remaining())
                 observer.admitted(admission)
+                if admission.limit_headers:
+                    await context.send_initial_metadata(admission.limit_headers)
                 # aclosing: if gRPC closes this generator, the pipeline's own cleanup runs now, not at GC.
                 async with contextlib.aclosing(self._pipeline.stream(admission)) as chunks:
                     async for chunk in chunks:

@@ -5,7 +5,9 @@ Balances are not changed here: only ledger functions move money.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import and_, func, or_
 from sqlmodel import Session, col, select
@@ -49,8 +51,33 @@ def load_account(session: Session, account_id: str) -> Account:
     return row
 
 
-def create_account(session: Session, display_name: str) -> AccountRecord:
-    """Inserts an account with a zero balance."""
+@dataclass(frozen=True)
+class AccountLimitsUpdate:
+    """Changes to an account's limits; None leaves a field as it is, 0 removes the limit."""
+
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    concurrency_limit: int | None = None
+    monthly_budget_micros: int | None = None
+    # Empty: every model.
+    allowed_models: tuple[str, ...] | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields to set, each checked: a limit is 0 (none) or positive."""
+        result: dict[str, Any] = {name: value for name, value in asdict(self).items() if value is not None}
+        for name, value in result.items():
+            if name == "allowed_models":
+                # Imported here: api_keys imports this module (the same rule applies to both lists).
+                from gateway_core.store.api_keys import check_models
+
+                result[name] = list(check_models(value))
+            elif value < 0:
+                raise invalid_request(f"{name} must be 0 (no limit) or positive", param=name)
+        return result
+
+
+def create_account(session: Session, display_name: str, limits: AccountLimitsUpdate | None = None) -> AccountRecord:
+    """Inserts an account with a zero balance and the limits given."""
     now = datetime.now(UTC)
     row = Account(
         id=new_account_id(),
@@ -59,6 +86,7 @@ def create_account(session: Session, display_name: str) -> AccountRecord:
         held_micros=0,
         created_at=now,
         updated_at=now,
+        **(limits.changes() if limits is not None else {}),
     )
     session.add(row)
     session.flush()
@@ -70,11 +98,17 @@ def get_account(session: Session, account_id: str) -> AccountRecord:
     return AccountRecord.from_row(load_account(session, account_id))
 
 
-def update_account(session: Session, account_id: str, display_name: str | None) -> AccountRecord:
+def update_account(
+    session: Session, account_id: str, display_name: str | None, limits: AccountLimitsUpdate | None = None
+) -> AccountRecord:
     """Changes the fields given (not None); returns the account."""
     row = load_account(session, account_id)
+    changes = limits.changes() if limits is not None else {}
     if display_name is not None:
         row.display_name = check_display_name(display_name, required=True)
+    for name, value in changes.items():
+        setattr(row, name, value)
+    if display_name is not None or changes:
         row.updated_at = datetime.now(UTC)
         session.add(row)
         session.flush()

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 from gateway_core import keys
 from gateway_core.errors import GatewayError, Reason, invalid_request
 from gateway_core.store.accounts import check_display_name, load_account
-from gateway_core.store.models import ApiKey
+from gateway_core.store.models import Account, ApiKey
 from gateway_core.store.paging import cursor_time, decode_token, encode_token, page_size
 from gateway_core.store.records import ApiKeyCredential, ApiKeyRecord
 
@@ -33,6 +33,7 @@ class ApiKeySettings:
     tpm_limit: int = 0
     spend_limit_micros: int = 0
     expire_time: datetime | None = None
+    concurrency_limit: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ApiKeyUpdate:
     spend_limit_micros: int | None = None
     expire_time: datetime | None = None
     clear_expire_time: bool = False
+    concurrency_limit: int | None = None
 
 
 def check_models(models: Iterable[str]) -> tuple[str, ...]:
@@ -105,6 +107,7 @@ def create_api_key(
         expire_time=None if settings.expire_time is None else check_expire_time(settings.expire_time, now),
         created_at=now,
         redacted="",
+        concurrency_limit=check_limit(settings.concurrency_limit, "concurrency_limit"),
     )
     load_account(session, account_id)
     key_id, secret = keys.generate_key()
@@ -122,9 +125,13 @@ def get_api_key(session: Session, key_id: str) -> ApiKeyRecord:
 
 
 def get_api_key_for_auth(session: Session, key_id: str) -> ApiKeyCredential | None:
-    """The key and its stored hash by primary key, or None: one indexed lookup."""
+    """The key, its stored hash and its account's allowed models, or None: two primary-key lookups."""
     row = session.get(ApiKey, key_id)
-    return None if row is None else ApiKeyCredential(ApiKeyRecord.from_row(row), row.key_hash)
+    if row is None:
+        return None
+    account = session.get(Account, row.account_id)
+    account_models = tuple(account.allowed_models) if account is not None else ()
+    return ApiKeyCredential(ApiKeyRecord.from_row(row), row.key_hash, account_models)
 
 
 def list_api_keys(
@@ -166,6 +173,8 @@ def update_api_key(session: Session, key_id: str, update: ApiKeyUpdate) -> ApiKe
         row.tpm_limit = check_limit(update.tpm_limit, "tpm_limit")
     if update.spend_limit_micros is not None:
         row.spend_limit_micros = check_limit(update.spend_limit_micros, "spend_limit_micros")
+    if update.concurrency_limit is not None:
+        row.concurrency_limit = check_limit(update.concurrency_limit, "concurrency_limit")
     if update.expire_time is not None:
         row.expire_time = check_expire_time(update.expire_time, datetime.now(UTC))
     if update.clear_expire_time:

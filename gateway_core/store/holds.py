@@ -15,10 +15,10 @@ no ORM unit of work and no per-call statement construction or cache keys.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, case, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -32,6 +32,10 @@ from gateway_core.store.records import HoldRecord
 from gateway_core.store.usage_records import insert_usage
 
 ACCOUNT_CANNOT_COVER = "You exceeded your current quota: the account's balance cannot cover this request."
+BUDGET_USED_UP = (
+    "You exceeded your current quota: the account's monthly budget cannot cover this request. "
+    "It resets on the 1st of next month (UTC)."
+)
 KEY_CANNOT_COVER = "You exceeded your current quota: this API key's spend limit cannot cover this request."
 MAX_REQUEST_ID = 255
 MAX_NAME = 200
@@ -45,12 +49,33 @@ _HOLDS: Table = Hold.__table__  # type: ignore[attr-defined]
 _ENTRIES: Table = LedgerEntry.__table__  # type: ignore[attr-defined]
 
 # Parameters are named b_*: SQLAlchemy reserves column names for SET/VALUES.
-# Holds b_amount if the account's available balance covers it.
+# Counted against the monthly budget in month b_period: spending of an older month is not.
+_BUDGET_SPENT = case(
+    (_ACCOUNTS.c.budget_period >= bindparam("b_period"), _ACCOUNTS.c.budget_spent_micros), else_=0
+)
+# The month only moves forward, even if a settle from a skewed clock arrives late.
+_BUDGET_PERIOD = case(
+    (_ACCOUNTS.c.budget_period >= bindparam("b_period"), _ACCOUNTS.c.budget_period), else_=bindparam("b_period")
+)
+# Holds b_amount if the account's available balance covers it and its monthly
+# budget (0 = none) has room; the month rolls over in this same statement.
 _RESERVE_ON_ACCOUNT = (
     update(_ACCOUNTS)
     .where(_ACCOUNTS.c.id == bindparam("b_account_id"))
     .where(_ACCOUNTS.c.balance_micros - _ACCOUNTS.c.held_micros >= bindparam("b_amount"))
-    .values(held_micros=_ACCOUNTS.c.held_micros + bindparam("b_amount"), updated_at=bindparam("b_now"))
+    .where(
+        or_(
+            _ACCOUNTS.c.monthly_budget_micros == 0,
+            _BUDGET_SPENT + _ACCOUNTS.c.budget_held_micros + bindparam("b_amount") <= _ACCOUNTS.c.monthly_budget_micros,
+        )
+    )
+    .values(
+        held_micros=_ACCOUNTS.c.held_micros + bindparam("b_amount"),
+        budget_spent_micros=_BUDGET_SPENT,
+        budget_period=_BUDGET_PERIOD,
+        budget_held_micros=_ACCOUNTS.c.budget_held_micros + bindparam("b_amount"),
+        updated_at=bindparam("b_now"),
+    )
     .returning(_ACCOUNTS.c.balance_micros)
 )
 # Holds b_amount against the key (of that account) if its spend limit allows; 0 means no limit.
@@ -85,6 +110,13 @@ _DEBIT_ACCOUNT = (
     .values(
         balance_micros=_ACCOUNTS.c.balance_micros - bindparam("b_charged"),
         held_micros=_ACCOUNTS.c.held_micros - bindparam("b_held"),
+        budget_spent_micros=_BUDGET_SPENT + bindparam("b_charged"),
+        budget_period=_BUDGET_PERIOD,
+        # Holds taken before migration 0003 never added to budget_held_micros.
+        budget_held_micros=case(
+            (_ACCOUNTS.c.budget_held_micros >= bindparam("b_held"), _ACCOUNTS.c.budget_held_micros - bindparam("b_held")),
+            else_=0,
+        ),
         updated_at=bindparam("b_now"),
     )
     .returning(_ACCOUNTS.c.balance_micros)
@@ -135,10 +167,10 @@ def create_hold(session: Session, request: HoldRequest) -> HoldRecord:
     connection = session.connection()
     now = db_now(session)
     ids = {"b_account_id": request.account_id, "b_amount": request.amount_micros}
-    balance = connection.execute(_RESERVE_ON_ACCOUNT, {**ids, "b_now": now}).scalar_one_or_none()
+    reserve = {**ids, "b_now": now, "b_period": budget_period(now)}
+    balance = connection.execute(_RESERVE_ON_ACCOUNT, reserve).scalar_one_or_none()
     if balance is None:
-        load_account(session, request.account_id)  # NOT_FOUND rather than a misleading quota error
-        raise GatewayError(Reason.INSUFFICIENT_BALANCE, ACCOUNT_CANNOT_COVER)
+        raise _account_cannot_cover(session, request, budget_period(now))
     if connection.execute(_RESERVE_ON_KEY, {**ids, "b_key_id": request.api_key_id}).rowcount != 1:
         key = session.get(ApiKey, request.api_key_id)
         if key is None or key.account_id != request.account_id:
@@ -170,6 +202,22 @@ def create_hold(session: Session, request: HoldRequest) -> HoldRecord:
         held, balance_after = request.amount_micros, int(balance)
         _append(connection, record, LedgerKind.HOLD, amount=0, held_delta=held, balance_after=balance_after)
     return record
+
+
+def budget_period(now: datetime) -> int:
+    """The UTC calendar month of now as YYYYMM: the monthly budget's period."""
+    utc = now.astimezone(UTC)
+    return utc.year * 100 + utc.month
+
+
+def _account_cannot_cover(session: Session, request: HoldRequest, period: int) -> GatewayError:
+    """Why the reservation failed, read after the fact only to word the error (the UPDATE decided)."""
+    account = load_account(session, request.account_id)  # NOT_FOUND rather than a misleading quota error
+    spent = account.budget_spent_micros if account.budget_period >= period else 0
+    over_budget = account.monthly_budget_micros > 0 and (
+        spent + account.budget_held_micros + request.amount_micros > account.monthly_budget_micros
+    )
+    return GatewayError(Reason.INSUFFICIENT_BALANCE, BUDGET_USED_UP if over_budget else ACCOUNT_CANNOT_COVER)
 
 
 def settle_hold(session: Session, request_id: str, outcome: UsageOutcome) -> Settlement:
@@ -248,7 +296,8 @@ def _close(connection: Connection, request_id: str, status: HoldStatus, now: dat
 def _move_money(connection: Connection, hold: HoldRecord, charged: int) -> int:
     """Debits charged, un-holds the whole hold on account and key, ledgers both; the balance after."""
     held = hold.amount_micros
-    money = {"b_charged": charged, "b_held": held}
+    assert hold.closed_at is not None, "money moves only when a hold closes"
+    money = {"b_charged": charged, "b_held": held, "b_period": budget_period(hold.closed_at)}
     balance_after = int(
         connection.execute(
             _DEBIT_ACCOUNT, {**money, "b_account_id": hold.account_id, "b_now": hold.closed_at}

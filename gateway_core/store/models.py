@@ -51,6 +51,18 @@ class Account(SQLModel, table=True):
     held_micros: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
+    # Limits (0 = none), migration 0003. The monthly budget is money, so it is
+    # enforced by the hold's conditional UPDATE: budget_period is the UTC month
+    # (YYYYMM) budget_spent_micros belongs to, rolled over by that same UPDATE.
+    rpm_limit: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
+    tpm_limit: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
+    concurrency_limit: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
+    monthly_budget_micros: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
+    budget_period: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
+    budget_spent_micros: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
+    budget_held_micros: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
+    # Model ids every key of the account may use at most; empty means every model.
+    allowed_models: list[str] = Field(default_factory=list, sa_type=JSONList, sa_column_kwargs={"server_default": "[]"})
 
 
 class ApiKey(SQLModel, table=True):
@@ -82,6 +94,7 @@ class ApiKey(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
     redacted: str = Field(sa_type=String(64))
+    concurrency_limit: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs=_ZERO)
 
 
 class LedgerEntry(SQLModel, table=True):

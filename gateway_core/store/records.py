@@ -23,11 +23,25 @@ class AccountRecord:
     held_micros: int
     created_at: datetime
     updated_at: datetime
+    # Limits, 0 = none. budget_spent_micros is for budget_period (UTC YYYYMM).
+    rpm_limit: int = 0
+    tpm_limit: int = 0
+    concurrency_limit: int = 0
+    monthly_budget_micros: int = 0
+    budget_period: int = 0
+    budget_spent_micros: int = 0
+    budget_held_micros: int = 0
+    # Models the account's keys may use at most; empty means every model.
+    allowed_models: tuple[str, ...] = ()
 
     @property
     def available_micros(self) -> int:
         """What new requests can still reserve."""
         return self.balance_micros - self.held_micros
+
+    def budget_spent_in(self, period: int) -> int:
+        """What counts against the monthly budget in the UTC month period (YYYYMM)."""
+        return self.budget_spent_micros if self.budget_period >= period else 0
 
     @classmethod
     def from_row(cls, row: models.Account) -> AccountRecord:
@@ -38,6 +52,14 @@ class AccountRecord:
             held_micros=row.held_micros,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            rpm_limit=row.rpm_limit,
+            tpm_limit=row.tpm_limit,
+            concurrency_limit=row.concurrency_limit,
+            monthly_budget_micros=row.monthly_budget_micros,
+            budget_period=row.budget_period,
+            budget_spent_micros=row.budget_spent_micros,
+            budget_held_micros=row.budget_held_micros,
+            allowed_models=tuple(row.allowed_models),
         )
 
 
@@ -59,6 +81,8 @@ class ApiKeyRecord:
     redacted: str
     # What the key's requests in flight have reserved against its spend limit.
     held_micros: int = 0
+    # Requests this key may have in flight at once; 0 = no limit.
+    concurrency_limit: int = 0
 
     def state(self, now: datetime) -> str:
         """'revoked', 'expired' or 'active' at the given aware time."""
@@ -84,6 +108,7 @@ class ApiKeyRecord:
             revoked_at=row.revoked_at,
             redacted=row.redacted,
             held_micros=row.held_micros,
+            concurrency_limit=row.concurrency_limit,
         )
 
 
@@ -93,6 +118,8 @@ class ApiKeyCredential:
 
     key: ApiKeyRecord
     key_hash: str = field(repr=False)
+    # The key's account's allowed models (empty: every model), read in the same lookup.
+    account_allowed_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

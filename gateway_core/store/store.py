@@ -16,6 +16,7 @@ from sqlmodel import Session
 
 from gateway_core.metering.outcome import Settlement
 from gateway_core.store import accounts, api_keys, holds, ledger_entries, usage_records, usage_summary
+from gateway_core.store.accounts import AccountLimitsUpdate
 from gateway_core.store.api_keys import ApiKeySettings, ApiKeyUpdate
 from gateway_core.store.db import Database
 from gateway_core.store.usage_summary import DailyUsage
@@ -51,9 +52,10 @@ class Store:
         """Closes the underlying database (pooled connections and worker threads)."""
         await self._db.close()
 
-    async def create_account(self, display_name: str) -> AccountRecord:
-        """A new account with a zero balance."""
-        return await self._db.run(partial(accounts.create_account, display_name=display_name), write=True)
+    async def create_account(self, display_name: str, *, limits: AccountLimitsUpdate | None = None) -> AccountRecord:
+        """A new account with a zero balance (and the limits given)."""
+        call = partial(accounts.create_account, display_name=display_name, limits=limits)
+        return await self._db.run(call, write=True)
 
     async def get_account(self, account_id: str) -> AccountRecord:
         """One account; NOT_FOUND if there is none with this id."""
@@ -63,9 +65,11 @@ class Store:
         """A page of accounts, oldest first, and the next page's token ("" on the last)."""
         return await self._db.run(partial(accounts.list_accounts, requested_size=page_size, token=page_token))
 
-    async def update_account(self, account_id: str, *, display_name: str | None = None) -> AccountRecord:
+    async def update_account(
+        self, account_id: str, *, display_name: str | None = None, limits: AccountLimitsUpdate | None = None
+    ) -> AccountRecord:
         """Changes the given fields of an account."""
-        call = partial(accounts.update_account, account_id=account_id, display_name=display_name)
+        call = partial(accounts.update_account, account_id=account_id, display_name=display_name, limits=limits)
         return await self._db.run(call, write=True)
 
     async def count_accounts(self) -> int:
@@ -159,6 +163,7 @@ class Store:
         tpm_limit: int = 0,
         spend_limit_micros: int = 0,
         expire_time: datetime | None = None,
+        concurrency_limit: int = 0,
     ) -> tuple[ApiKeyRecord, str]:
         """A new key for an existing account, and its secret: the only time it is seen."""
         settings = ApiKeySettings(
@@ -168,6 +173,7 @@ class Store:
             tpm_limit=tpm_limit,
             spend_limit_micros=spend_limit_micros,
             expire_time=expire_time,
+            concurrency_limit=concurrency_limit,
         )
         call = partial(api_keys.create_api_key, account_id=account_id, settings=settings, pepper=pepper)
         return await self._db.run(call, write=True)
@@ -198,6 +204,7 @@ class Store:
         spend_limit_micros: int | None = None,
         expire_time: datetime | None = None,
         clear_expire_time: bool = False,
+        concurrency_limit: int | None = None,
     ) -> ApiKeyRecord:
         """Changes the given fields of a key (None leaves a field as it is)."""
         change = ApiKeyUpdate(
@@ -208,6 +215,7 @@ class Store:
             spend_limit_micros=spend_limit_micros,
             expire_time=expire_time,
             clear_expire_time=clear_expire_time,
+            concurrency_limit=concurrency_limit,
         )
         return await self._db.run(partial(api_keys.update_api_key, key_id=key_id, update=change), write=True)
 

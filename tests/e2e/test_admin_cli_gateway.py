@@ -125,6 +125,7 @@ def _arguments(served: Served, command: tuple[str, ...], spare_key: str) -> list
         ("accounts", "create"): ["Scripted"],
         ("accounts", "list"): [],
         ("accounts", "show"): [account],
+        ("accounts", "update"): [account, "--rpm", "6000"],
         ("accounts", "ledger"): [account],
         ("ledger",): [account, "--limit", "5"],
         ("keys", "create"): [account, "--name", "script"],

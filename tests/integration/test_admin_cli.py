@@ -189,3 +189,32 @@ def test_keys_update_changes_only_what_is_given(address: str) -> None:
     assert "rpm limit" in ok(run(address, "keys", "update", key_id, "--name", "renamed"))
     conflict = run(address, "keys", "update", key_id, "--expires", "2999-01-01T00:00:00Z", "--no-expiry")
     assert conflict.exit_code != 0 and "contradict" in conflict.output
+
+
+def test_account_limits_are_set_shown_and_changed_only_when_given(address: str) -> None:
+    created = as_json(address, "accounts", "create", "Limited", "--rpm", "600", "--monthly-budget-usd", "200")["account"]
+    assert created["rpm_limit"] == 600 and created["monthly_budget_micros"] == 200_000_000
+    account_id = created["id"]
+    updated = as_json(address, "accounts", "update", account_id, "--tpm", "90000", "--concurrency", "4")["account"]
+    assert updated["rpm_limit"] == 600 and updated["tpm_limit"] == 90000 and updated["concurrency_limit"] == 4
+    assert updated["monthly_budget_micros"] == 200_000_000 and updated["display_name"] == "Limited"
+    cleared = as_json(address, "accounts", "update", account_id, "--monthly-budget-usd", "0")["account"]
+    assert cleared["monthly_budget_micros"] == 0 and cleared["concurrency_limit"] == 4
+    shown = ok(run(address, "accounts", "show", account_id))
+    assert "concurrency limit" in shown and "monthly budget" in shown and "spent this month" in shown
+    bad = run(address, "accounts", "update", account_id, "--monthly-budget-usd", "-5")
+    assert bad.exit_code != 0
+    narrowed = as_json(address, "accounts", "update", account_id, "--models", "m1,m2")["account"]
+    assert narrowed["allowed_models"] == ["m1", "m2"] and narrowed["tpm_limit"] == 90000
+    assert "m1,m2" in ok(run(address, "accounts", "show", account_id))
+    widened = as_json(address, "accounts", "update", account_id, "--models", "")["account"]
+    assert widened["allowed_models"] == []
+
+
+def test_key_concurrency_limit_is_set_and_changed(address: str) -> None:
+    account_id = new_account(address)
+    key = as_json(address, "keys", "create", account_id, "--concurrency", "2")["api_key"]
+    assert key["concurrency_limit"] == 2
+    updated = as_json(address, "keys", "update", key["id"], "--concurrency", "5")["api_key"]
+    assert updated["concurrency_limit"] == 5
+    assert "concurrency limit" in ok(run(address, "keys", "show", key["id"]))

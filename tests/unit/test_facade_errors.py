@@ -24,6 +24,7 @@ EXPECTED = {
     Reason.ALREADY_EXISTS: (409, "invalid_request_error", "already_exists"),
     Reason.INSUFFICIENT_BALANCE: (429, "insufficient_quota", "insufficient_quota"),
     Reason.RATE_LIMITED: (429, "requests", "rate_limit_exceeded"),
+    Reason.LIMITS_UNAVAILABLE: (503, "server_error", "limits_unavailable"),
     Reason.REQUEST_TOO_LARGE: (413, "invalid_request_error", "request_too_large"),
     Reason.UPSTREAM_ERROR: (502, "server_error", "upstream_error"),
     Reason.UPSTREAM_UNAVAILABLE: (503, "server_error", "upstream_unavailable"),

@@ -39,24 +39,48 @@ LEDGER_ENTRY_KIND_REFUND: LedgerEntryKind
 LEDGER_ENTRY_KIND_ADJUSTMENT: LedgerEntryKind
 
 class Account(_message.Message):
-    __slots__ = ("id", "display_name", "balance_micros", "held_micros", "create_time")
+    __slots__ = ("id", "display_name", "balance_micros", "held_micros", "create_time", "rpm_limit", "tpm_limit", "concurrency_limit", "monthly_budget_micros", "budget_spent_micros", "budget_held_micros", "allowed_models")
     ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     BALANCE_MICROS_FIELD_NUMBER: _ClassVar[int]
     HELD_MICROS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RPM_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    TPM_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MONTHLY_BUDGET_MICROS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_SPENT_MICROS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_HELD_MICROS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     id: str
     display_name: str
     balance_micros: int
     held_micros: int
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., display_name: _Optional[str] = ..., balance_micros: _Optional[int] = ..., held_micros: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    rpm_limit: int
+    tpm_limit: int
+    concurrency_limit: int
+    monthly_budget_micros: int
+    budget_spent_micros: int
+    budget_held_micros: int
+    allowed_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., display_name: _Optional[str] = ..., balance_micros: _Optional[int] = ..., held_micros: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rpm_limit: _Optional[int] = ..., tpm_limit: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., monthly_budget_micros: _Optional[int] = ..., budget_spent_micros: _Optional[int] = ..., budget_held_micros: _Optional[int] = ..., allowed_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateAccountRequest(_message.Message):
-    __slots__ = ("display_name",)
+    __slots__ = ("display_name", "rpm_limit", "tpm_limit", "concurrency_limit", "monthly_budget_micros", "allowed_models")
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    RPM_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    TPM_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MONTHLY_BUDGET_MICROS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     display_name: str
-    def __init__(self, display_name: _Optional[str] = ...) -> None: ...
+    rpm_limit: int
+    tpm_limit: int
+    concurrency_limit: int
+    monthly_budget_micros: int
+    allowed_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, display_name: _Optional[str] = ..., rpm_limit: _Optional[int] = ..., tpm_limit: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., monthly_budget_micros: _Optional[int] = ..., allowed_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateAccountResponse(_message.Message):
     __slots__ = ("account",)
@@ -93,12 +117,22 @@ class ListAccountsResponse(_message.Message):
     def __init__(self, accounts: _Optional[_Iterable[_Union[Account, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class UpdateAccountRequest(_message.Message):
-    __slots__ = ("account_id", "display_name")
+    __slots__ = ("account_id", "display_name", "rpm_limit", "tpm_limit", "concurrency_limit", "monthly_budget_micros", "allowed_models")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    RPM_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    TPM_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MONTHLY_BUDGET_MICROS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     display_name: str
-    def __init__(self, account_id: _Optional[str] = ..., display_name: _Optional[str] = ...) -> None: ...
+    rpm_limit: int
+    tpm_limit: int
+    concurrency_limit: int
+    monthly_budget_micros: int
+    allowed_models: ModelList
+    def __init__(self, account_id: _Optional[str] = ..., display_name: _Optional[str] = ..., rpm_limit: _Optional[int] = ..., tpm_limit: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., monthly_budget_micros: _Optional[int] = ..., allowed_models: _Optional[_Union[ModelList, _Mapping]] = ...) -> None: ...
 
 class UpdateAccountResponse(_message.Message):
     __slots__ = ("account",)
@@ -127,7 +161,7 @@ class TopUpAccountResponse(_message.Message):
     def __init__(self, account: _Optional[_Union[Account, _Mapping]] = ..., entry: _Optional[_Union[LedgerEntry, _Mapping]] = ...) -> None: ...
 
 class ApiKey(_message.Message):
-    __slots__ = ("id", "account_id", "display_name", "allowed_models", "rpm_limit", "tpm_limit", "expire_time", "spend_limit_micros", "state", "redacted_secret", "create_time", "revoke_time")
+    __slots__ = ("id", "account_id", "display_name", "allowed_models", "rpm_limit", "tpm_limit", "expire_time", "spend_limit_micros", "state", "redacted_secret", "create_time", "revoke_time", "concurrency_limit")
     ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +174,7 @@ class ApiKey(_message.Message):
     REDACTED_SECRET_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
     id: str
     account_id: str
     display_name: str
@@ -152,10 +187,11 @@ class ApiKey(_message.Message):
     redacted_secret: str
     create_time: _timestamp_pb2.Timestamp
     revoke_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., display_name: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., rpm_limit: _Optional[int] = ..., tpm_limit: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spend_limit_micros: _Optional[int] = ..., state: _Optional[_Union[ApiKeyState, str]] = ..., redacted_secret: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    concurrency_limit: int
+    def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., display_name: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., rpm_limit: _Optional[int] = ..., tpm_limit: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spend_limit_micros: _Optional[int] = ..., state: _Optional[_Union[ApiKeyState, str]] = ..., redacted_secret: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., concurrency_limit: _Optional[int] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
-    __slots__ = ("account_id", "display_name", "allowed_models", "rpm_limit", "tpm_limit", "expire_time", "spend_limit_micros")
+    __slots__ = ("account_id", "display_name", "allowed_models", "rpm_limit", "tpm_limit", "expire_time", "spend_limit_micros", "concurrency_limit")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +199,7 @@ class CreateApiKeyRequest(_message.Message):
     TPM_LIMIT_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     SPEND_LIMIT_MICROS_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     display_name: str
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
@@ -170,7 +207,8 @@ class CreateApiKeyRequest(_message.Message):
     tpm_limit: int
     expire_time: _timestamp_pb2.Timestamp
     spend_limit_micros: int
-    def __init__(self, account_id: _Optional[str] = ..., display_name: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., rpm_limit: _Optional[int] = ..., tpm_limit: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spend_limit_micros: _Optional[int] = ...) -> None: ...
+    concurrency_limit: int
+    def __init__(self, account_id: _Optional[str] = ..., display_name: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., rpm_limit: _Optional[int] = ..., tpm_limit: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spend_limit_micros: _Optional[int] = ..., concurrency_limit: _Optional[int] = ...) -> None: ...
 
 class CreateApiKeyResponse(_message.Message):
     __slots__ = ("api_key", "secret")
@@ -217,7 +255,7 @@ class ModelList(_message.Message):
     def __init__(self, models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpdateApiKeyRequest(_message.Message):
-    __slots__ = ("api_key_id", "display_name", "allowed_models", "rpm_limit", "tpm_limit", "expire_time", "clear_expire_time", "spend_limit_micros")
+    __slots__ = ("api_key_id", "display_name", "allowed_models", "rpm_limit", "tpm_limit", "expire_time", "clear_expire_time", "spend_limit_micros", "concurrency_limit")
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +264,7 @@ class UpdateApiKeyRequest(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     CLEAR_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     SPEND_LIMIT_MICROS_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
     api_key_id: str
     display_name: str
     allowed_models: ModelList
@@ -234,7 +273,8 @@ class UpdateApiKeyRequest(_message.Message):
     expire_time: _timestamp_pb2.Timestamp
     clear_expire_time: bool
     spend_limit_micros: int
-    def __init__(self, api_key_id: _Optional[str] = ..., display_name: _Optional[str] = ..., allowed_models: _Optional[_Union[ModelList, _Mapping]] = ..., rpm_limit: _Optional[int] = ..., tpm_limit: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., clear_expire_time: _Optional[bool] = ..., spend_limit_micros: _Optional[int] = ...) -> None: ...
+    concurrency_limit: int
+    def __init__(self, api_key_id: _Optional[str] = ..., display_name: _Optional[str] = ..., allowed_models: _Optional[_Union[ModelList, _Mapping]] = ..., rpm_limit: _Optional[int] = ..., tpm_limit: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., clear_expire_time: _Optional[bool] = ..., spend_limit_micros: _Optional[int] = ..., concurrency_limit: _Optional[int] = ...) -> None: ...
 
 class UpdateApiKeyResponse(_message.Message):
     __slots__ = ("api_key",)
