@@ -9,12 +9,15 @@ import signal
 import sys
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import uvicorn
 
 from gateway_core.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from gateway_core.in_process import InProcessChannel
 
 log = logging.getLogger("tollgate")
 
@@ -159,7 +162,9 @@ async def _run(settings: Settings, *, core: bool, facade_core_target: str | None
         if running is not None:
             await _announce(settings, running)
         if facade:
-            target = facade_core_target or _local_target(settings.grpc_address, running.port if running else 0)
+            # Next to the core, the facade calls it in-process: no loopback gRPC hop.
+            target = running.local.channel() if running is not None else facade_core_target
+            assert target is not None
             http_server = _facade_server(settings, target)
             serving = asyncio.create_task(http_server.serve())
             stopping = asyncio.create_task(stop.wait())
@@ -174,7 +179,7 @@ async def _run(settings: Settings, *, core: bool, facade_core_target: str | None
             await running.stop()
 
 
-def _facade_server(settings: Settings, core_target: str) -> _Uvicorn:
+def _facade_server(settings: Settings, core_target: str | InProcessChannel) -> _Uvicorn:
     from http_facade.app import create_app
 
     host, port = _split(settings.http_address)

@@ -21,6 +21,7 @@ from gateway_core.background import BackgroundTasks
 from gateway_core.chat.pipeline import ChatPipeline
 from gateway_core.chat.servicer import ChatServicer
 from gateway_core.config import Settings
+from gateway_core.in_process import InProcessServices
 from gateway_core.metering.ledger import Ledger
 from gateway_core.metering.reconciler import Reconciler
 from gateway_core.metering.servicer import MeteringServicer
@@ -55,6 +56,8 @@ class Core:
     reconciler: Reconciler
     background: BackgroundTasks
     providers: dict[str, Provider] = field(default_factory=dict)
+    # The same services, callable without a socket (the facade in `tollgate serve`).
+    local: InProcessServices = field(default_factory=InProcessServices)
 
     async def stop(self, grace_seconds: float | None = 5.0) -> None:
         """Turns health NOT_SERVING, lets in-flight calls finish (up to grace), lets
@@ -103,13 +106,14 @@ async def start_core(settings: Settings, *, address: str | None = None) -> Core:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ]
         )
-        chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(pipeline, authenticator, router), server)
-        metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(store, authenticator), server)
+        services = InProcessServices(server)  # registers on the server and keeps them for in-process calls
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(pipeline, authenticator, router), services)
+        metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(store, authenticator), services)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(store, settings.admin_token, settings.key_pepper), server
+            AdminServicer(store, settings.admin_token, settings.key_pepper), services
         )
         health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         port = server.add_insecure_port(address or settings.grpc_address)
         await server.start()
@@ -130,4 +134,5 @@ async def start_core(settings: Settings, *, address: str | None = None) -> Core:
         reconciler=reconciler,
         background=background,
         providers=providers,
+        local=services,
     )

@@ -25,6 +25,8 @@ from gateway_core.server import Core, start_core
 from http_facade.app import create_app
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+# How the facade reaches the core; e2e modules that must behave the same both ways run under each.
+TRANSPORTS = ("grpc", "in_process")
 
 
 def settings_for(tmp_path: Path, *, providers: list[dict[str, Any]] | None = None,
@@ -109,8 +111,14 @@ class _QuietUvicorn(uvicorn.Server):
 
 
 @contextlib.contextmanager
-def running_gateway(settings: Settings, facade_options: Mapping[str, Any] | None = None) -> Iterator[RunningGateway]:
-    """Starts core + facade on free ports in a background thread; stops them on exit."""
+def running_gateway(settings: Settings, facade_options: Mapping[str, Any] | None = None, *,
+                    in_process: bool = False) -> Iterator[RunningGateway]:
+    """Starts core + facade on free ports in a background thread; stops them on exit.
+
+    The facade calls the core over loopback gRPC (as `tollgate facade` does), or
+    with in_process=True through the core's in-process channel (as `tollgate serve`
+    does); the core listens on gRPC either way.
+    """
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="gateway", daemon=True)
     thread.start()
@@ -120,7 +128,8 @@ def running_gateway(settings: Settings, facade_options: Mapping[str, Any] | None
 
     async def start() -> tuple[Core, _QuietUvicorn, asyncio.Task[None]]:
         core = await start_core(settings, address="127.0.0.1:0")
-        app = create_app(f"127.0.0.1:{core.port}", **dict(facade_options or {}))
+        target = core.local.channel() if in_process else f"127.0.0.1:{core.port}"
+        app = create_app(target, **dict(facade_options or {}))
         server = _QuietUvicorn(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
