@@ -39,6 +39,7 @@ MetadataPairs = Sequence[tuple[str, str | bytes]]
 # How many messages a stream's handler may produce before the reader takes them.
 STREAM_WINDOW_MESSAGES = 32
 _END = object()
+_CANCELLED = object()
 _NO_METADATA = grpc.aio.Metadata()
 
 
@@ -320,6 +321,8 @@ class UnaryStreamCall(Generic[ResponseT]):
         if message is _END:
             self._finished = True
             return self._end()
+        if message is _CANCELLED:
+            raise asyncio.CancelledError()
         return message
 
     def _end(self) -> Any:
@@ -339,7 +342,12 @@ class UnaryStreamCall(Generic[ResponseT]):
             return False
         self._cancelled = True
         self._context._cancelled = True
-        return self._task.cancel()
+        # Wake a reader waiting for a message: in grpc.aio its read() raises CancelledError.
+        while not self._messages.empty():
+            self._messages.get_nowait()
+        self._messages.put_nowait(_CANCELLED)
+        self._task.cancel()
+        return True
 
     def cancelled(self) -> bool:
         return self._cancelled
