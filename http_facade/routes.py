@@ -84,13 +84,8 @@ async def _stream_completion(
     first = await unless_disconnected(call.read(), request.receive, call.cancel)
     if first is grpc.aio.EOF:  # the core ended the stream without a single message
         return Response(DONE, media_type="text/event-stream", headers=SSE_HEADERS)
-    events = chat_events(
-        call,
-        cast(pb.StreamChatCompletionResponse, first),
-        include_usage=chat.include_usage,
-        heartbeat_seconds=facade.heartbeat_seconds,
-    )
-    return EventStreamResponse(events, on_close=call.cancel)
+    events = chat_events(call, cast(pb.StreamChatCompletionResponse, first), include_usage=chat.include_usage)
+    return EventStreamResponse(events, on_close=call.cancel, heartbeat_seconds=facade.heartbeat_seconds)
 
 
 @router.get("/v1/models")
