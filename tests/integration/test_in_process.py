@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 
 from gateway_core.errors import GatewayError, Reason, abort, error_info
 from gateway_core.in_process import InProcessServices
 from gateway_core.pb.gateway.v1 import chat_pb2, chat_pb2_grpc
-from tests.gateway_support import TRANSPORTS
+from tests.gateway_support import TRANSPORTS, running_gateway, settings_for
 
 
 class ScriptedChat(chat_pb2_grpc.ChatServiceServicer):
@@ -191,3 +193,16 @@ async def test_an_unknown_method_is_unimplemented() -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.ListModels(chat_pb2.ListModelsRequest())
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_readiness_and_models_over_either_transport(tmp_path: Path, transport: str) -> None:
+    """/readyz (grpc.health.v1 Check) and /v1/models (ChatService.ListModels) through a whole gateway."""
+    with running_gateway(settings_for(tmp_path), in_process=transport == "in_process") as gateway:
+        assert httpx.get(f"{gateway.http_url}/readyz").json() == {"status": "ok"}
+        secret = gateway.create_key()[2]
+        models = httpx.get(f"{gateway.http_url}/v1/models", headers={"authorization": f"Bearer {secret}"})
+        assert sorted(m["id"] for m in models.json()["data"]) == ["mock-chat", "mock-echo"]
+        refused = httpx.get(f"{gateway.http_url}/v1/models", headers={"authorization": "Bearer sk-tg-wrong"})
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
