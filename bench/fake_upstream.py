@@ -2,7 +2,8 @@
 
 POST */chat/completions answers a canned chat.completion, or (when the body
 asks for "stream": true) 16 content chunks, a finish chunk and a usage chunk
-as SSE, with an optional delay between chunks. It parses just enough HTTP to
+as SSE, with an optional delay between chunks; an upstream model named
+"chunks-N" streams N content chunks instead (bench/scaling.py). It parses just enough HTTP to
 serve a keep-alive client (Content-Length bodies only), so it costs little CPU
 and is never the bottleneck.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 
 CHUNKS = 16
 _COMPLETION = (
@@ -41,6 +43,18 @@ _TAIL = (
     + b"0\r\n\r\n"
 )
 _STREAM_ALL = _STREAM_HEAD + _FIRST + _TOKEN * (CHUNKS - 1) + _TAIL
+_CHUNKS_MODEL = re.compile(rb'"model":"chunks-(\d+)"')
+
+
+def _stream_of(chunks: int) -> bytes:
+    usage = b'"usage":{"prompt_tokens":12,"completion_tokens":%d,"total_tokens":%d}}' % (chunks, chunks + 12)
+    tail = (
+        _chunk(_PREFIX + b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}')
+        + _chunk(_PREFIX + b'"choices":[],' + usage)
+        + _chunk(b"[DONE]")
+        + b"0\r\n\r\n"
+    )
+    return _STREAM_HEAD + _FIRST + _TOKEN * (chunks - 1) + tail
 
 
 class _Upstream(asyncio.Protocol):
@@ -68,12 +82,16 @@ class _Upstream(asyncio.Protocol):
                 return
             body = self._buffer[end + 4 : total]
             self._buffer = self._buffer[total:]
-            self._answer(b'"stream":true' in body.replace(b" ", b""))
+            compact = body.replace(b" ", b"")
+            sized = _CHUNKS_MODEL.search(compact)
+            self._answer(b'"stream":true' in compact, int(sized.group(1)) if sized else None)
 
-    def _answer(self, stream: bool) -> None:
+    def _answer(self, stream: bool, chunks: int | None = None) -> None:
         assert self._transport is not None
         if not stream:
             self._transport.write(_UNARY)
+        elif chunks is not None:
+            self._transport.write(_stream_of(chunks))
         elif self._delay <= 0:
             self._transport.write(_STREAM_ALL)
         else:

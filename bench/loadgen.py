@@ -17,12 +17,15 @@ import json
 import time
 
 
-def _request(host: str, port: int, path: str, key: str, stream: bool) -> bytes:
+def _request(host: str, port: int, path: str, key: str, stream: bool, model: str = "bench-model",
+             prompt_bytes: int = 0, max_tokens: int = 64) -> bytes:
+    # A prompt of about prompt_bytes bytes of short English-like words (bench/scaling.py).
+    content = ("Say something short. " * (prompt_bytes // 21 + 1))[:prompt_bytes] if prompt_bytes else "Say something short."
     body = json.dumps(
         {
-            "model": "bench-model",
-            "messages": [{"role": "user", "content": "Say something short."}],
-            "max_tokens": 64,
+            "model": model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens,
             "stream": stream,
         },
         separators=(",", ":"),
@@ -83,7 +86,8 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    request = _request(args.host, args.port, args.path, args.key, args.stream)
+    request = _request(args.host, args.port, args.path, args.key, args.stream, args.model, args.prompt_bytes,
+                       args.max_tokens)
     out: dict = {"latencies": [], "ttfts": [], "errors": 0}
     start = time.perf_counter()
     record_after = start + args.warmup
@@ -112,6 +116,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--model", default="bench-model")
+    parser.add_argument("--prompt-bytes", type=int, default=0, help="prompt size (0: a short sentence)")
+    parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
     try:
         import uvloop

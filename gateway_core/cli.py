@@ -17,6 +17,7 @@ import uvicorn
 from gateway_core.config import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
+    from gateway_core.in_process import InProcessChannel
     from http_facade.drain import Drain
 
 log = logging.getLogger("tollgate")
@@ -173,7 +174,9 @@ async def _run(settings: Settings, *, core: bool, facade_core_target: str | None
             await _announce(settings, running)
         front: tuple[Drain, _Uvicorn] | None = None
         if facade:
-            target = facade_core_target or _local_target(settings.grpc_address, running.port if running else 0)
+            # Next to the core, the facade calls it in-process: no loopback gRPC hop.
+            target = running.local.channel() if running is not None else facade_core_target
+            assert target is not None
             drain = Drain()
             front = (drain, _facade_server(settings, target, drain, tracer_provider))
     except BaseException:
@@ -198,7 +201,9 @@ async def _run(settings: Settings, *, core: bool, facade_core_target: str | None
             tracer_provider.shutdown()  # flushes the last spans
 
 
-def _facade_server(settings: Settings, core_target: str, drain: Drain, tracer_provider: Any = None) -> _Uvicorn:
+def _facade_server(
+    settings: Settings, core_target: str | InProcessChannel, drain: Drain, tracer_provider: Any = None
+) -> _Uvicorn:
     from dataclasses import asdict
 
     from gateway_core.lifecycle import FACADE_CLOSE_SECONDS

@@ -25,6 +25,7 @@ from gateway_core.chat.servicer import ChatServicer
 from gateway_core.config import Settings
 from gateway_core.limits.build import build_enforcer
 from gateway_core.limits.enforcer import LimitEnforcer
+from gateway_core.in_process import InProcessServices
 from gateway_core.metering.ledger import Ledger
 from gateway_core.metering.reconciler import Reconciler
 from gateway_core.metering.servicer import MeteringServicer
@@ -66,6 +67,8 @@ class Core:
     # The SDK TracerProvider this core built from [tracing] (flushed and shut down at stop), if any.
     tracer_provider: Any = None
     limits: LimitEnforcer | None = None
+    # The same services, callable without a socket (the facade in `tollgate serve`).
+    local: InProcessServices = field(default_factory=InProcessServices)
 
     async def stop(self, grace_seconds: float | None = 5.0, *, settle_seconds: float | None = None) -> None:
         """Turns health NOT_SERVING, lets in-flight calls finish (up to grace), lets
@@ -141,15 +144,16 @@ async def start_core(
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ]
         )
+        services = InProcessServices(server)  # registers on the server and keeps them for in-process calls
         chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(
             pipeline, authenticator, router, tracer=tracer, known_models=frozenset(settings.models)
-        ), server)
-        metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(store, authenticator), server)
+        ), services)
+        metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(store, authenticator), services)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(store, settings.admin_token, settings.key_pepper, models=settings.models), server
+            AdminServicer(store, settings.admin_token, settings.key_pepper, models=settings.models), services
         )
         health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         port = server.add_insecure_port(address or settings.grpc_address)
         metrics_at = settings.observability.metrics.address if metrics_address is None else metrics_address
@@ -178,4 +182,5 @@ async def start_core(
         metrics_listener=listener,
         tracer_provider=owned_tracer_provider,
         limits=limits,
+        local=services,
     )

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2_grpc
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from gateway_core.in_process import InProcessChannel
 from gateway_core.pb.gateway.v1 import chat_pb2_grpc, metering_pb2_grpc
 from http_facade.billing import router as billing_router
 from http_facade.drain import Drain, DrainMiddleware
@@ -38,7 +39,7 @@ _CHANNEL_OPTIONS = [
 
 
 def create_app(
-    core_target: str,
+    core_target: str | InProcessChannel,
     *,
     call_timeout_seconds: float = 600.0,
     max_body_bytes: int | None = None,
@@ -48,7 +49,8 @@ def create_app(
     tracer_provider: Any = None,
     limits: EdgeLimits | None = None,
 ) -> FastAPI:
-    """The facade app, calling the core's gRPC API at core_target ("host:port").
+    """The facade app, calling the core's gRPC API at core_target ("host:port"), or
+    in-process through an InProcessChannel when it runs next to the core.
 
     call_timeout_seconds is the deadline of every core call (a whole stream
     drain, when given, is how the process's shutdown refuses and cuts requests.
@@ -66,7 +68,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Facade]]:
-        channel = grpc.aio.insecure_channel(core_target, options=_CHANNEL_OPTIONS)
+        channel = (
+            core_target
+            if isinstance(core_target, InProcessChannel)
+            else grpc.aio.insecure_channel(core_target, options=_CHANNEL_OPTIONS)
+        )
         try:
             yield {
                 "facade": Facade(

@@ -18,6 +18,12 @@ have no size limit at all. This subclass adds, per connection:
 
 Responses written here bypass the app, so they build their own OpenAI-shaped
 body and x-request-id.
+
+Closing lingers (as nginx's lingering_close does): a connection closed while
+the client is still sending (a 413 to an oversized body, say) first shuts down
+only our side, then reads and discards for up to LINGER_SECONDS. Closing a
+socket with unread input sends a TCP reset, and a reset that overtakes our
+answer makes the client see "connection reset" instead of the 413.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from http_facade.edge_limits import EdgeLimits
 from http_facade.middleware import new_request_id
 
+# How long a closing connection keeps reading (and discarding) what the client still sends.
+LINGER_SECONDS = 2.0
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -72,6 +80,32 @@ def _no_delay(transport: asyncio.Transport) -> None:
             pass
 
 
+class _LingeringTransport:
+    """The connection's transport, whose close() first half-closes and drains; see the module doc."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self.lingering = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.lingering or self._transport.is_closing():
+            return
+        if not self._transport.can_write_eof():
+            self._transport.close()
+            return
+        self.lingering = True
+        self._transport.write_eof()  # our answer, then FIN; the client's data is still read
+        self._transport.resume_reading()
+        self._loop.call_later(LINGER_SECONDS, self._transport.close)
+
+
 class _HeadersTooLarge(Exception):
     """Raised from a parser callback to stop parsing a request whose headers are too large."""
 
@@ -92,14 +126,21 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         _no_delay(transport)
-        super().connection_made(transport)
+        super().connection_made(_LingeringTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
         self._arm_header_timer()
+
+    def eof_received(self) -> bool | None:
+        if self.transport.lingering:
+            return None  # the client is done too: asyncio closes the transport now
+        return super().eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.lingering:  # closing: what the client still sends is read and dropped
+            return
         if self._awaiting_headers:
             self._arm_header_timer()
             self._header_bytes += len(data)

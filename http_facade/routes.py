@@ -90,13 +90,8 @@ async def _stream_completion(
     first = await unless_disconnected(call.read(), request.receive, call.cancel)
     if first is grpc.aio.EOF:  # the core ended the stream without a single message
         return Response(DONE, media_type="text/event-stream", headers=SSE_HEADERS)
-    events = chat_events(
-        call,
-        cast(pb.StreamChatCompletionResponse, first),
-        include_usage=chat.include_usage,
-        heartbeat_seconds=facade.heartbeat_seconds,
-    )
-    response = EventStreamResponse(events, on_close=call.cancel)
+    events = chat_events(call, cast(pb.StreamChatCompletionResponse, first), include_usage=chat.include_usage)
+    response = EventStreamResponse(events, on_close=call.cancel, heartbeat_seconds=facade.heartbeat_seconds)
     response.headers.update(rate_limit_headers(await call.initial_metadata() or ()))
     return response
 

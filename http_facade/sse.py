@@ -36,26 +36,19 @@ async def chat_events(
     first: pb.StreamChatCompletionResponse,
     *,
     include_usage: bool,
-    heartbeat_seconds: float,
 ) -> AsyncGenerator[bytes, None]:
     """SSE bytes for one streamed completion, ending with [DONE] or an in-band error.
 
     Owns the call: whatever way the iteration ends (done, error, disconnect,
     aclose), the call is cancelled, which is a no-op once it has finished.
+    Heartbeats are EventStreamResponse's: reads here are plain awaits, with no
+    timer or task per chunk.
     """
     encoder = ChunkEncoder(first, include_usage=include_usage)
-    read: asyncio.Future[object] | None = None
     try:
         for event in encoder.events(first):
             yield event
-        while True:
-            read = asyncio.ensure_future(call.read())
-            # Wait on the same read across pings: cancelling a read cancels the call.
-            while not (await asyncio.wait((read,), timeout=heartbeat_seconds))[0]:
-                yield PING
-            message = read.result()
-            if message is grpc.aio.EOF:
-                break
+        while (message := await call.read()) is not grpc.aio.EOF:
             for event in encoder.events(cast(pb.StreamChatCompletionResponse, message)):
                 yield event
         yield DONE
@@ -66,11 +59,6 @@ async def chat_events(
         yield b"data: " + _SERVER_ERROR.body() + b"\n\n"
     finally:
         call.cancel()
-        if read is not None:
-            if not read.done():
-                read.cancel()
-            elif not read.cancelled():
-                read.exception()  # retrieved, so asyncio does not log it as lost
 
 
 class EventStreamResponse(StreamingResponse):
@@ -80,12 +68,21 @@ class EventStreamResponse(StreamingResponse):
     writes to a closed socket silently, so this listens for `http.disconnect`
     itself on every server. However it ends, it closes the events and calls
     on_close (which cancels the gRPC call, even if the events never started).
+
+    While the events are silent for heartbeat_seconds it writes a `: ping`
+    comment, so proxies and clients keep the connection. One timer per stream
+    does this, re-armed from the time of the last write, instead of a timed
+    wait around every read.
     """
 
-    def __init__(self, events: AsyncGenerator[bytes, None], on_close: Callable[[], object]) -> None:
+    def __init__(self, events: AsyncGenerator[bytes, None], on_close: Callable[[], object],
+                 heartbeat_seconds: float) -> None:
         super().__init__(events, media_type="text/event-stream", headers=SSE_HEADERS)
         self._events = events
         self._on_close = on_close
+        self._heartbeat_seconds = heartbeat_seconds
+        self._last_write = 0.0
+        self._writing = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = asyncio.ensure_future(self._stream(send))
@@ -104,7 +101,33 @@ class EventStreamResponse(StreamingResponse):
                 raise error
 
     async def _stream(self, send: Send) -> None:
+        loop = asyncio.get_running_loop()
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        async for event in self._events:
-            await send({"type": "http.response.body", "body": event, "more_body": True})
+        self._last_write = loop.time()
+        heartbeat = asyncio.ensure_future(self._heartbeat(send))
+        try:
+            async for event in self._events:
+                self._writing = True
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+                self._writing = False
+                self._last_write = loop.time()
+        finally:
+            # Stopped before the last message: nothing may be sent after it.
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _heartbeat(self, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            silent_for = loop.time() - self._last_write
+            if silent_for < self._heartbeat_seconds:  # an event went out meanwhile: wait from its time
+                await asyncio.sleep(self._heartbeat_seconds - silent_for)
+                continue
+            if self._writing:  # a write waits on a slow client; the connection is not idle
+                await asyncio.sleep(self._heartbeat_seconds)
+                continue
+            self._writing = True
+            await send({"type": "http.response.body", "body": PING, "more_body": True})
+            self._writing = False
+            self._last_write = loop.time()

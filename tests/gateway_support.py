@@ -27,6 +27,8 @@ from http_facade.edge_limits import EdgeLimits
 from http_facade.serving import uvicorn_config
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+# How the facade reaches the core; e2e modules that must behave the same both ways run under each.
+TRANSPORTS = ("grpc", "in_process")
 
 
 def settings_for(tmp_path: Path, *, providers: list[dict[str, Any]] | None = None,
@@ -112,11 +114,18 @@ class _QuietUvicorn(uvicorn.Server):
 
 @contextlib.contextmanager
 def running_gateway(
-    settings: Settings, facade_options: Mapping[str, Any] | None = None, *, tracer_provider: Any = None
+    settings: Settings,
+    facade_options: Mapping[str, Any] | None = None,
+    *,
+    tracer_provider: Any = None,
+    in_process: bool = False,
 ) -> Iterator[RunningGateway]:
     """Starts core + facade on free ports in a background thread; stops them on exit.
 
     tracer_provider (an OpenTelemetry SDK TracerProvider) is shared by both, as under `tollgate serve`.
+    The facade calls the core over loopback gRPC (as `tollgate facade` does), or
+    with in_process=True through the core's in-process channel (as `tollgate serve`
+    does); the core listens on gRPC either way.
     """
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="gateway", daemon=True)
@@ -127,10 +136,9 @@ def running_gateway(
 
     async def start() -> tuple[Core, _QuietUvicorn, asyncio.Task[None]]:
         core = await start_core(settings, address="127.0.0.1:0", tracer_provider=tracer_provider)
+        target = core.local.channel() if in_process else f"127.0.0.1:{core.port}"
         limits = EdgeLimits(**asdict(settings.http))
-        app = create_app(
-            f"127.0.0.1:{core.port}", **{"limits": limits, "tracer_provider": tracer_provider, **dict(facade_options or {})}
-        )
+        app = create_app(target, **{"limits": limits, "tracer_provider": tracer_provider, **dict(facade_options or {})})
         server = _QuietUvicorn(uvicorn_config(app, limits, log_level="warning", lifespan="on", access_log=False))
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:

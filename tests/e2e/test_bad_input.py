@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
-from tests.gateway_support import RunningGateway, running_gateway, settings_for
+from tests.gateway_support import TRANSPORTS, RunningGateway, running_gateway, settings_for
 
 HELLO = [{"role": "user", "content": "hi"}]
 MAX_BODY = 1024 * 1024
@@ -26,15 +26,16 @@ def upstream() -> Iterator[FakeOpenAIUpstream]:
         yield fake
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: FakeOpenAIUpstream) -> Iterator[RunningGateway]:
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            upstream: FakeOpenAIUpstream) -> Iterator[RunningGateway]:
     settings = settings_for(
         tmp_path_factory.mktemp("edge"),
         providers=[{"name": "up", "type": "openai", "base_url": upstream.base_url}],
         models=[{"name": "m", "routes": [{"provider": "up", "model": "fake-text"}], "input_price": 1, "output_price": 1}],
         http=LIMITS,
     )
-    with running_gateway(settings) as running:
+    with running_gateway(settings, in_process=request.param == "in_process") as running:
         yield running
 
 

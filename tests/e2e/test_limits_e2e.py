@@ -17,7 +17,7 @@ from gateway_core.pb.gateway.admin.v1 import admin_pb2
 from gateway_core.errors import error_info
 from gateway_core.pb.gateway.v1 import chat_pb2, chat_pb2_grpc, metering_pb2, metering_pb2_grpc, types_pb2
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
-from tests.gateway_support import ADMIN_TOKEN, RunningGateway, running_gateway, settings_for
+from tests.gateway_support import ADMIN_TOKEN, TRANSPORTS, RunningGateway, running_gateway, settings_for
 
 HELLO = [{"role": "user", "content": "Hello, limited world!"}]
 META = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
@@ -34,8 +34,8 @@ def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("limits")
 
 
-@pytest.fixture(scope="module")
-def gateway(db_path: Path, upstream: FakeOpenAIUpstream) -> Iterator[RunningGateway]:
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def gateway(request: pytest.FixtureRequest, db_path: Path, upstream: FakeOpenAIUpstream) -> Iterator[RunningGateway]:
     models = [
         {"name": name, "routes": [{"provider": "up", "model": target}], "input_price": 2, "output_price": 5}
         for name, target in (("m-text", "fake-text"), ("m-slow", "fake-slow"), ("m-error", "fake-error-500"))
@@ -47,7 +47,7 @@ def gateway(db_path: Path, upstream: FakeOpenAIUpstream) -> Iterator[RunningGate
         metering={"drain_seconds": 0.5},
         keys={"pepper": "test-pepper", "cache_seconds": 0.2},
     )
-    with running_gateway(settings) as running:
+    with running_gateway(settings, in_process=request.param == "in_process") as running:
         yield running
 
 

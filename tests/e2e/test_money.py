@@ -18,7 +18,7 @@ import pytest
 
 from gateway_core.pb.gateway.v1 import metering_pb2, metering_pb2_grpc
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
-from tests.gateway_support import RunningGateway, running_gateway, settings_for
+from tests.gateway_support import TRANSPORTS, RunningGateway, running_gateway, settings_for
 
 HELLO = [{"role": "user", "content": "Hello, metered world!"}]
 SLOW_CHUNKS = 10
@@ -35,8 +35,9 @@ def _model(name: str, upstream_model: str, input_price: float = 2, output_price:
             "input_price": input_price, "output_price": output_price}
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: FakeOpenAIUpstream) -> Iterator[RunningGateway]:
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            upstream: FakeOpenAIUpstream) -> Iterator[RunningGateway]:
     settings = settings_for(
         tmp_path_factory.mktemp("money"),
         providers=[{"name": "up", "type": "openai", "base_url": upstream.base_url}],
@@ -49,7 +50,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: FakeOpenAIUpstre
         ],
         metering={"drain_seconds": 2.0},
     )
-    with running_gateway(settings) as running:
+    with running_gateway(settings, in_process=request.param == "in_process") as running:
         yield running
 
 

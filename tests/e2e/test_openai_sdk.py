@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
-from tests.gateway_support import RunningGateway, running_gateway, settings_for
+from tests.gateway_support import TRANSPORTS, RunningGateway, running_gateway, settings_for
 
 UPSTREAM_KEY = "sk-upstream-operator-secret-0123456789abcdef"
 FAKE_MODELS = ["fake-text", "fake-tools", "fake-slow", "fake-error-401", "fake-error-429", "fake-error-500",
@@ -29,8 +29,9 @@ def upstream() -> Iterator[FakeOpenAIUpstream]:
         yield fake
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: FakeOpenAIUpstream) -> Iterator[RunningGateway]:
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            upstream: FakeOpenAIUpstream) -> Iterator[RunningGateway]:
     settings = settings_for(
         tmp_path_factory.mktemp("e2e"),
         providers=[{"name": "up", "type": "openai", "base_url": upstream.base_url, "api_key": UPSTREAM_KEY}],
@@ -42,7 +43,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: FakeOpenAIUpstre
         # A client that leaves is drained this long before the upstream is closed.
         metering={"drain_seconds": 0.5},
     )
-    with running_gateway(settings) as running:
+    with running_gateway(settings, in_process=request.param == "in_process") as running:
         yield running
 
 

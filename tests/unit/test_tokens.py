@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 
+import hypothesis
+import hypothesis.strategies
 import pytest
 
 from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
+from gateway_core import tokens as tokens_module
 from gateway_core.tokens import estimate_prompt_tokens, estimate_text_tokens
 from tests.providers_support import user_request
 
@@ -80,3 +83,40 @@ def test_high_detail_images_cost_more_than_low() -> None:
         return estimate_prompt_tokens(request)
 
     assert with_image("high") > with_image("low")
+
+
+def _reference_count(text: str) -> int:
+    """The original piece-by-piece loop over _PIECES, kept as the specification of _count."""
+    tokens = 0
+    for match in tokens_module._PIECES.finditer(text):
+        piece = match.group()
+        first, size = piece[0], len(piece)
+        if first.isascii() and first.isalpha():
+            tokens += 1 if size <= 6 else (size + 3) // 4
+        elif first.isascii() and first.isdigit():
+            tokens += (size + 2) // 3
+        elif first.isspace():
+            tokens += 0 if piece == " " else (size + 7) // 8
+        elif not first.isascii():
+            tokens += 1
+        else:
+            tokens += (size + 1) // 2
+    return tokens
+
+
+# Characters from every kind of piece and the edges between them: ASCII letters, digits,
+# punctuation, ASCII whitespace (incl. \x1c-\x1f), control characters, DEL, non-ASCII
+# whitespace (NBSP, ideographic space), accented and CJK letters, emoji.
+_TRICKY = "aZ09!~. \t\n\r\x0b\x0c\x1c\x1f\x00\x07\x7f\u00a0\u3000\u2028é中😀"
+
+
+@hypothesis.given(hypothesis.strategies.text(alphabet=_TRICKY) | hypothesis.strategies.text())
+@hypothesis.settings(max_examples=400, deadline=None)
+def test_fast_count_equals_the_piece_by_piece_count(text: str) -> None:
+    assert tokens_module._count(text) == _reference_count(text)
+
+
+def test_fast_count_on_a_realistic_prompt() -> None:
+    text = ("Hello there, gateway! Summarise:\n\n  def f(x):\n\treturn x**2  # 12345678\n"
+            "Ünïcödé — 中文 😀 words supercalifragilistic, 3.14159\u00a0\u00a0end.\n") * 50
+    assert tokens_module._count(text) == _reference_count(text) > 0
