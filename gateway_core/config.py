@@ -30,6 +30,7 @@ from gateway_core.config_model import (
     Route,
     Settings,
 )
+from gateway_core.config_sections import database as database_settings
 from gateway_core.config_sections import (
     Problems,
     check_address,
@@ -84,6 +85,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         problems.add("keys.pepper", "must be a string")
         pepper = ""
     cache_seconds = number(keys, "keys", "cache_seconds", 2.0, problems)
+    database_options = database_settings(database, problems)
     metering_settings = metering(table(raw, "metering", problems), problems)
     provider_settings = providers(raw.get("providers", []), problems)
     model_settings = models(raw.get("models", []), provider_settings, problems)
@@ -93,6 +95,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         http_address=http_address,
         grpc_address=grpc_address,
         database_url=str(url),
+        database=database_options,
         admin_token=token,
         key_pepper=pepper,
         key_cache_seconds=cache_seconds,

@@ -31,6 +31,7 @@ from gateway_core.providers.http import make_http_client
 from gateway_core.providers.registry import build_providers
 from gateway_core.routing import Router
 from gateway_core.store import Store, open_store
+from gateway_core.store.leader import LeaderLock
 
 log = logging.getLogger("tollgate.core")
 
@@ -74,7 +75,14 @@ async def start_core(settings: Settings, *, address: str | None = None) -> Core:
 
     `address` overrides settings.grpc_address (port 0 picks a free port).
     """
-    store = await open_store(settings.database_url)
+    database = settings.database
+    store = await open_store(
+        settings.database_url,
+        workers=database.pool_size,
+        migrate=database.migrate_on_start,
+        max_overflow=database.max_overflow,
+        pool_timeout_seconds=database.pool_timeout_seconds,
+    )
     http = make_http_client()
     # A fresh id per process: holds are leased to it, and released by any live core once it dies.
     ledger = Ledger(store.db, instance_id="core_" + secrets.token_hex(8))
@@ -82,6 +90,7 @@ async def start_core(settings: Settings, *, address: str | None = None) -> Core:
         ledger,
         interval_seconds=settings.metering.reconcile_interval_seconds,
         stale_after_seconds=settings.metering.orphan_after_seconds,
+        leader=LeaderLock(store.db.engine),  # one replica sweeps orphans (PostgreSQL)
     )
     background = BackgroundTasks()
     try:
