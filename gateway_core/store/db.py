@@ -168,8 +168,14 @@ class Database:
         self._closed = True
         if self._writer is not None:
             await asyncio.shield(self._writer)
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._engine.dispose)
+        # Jobs whose caller was cancelled may still be running on the pool: let
+        # them finish and check their connections in first, or dispose() would
+        # miss those connections and leave them open.
+        await asyncio.to_thread(self._finish_and_dispose)
+
+    def _finish_and_dispose(self) -> None:
         self._executor.shutdown(wait=True)
+        self._engine.dispose()
 
     async def __aenter__(self) -> Self:
         return self
