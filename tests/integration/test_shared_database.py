@@ -217,3 +217,44 @@ async def _eventually(lock: LeaderLock) -> bool:
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+async def test_the_sweep_and_a_late_settlement_on_one_account_do_not_deadlock(postgres: PostgresServer) -> None:
+    """A late settlement locks its hold, then the account; the sweep must not hold that account meanwhile.
+
+    One transaction for several orphans of one account (h1 then h2) would hold the account's row
+    from h1 while waiting for h2, which the settlement holds while waiting for the account.
+    """
+    url = postgres.create_database()
+    async with await Database.open(url) as db:
+        key = await funded_key(Store(db), 10_000)
+        dead = Ledger(db, instance_id="dead-core")
+        for request_id in ("h1", "h2"):
+            await dead.hold(request_id=request_id, account_id=key.account_id, api_key_id=key.key_id, amount_micros=1_000)
+        make_stale(db.engine, "dead-core")
+        sweeper = Ledger(db, instance_id="core-a")
+        with db.engine.connect() as settlement:
+            transaction = settlement.begin()
+            # The settlement's first step: its hold's row (as settle_hold's conditional close locks it).
+            settlement.execute(text("UPDATE holds SET closed_at = NULL WHERE request_id = 'h2'"))
+            sweep = asyncio.create_task(sweeper.release_orphans(stale_after_seconds=1.0))
+            await _until_waiting_on_a_lock(db)
+            # Its second step: the account. Blocks forever (deadlock) if the sweep still holds it.
+            await asyncio.to_thread(
+                settlement.execute,
+                text("UPDATE accounts SET updated_at = updated_at WHERE id = :a"),
+                {"a": key.account_id},
+            )
+            transaction.commit()
+        assert await asyncio.wait_for(sweep, timeout=30) == 2
+        check_invariants(db.engine)
+
+
+async def _until_waiting_on_a_lock(db: Database) -> None:
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+    for _ in range(200):
+        with db.engine.connect() as connection:
+            if connection.execute(query).scalar_one() > 0:
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the sweep never waited for the settlement's hold")
