@@ -18,6 +18,7 @@ conditional close of each hold still lets exactly one of them release it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 
@@ -98,8 +99,14 @@ class LeaderLock:
     def _close(self) -> None:
         with self._lock:
             connection, self._connection = self._connection, None
-            self._leading = False
+            leading, self._leading = self._leading, False
             if connection is not None:
+                if leading:
+                    # Unlock explicitly: the server frees a closed session's locks only once
+                    # its backend has exited, a moment after the client hangs up.
+                    with contextlib.suppress(DBAPIError):
+                        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+                        connection.commit()
                 connection.close()
             if self._engine is not None:
                 self._engine.dispose()
