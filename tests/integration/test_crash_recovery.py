@@ -1,7 +1,7 @@
 """Crash recovery: a core process SIGKILLed with money held; a survivor releases it once, loses nothing else.
 
 The victim (tests/ledger_support.py, "victim") runs as a real process on the
-shared SQLite file: it tops up, settles one request, holds another, reports
+shared database (a SQLite file, or PostgreSQL): it tops up, settles one request, holds another, reports
 what was acknowledged, and is killed with SIGKILL mid-request.
 """
 
