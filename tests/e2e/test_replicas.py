@@ -152,25 +152,30 @@ def replicas(tmp_path: Path, database_url: str, upstream: FakeOpenAIUpstream) ->
                     process.wait(timeout=10)
 
 
-def _stream_once(url: str, key: str, outcome: Counter[str], finished: list[str]) -> None:
+def _stream_once(url: str, key: str, outcome: Counter[str], finished: list[str], in_flight: set[str]) -> None:
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=30)
+    request_id = ""
     try:
         stream = client.chat.completions.create(
             model="slow", messages=[{"role": "user", "content": "hi"}], stream=True
         )
         request_id = stream.response.headers["x-request-id"]
+        in_flight.add(request_id)  # admitted: its hold is open until the stream ends
         chunks = list(stream)
         outcome["finished" if chunks else "empty"] += 1
         finished.append(request_id)
     except openai.RateLimitError as error:  # 429 insufficient_quota: the hold did not fit
         outcome["refused" if error.code == "insufficient_quota" else f"429 {error.code}"] += 1
     except (openai.APIError, httpx.HTTPError):
-        outcome["broken"] += 1  # the core behind this facade was killed mid-request
+        outcome["broken"] += 1  # the core behind this facade was killed (mid-request, or before it)
+    finally:
+        in_flight.discard(request_id)
 
 
-def _spend(url: str, key: str, stop: threading.Event, outcome: Counter[str], finished: list[str]) -> None:
+def _spend(url: str, key: str, stop: threading.Event, outcome: Counter[str], finished: list[str],
+           in_flight: set[str]) -> None:
     while not stop.is_set():
-        _stream_once(url, key, outcome, finished)
+        _stream_once(url, key, outcome, finished, in_flight)
 
 
 def _leader(tmp_path: Path, replicas: list[Replica]) -> tuple[Replica, Replica]:
@@ -222,19 +227,28 @@ def test_two_replicas_share_money_survive_a_kill_and_see_revocations(postgres: P
 
         # Revocation through one replica reaches the other within the key cache bound.
         waited = _revocation_seconds(victim, survivor, (doomed.api_key.id, doomed.secret))
-        assert waited <= CACHE_SECONDS + 0.5, waited
+        # The bound is cache_seconds; the slack is the probe request's own time on a busy CI box.
+        assert waited <= CACHE_SECONDS + 1.0, waited
 
         # Spending through both facades at once; the victim's core dies mid-load.
         stop = threading.Event()
         outcome: Counter[str] = Counter()
         finished: list[str] = []
+        in_flight: dict[str, set[str]] = {victim.name: set(), survivor.name: set()}
         workers = [
-            threading.Thread(target=_spend, args=(replica.http_url, spender, stop, outcome, finished))
+            threading.Thread(
+                target=_spend, args=(replica.http_url, spender, stop, outcome, finished, in_flight[replica.name])
+            )
             for replica in (victim, survivor) * 3
         ]
         for worker in workers:
             worker.start()
-        time.sleep(1.5)
+        time.sleep(1.0)
+        deadline = time.monotonic() + 20
+        while not in_flight[victim.name] and time.monotonic() < deadline:
+            time.sleep(0.005)
+        cut = set(in_flight[victim.name])  # streams the kill cuts: their holds are open
+        assert cut, "no stream was in flight on the victim"
         victim.core.send_signal(signal.SIGKILL)
         victim.core.wait(timeout=10)
         time.sleep(1.5)
@@ -277,6 +291,6 @@ def test_two_replicas_share_money_survive_a_kill_and_see_revocations(postgres: P
     assert all(status != "open" for status in snapshot.holds.values())
     assert usage == admitted, "exactly one usage record per admitted request"
     assert set(finished) <= admitted
-    assert dead_released > 0 or outcome["broken"] == 0, (outcome, dead_released)
+    assert cut <= admitted and dead_released >= 1, (cut, outcome, dead_released)
     print(f"\nreplicas: {dict(outcome)}; admitted {len(admitted)}, released by survivor {dead_released};"
           f" revocation seen by the other replica after {waited:.2f}s")
