@@ -1,4 +1,4 @@
-"""The `tollgate` command: serve (core + facade), core, facade, admin."""
+"""The `tollgate` command: serve (core + facade), core, facade, migrate, admin."""
 
 from __future__ import annotations
 
@@ -103,6 +103,42 @@ def facade(core_target: str, listen: str | None, config_path: Path | None) -> No
     if listen:
         settings = _with_http_address(settings, listen)
     _event_loop_run(_run(settings, core=False, facade_core_target=core_target))
+
+
+@main.command()
+@click.option("--sql", "print_sql", is_flag=True, help="Print the upgrade SQL instead of running it.")
+@_CONFIG_OPTION
+def migrate(print_sql: bool, config_path: Path | None) -> None:
+    """Upgrade the database ([database] url) to this version's schema, then exit.
+
+    Safe to run while cores serve and from several places at once (PostgreSQL
+    serializes it with an advisory lock). Run it as a deploy step before new
+    cores start, and set [database] migrate_on_start = false on the cores.
+
+    \b
+    Example:
+      tollgate migrate --config tollgate.toml
+      tollgate migrate --sql --config tollgate.toml > upgrade.sql
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway_core.store import migrate as schema
+
+    settings = _load(config_path)
+    if print_sql:
+        if not settings.database_url.startswith("postgresql"):  # SQLite's table copies need a live database
+            click.echo("migrate --sql renders SQL for PostgreSQL; run `tollgate migrate` for SQLite", err=True)
+            sys.exit(2)
+        click.echo(schema.sql_script(settings.database_url))
+        return
+    try:
+        before = schema.current_revision(settings.database_url)
+        schema.upgrade(settings.database_url)
+        after = schema.current_revision(settings.database_url)
+    except SQLAlchemyError as error:  # the URL may hold a password: report the error, not the URL
+        click.echo(f"migrate failed: {type(error).__name__}: {getattr(error, 'orig', None) or error}", err=True)
+        sys.exit(1)
+    click.echo(f"database schema at revision {after} (was {before or 'empty'})")
 
 
 def _mount_admin() -> None:

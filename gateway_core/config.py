@@ -35,6 +35,7 @@ from gateway_core.config_model import (
     Settings,
 )
 from gateway_core.config_observability import observability
+from gateway_core.config_sections import database as database_settings
 from gateway_core.config_sections import (
     Problems,
     check_address,
@@ -92,6 +93,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         problems.add("keys.pepper", "must be a string")
         pepper = ""
     cache_seconds = number(keys, "keys", "cache_seconds", 2.0, problems)
+    database_options = database_settings(database, problems)
     metering_settings = metering(table(raw, "metering", problems), problems)
     routing_settings = routing(table(raw, "routing", problems, SECTION_KEYS["routing"]), problems)
     limit_settings = limits_section(table(raw, "limits", problems, SECTION_KEYS["limits"]), problems)
@@ -105,6 +107,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         http_address=http_address,
         grpc_address=grpc_address,
         database_url=str(url),
+        database=database_options,
         admin_token=token,
         key_pepper=pepper,
         key_cache_seconds=cache_seconds,

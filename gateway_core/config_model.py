@@ -134,6 +134,23 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class DatabaseSettings:
+    """How a core uses its database beyond the URL: the connection pool, and migrating on start."""
+
+    # Connections kept open (and worker threads); each replica holds up to pool_size + max_overflow.
+    pool_size: int = 4
+    # Extra connections under load (PostgreSQL only; SQLite has one writer anyway).
+    max_overflow: int = 4
+    # How long a query waits for a free connection before failing.
+    pool_timeout_seconds: float = 30.0
+    # Upgrade the schema at start; turn off when `tollgate migrate` runs as a deploy step.
+    migrate_on_start: bool = True
+
+
+DATABASE_POOL_KEYS = frozenset(DatabaseSettings.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the core and the facade need, validated."""
 
@@ -149,6 +166,7 @@ class Settings:
     metering: MeteringSettings = field(default_factory=MeteringSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
     create_demo_account: bool = False
     # How long SIGTERM lets in-flight requests and streams finish before cutting them.
     shutdown_grace_seconds: float = 30.0
@@ -161,7 +179,7 @@ ROUTE_KEYS = frozenset({"provider", "model", "priority", "weight"})
 # Every key each section accepts; anything else is reported, so a typo never passes silently.
 SECTION_KEYS: Mapping[str, frozenset[str]] = {
     "server": frozenset({"http_address", "grpc_address", "shutdown_grace_seconds"}),
-    "database": frozenset({"url"}),
+    "database": frozenset({"url", *DATABASE_POOL_KEYS}),
     "admin": frozenset({"token"}),
     "keys": frozenset({"pepper", "cache_seconds"}),
     "metering": frozenset(MeteringSettings.__dataclass_fields__),

@@ -21,6 +21,7 @@ from gateway_core.config_model import (
     PROVIDER_TYPES,
     VAR_PATTERN,
     VENDORS,
+    DatabaseSettings,
     MeteringSettings,
     ModelSettings,
     ProviderSettings,
@@ -285,4 +286,27 @@ def routing(table: Mapping[str, Any], problems: Problems) -> RoutingSettings:
                                         defaults.breaker_cooldown_seconds, problems),
         quota_cooldown_seconds=number(table, "routing", "quota_cooldown_seconds", defaults.quota_cooldown_seconds,
                                       problems),
+    )
+
+
+def database(table: Mapping[str, Any], problems: Problems) -> DatabaseSettings:
+    """The [database] keys besides url (checked by the caller)."""
+    defaults = DatabaseSettings()
+
+    def whole(name: str, default: int, least: int) -> int:
+        value = table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            problems.add(f"database.{name}", f"must be a whole number >= {least}")
+            return default
+        return value
+
+    migrate_on_start = table.get("migrate_on_start", defaults.migrate_on_start)
+    if not isinstance(migrate_on_start, bool):
+        problems.add("database.migrate_on_start", "must be true or false")
+        migrate_on_start = defaults.migrate_on_start
+    return DatabaseSettings(
+        pool_size=whole("pool_size", defaults.pool_size, 1),
+        max_overflow=whole("max_overflow", defaults.max_overflow, 0),
+        pool_timeout_seconds=number(table, "database", "pool_timeout_seconds", defaults.pool_timeout_seconds, problems),
+        migrate_on_start=migrate_on_start,
     )

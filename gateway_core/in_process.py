@@ -56,6 +56,7 @@ class InProcessServices:
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         # Strong references: a call's task must not be collected while it runs.
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         if self._server is not None:
@@ -75,11 +76,31 @@ class InProcessServices:
         return self._handlers.get(method)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        if self._stopping:  # as a stopping grpc.aio server does: new calls are refused
+            coroutine.close()
+            coroutine = _refuse(_rpc_error(grpc.StatusCode.UNAVAILABLE, "the server is shutting down"))
         # A fresh context, as a server gives each RPC: nothing of the caller's leaks in.
         task = asyncio.get_running_loop().create_task(coroutine, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+    async def stop(self, grace_seconds: float | None) -> None:
+        """Like grpc.aio.Server.stop: refuses new calls, lets running ones finish for up to
+        grace_seconds (None: no limit), then cancels the rest and waits for them to end."""
+        self._stopping = True
+        running = set(self._tasks)
+        if not running:
+            return
+        _, pending = await asyncio.wait(running, timeout=grace_seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _refuse(error: grpc.aio.AioRpcError) -> Any:
+    raise error
 
 
 class InProcessChannel:

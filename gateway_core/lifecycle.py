@@ -92,9 +92,13 @@ async def stop_core(core: Core, *, grace_seconds: float, drain_seconds: float, h
     waits that long for its upstream's usage, and one that misses it is only released later.
     """
     await core.health.enter_graceful_shutdown()
-    stopping = asyncio.ensure_future(core.server.stop(grace_seconds))
+    # gRPC calls and calls from an in-process facade (`serve`) drain alike.
+    stopping = asyncio.ensure_future(
+        asyncio.gather(core.server.stop(grace_seconds), core.local.stop(grace_seconds))
+    )
     if not await _until(asyncio.shield(stopping), timeout=grace_seconds + 1.0, hurried=hurried):
-        await core.server.stop(0)  # a second stop with no grace cancels every call still running
+        # A second stop with no grace cancels every call still running.
+        await asyncio.gather(core.server.stop(0), core.local.stop(0))
     await stopping
     hurried_settle = drain_seconds + _HURRIED_SETTLE_MARGIN_SECONDS
     settle_seconds = hurried_settle if hurried.is_set() else max(grace_seconds, drain_seconds + 5.0)

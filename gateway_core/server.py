@@ -6,6 +6,8 @@ providers) is created here at start and closed at stop, never at import.
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from gateway_core.providers.http import make_http_client
 from gateway_core.providers.registry import build_providers
 from gateway_core.routing import Router
 from gateway_core.store import Store, open_store
+from gateway_core.store.leader import LeaderLock
 
 log = logging.getLogger("tollgate.core")
 
@@ -75,7 +78,8 @@ class Core:
         drains and settlements of abandoned requests land (up to settle_seconds,
         default max(grace, 10)), gives up the hold lease, closes everything."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace_seconds)
+        # Calls from an in-process facade (`serve`) finish under the same grace as gRPC ones.
+        await asyncio.gather(self.server.stop(grace_seconds), self.local.stop(grace_seconds))
         if settle_seconds is None:
             settle_seconds = max(grace_seconds or 0.0, 10.0)
         await self.background.wait(timeout_seconds=settle_seconds)
@@ -108,7 +112,14 @@ async def start_core(
     if tracer_provider is None:
         tracer_provider = owned_tracer_provider = tracing.build_tracer_provider(settings.observability.tracing)
     tracer = tracing.tracer_of(tracer_provider)
-    store = await open_store(settings.database_url)
+    database = settings.database
+    store = await open_store(
+        settings.database_url,
+        workers=database.pool_size,
+        migrate=database.migrate_on_start,
+        max_overflow=database.max_overflow,
+        pool_timeout_seconds=database.pool_timeout_seconds,
+    )
     http = make_http_client()
     # A fresh id per process: holds are leased to it, and released by any live core once it dies.
     ledger = Ledger(store.db, instance_id="core_" + secrets.token_hex(8))
@@ -116,6 +127,7 @@ async def start_core(
         ledger,
         interval_seconds=settings.metering.reconcile_interval_seconds,
         stale_after_seconds=settings.metering.orphan_after_seconds,
+        leader=LeaderLock(store.db.engine),  # one replica sweeps orphans (PostgreSQL)
     )
     background = BackgroundTasks()
     listener: MetricsListener | None = None

@@ -35,6 +35,8 @@ DEFAULT_MAX_BODY_BYTES = EdgeLimits.max_body_bytes
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
+    # A dns:/// target naming several core replicas (deploy/) gets calls spread over all of them.
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from gateway_core.observability.log_format import CHATTY_LOGGERS
 from tests.log_leaks import SecretWatch
+from tests.postgres_support import PostgresServer, running_postgres
+from tests.store_support import sqlite_url
 
 _watch: SecretWatch | None = None
 
@@ -57,3 +59,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         reporter.write_line(
             f"log secret check: {len(_watch.secrets)} keys, none in {_watch.log_file.stat().st_size} bytes of logs"
         )
+
+
+
+# The store and ledger suites run on every backend Tollgate supports.
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole session, started on first use."""
+    yield from running_postgres()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of a fresh, empty database: a SQLite file, or a new database on the test PostgreSQL."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path)
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database()

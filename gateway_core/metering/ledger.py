@@ -131,19 +131,23 @@ class Ledger:
         """
         if stale_after_seconds < 0:
             raise ValueError("stale_after_seconds must not be negative")
+        # On PostgreSQL each release is its own transaction: a batch that has locked an
+        # account's row, waiting for a hold that a late settlement has locked (and that
+        # settlement waiting for the account), would deadlock. SQLite has one writer.
+        batch = ORPHAN_BATCH if self._db.engine.dialect.name == "sqlite" else 1
         total = 0
         while True:
-            call = partial(self._release_batch, stale_after_seconds=stale_after_seconds)
+            call = partial(self._release_batch, stale_after_seconds=stale_after_seconds, batch=batch)
             released, found = await self._db.run(call, write=True)
             total += released
-            if found < ORPHAN_BATCH:
+            if found < batch:
                 return total
 
-    def _release_batch(self, session: Session, stale_after_seconds: float) -> tuple[int, int]:
-        found = instances.orphan_request_ids(session, self._instance_id, stale_after_seconds, ORPHAN_BATCH)
+    def _release_batch(self, session: Session, stale_after_seconds: float, batch: int) -> tuple[int, int]:
+        found = instances.orphan_request_ids(session, self._instance_id, stale_after_seconds, batch)
         # False when a late settlement (or another reconciler) closed it first.
         released = sum(1 for request_id in found if holds.release_hold(session, request_id))
-        if len(found) < ORPHAN_BATCH:
+        if len(found) < batch:
             instances.prune_dead_instances(session)
         return released, len(found)
 

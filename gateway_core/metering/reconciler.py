@@ -5,6 +5,10 @@ One background task per core process. Every interval it renews the lease
 hold left open by a killed process is released within stale_after_seconds
 plus one interval, in database time. start() also runs one pass at once, so
 a restarted core frees what its dead predecessors left behind before serving.
+
+With a LeaderLock (store/leader.py) only the leading core sweeps orphans, so
+on PostgreSQL the sweep runs on one replica at a time however many there are;
+every core still renews its own lease.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import logging
 
 from gateway_core.metering.ledger import Ledger
+from gateway_core.store.leader import LeaderLock
 
 log = logging.getLogger("tollgate.reconciler")
 
@@ -21,7 +26,14 @@ log = logging.getLogger("tollgate.reconciler")
 class Reconciler:
     """Heartbeat and orphan release on a timer; errors are logged and the loop goes on."""
 
-    def __init__(self, ledger: Ledger, *, interval_seconds: float = 5.0, stale_after_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        interval_seconds: float = 5.0,
+        stale_after_seconds: float = 30.0,
+        leader: LeaderLock | None = None,
+    ) -> None:
         if interval_seconds <= 0:
             raise ValueError("interval_seconds must be positive")
         # A live process renews every interval; staleness must allow for a few
@@ -31,6 +43,7 @@ class Reconciler:
         self._ledger = ledger
         self._interval = interval_seconds
         self._stale_after = stale_after_seconds
+        self._leader = leader
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -49,11 +62,12 @@ class Reconciler:
     async def stop(self) -> None:
         """Cancels the background task and waits for it. Idempotent."""
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._leader is not None:
+            await self._leader.close()  # hands the sweep to another replica at once
 
     async def retire(self) -> None:
         """Stops the timer, then gives up the lease (so a peer frees any hold left at once); never raises."""
@@ -80,6 +94,8 @@ class Reconciler:
             log.exception("hold lease heartbeat failed")
 
     async def _release_orphans(self) -> int:
+        if self._leader is not None and not await self._leader.try_lead():
+            return 0  # another replica sweeps
         try:
             released = await self._ledger.release_orphans(stale_after_seconds=self._stale_after)
         except Exception:  # noqa: BLE001 - as above; the next pass tries again

@@ -44,11 +44,27 @@ class Database:
         self._writer: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, url: str, *, workers: int = 4, migrate: bool = True) -> Database:
-        """Connects to url and, unless migrate is False, upgrades the schema to the newest."""
+    async def open(
+        cls,
+        url: str,
+        *,
+        workers: int = 4,
+        migrate: bool = True,
+        max_overflow: int | None = None,
+        pool_timeout_seconds: float = 30.0,
+    ) -> Database:
+        """Connects to url and, unless migrate is False, upgrades the schema to the newest.
+
+        workers is the connection pool's size; on PostgreSQL up to max_overflow
+        (default: workers) more connections open under load, and a thread runs
+        for each, so no call queues for a thread while a connection is free.
+        """
         if is_sqlite_memory(url):
             workers = 1
-        db = cls(make_engine(url, pool_size=workers), workers)
+        engine = make_engine(url, pool_size=workers, max_overflow=max_overflow, pool_timeout=pool_timeout_seconds)
+        overflow = 0 if engine.dialect.name == "sqlite" else workers if max_overflow is None else max_overflow
+        threads = workers + overflow
+        db = cls(engine, threads)
         if migrate:
             try:
                 await db._submit(partial(upgrade_engine, db._engine))
@@ -152,8 +168,14 @@ class Database:
         self._closed = True
         if self._writer is not None:
             await asyncio.shield(self._writer)
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._engine.dispose)
+        # Jobs whose caller was cancelled may still be running on the pool: let
+        # them finish and check their connections in first, or dispose() would
+        # miss those connections and leave them open.
+        await asyncio.to_thread(self._finish_and_dispose)
+
+    def _finish_and_dispose(self) -> None:
         self._executor.shutdown(wait=True)
+        self._engine.dispose()
 
     async def __aenter__(self) -> Self:
         return self

@@ -39,13 +39,26 @@ def _on_sqlite_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def make_engine(url: str, pool_size: int = 4) -> Engine:
-    """A SQLAlchemy engine for url, configured for Tollgate's access pattern."""
+def make_engine(url: str, pool_size: int = 4, *, max_overflow: int | None = None, pool_timeout: float = 30.0) -> Engine:
+    """A SQLAlchemy engine for url, configured for Tollgate's access pattern.
+
+    max_overflow (default: pool_size) and pool_timeout apply to PostgreSQL;
+    SQLite keeps exactly pool_size connections (it has one writer anyway).
+    """
     parsed = make_url(url)
     # hide_parameters: SQL errors end up in logs; bound values (hashes, notes) should not.
     if parsed.get_backend_name() != "sqlite":
+        # Read Committed (PostgreSQL's default) is what the money statements are
+        # written for: each is one conditional UPDATE that re-checks its WHERE
+        # on the newest row version after waiting for a concurrent writer.
         return create_engine(
-            parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, hide_parameters=True
+            parsed,
+            pool_size=pool_size,
+            max_overflow=pool_size if max_overflow is None else max_overflow,
+            pool_timeout=pool_timeout,
+            pool_pre_ping=True,
+            isolation_level="READ COMMITTED",
+            hide_parameters=True,
         )
     if is_sqlite_memory(url):
         # One shared connection, or every thread would see its own empty database.

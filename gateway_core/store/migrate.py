@@ -12,11 +12,14 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, Engine, text
 
 from gateway_core.store.engine import WRITE_OPTION, make_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
+# PostgreSQL advisory lock key of schema upgrades (any fixed bigint; "tollgate migrate" in ASCII-ish).
+MIGRATION_LOCK_KEY = 7_206_183_001
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -37,11 +40,28 @@ def upgrade_connection(connection: Connection, revision: str = "head") -> None:
 
 
 def upgrade_engine(engine: Engine, revision: str = "head") -> None:
-    """Upgrades the schema in one transaction (a write transaction on SQLite)."""
+    """Upgrades the schema in one transaction (a write transaction on SQLite).
+
+    Replicas starting together may all call this: on PostgreSQL the first
+    takes a transaction-scoped advisory lock and the others wait for it,
+    then find the schema current (SQLite's BEGIN IMMEDIATE serializes them).
+    """
     with engine.connect() as connection:
         connection.execution_options(**{WRITE_OPTION: True})
         with connection.begin():
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             upgrade_connection(connection, revision)
+
+
+def current_revision(url: str) -> str | None:
+    """The schema revision of the database at url (None: never migrated)."""
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
 
 
 def upgrade(url: str, revision: str = "head") -> None:

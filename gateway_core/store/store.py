@@ -257,6 +257,16 @@ def _create_first_account(
     return account, key, secret
 
 
-async def open_store(url: str, *, workers: int = 4) -> Store:
-    """Opens the database at url, migrating it to the newest schema, as a Store."""
-    return Store(await Database.open(url, workers=workers))
+async def open_store(
+    url: str,
+    *,
+    workers: int = 4,
+    migrate: bool = True,
+    max_overflow: int | None = None,
+    pool_timeout_seconds: float = 30.0,
+) -> Store:
+    """Opens the database at url, migrating it to the newest schema (unless migrate is False), as a Store."""
+    db = await Database.open(
+        url, workers=workers, migrate=migrate, max_overflow=max_overflow, pool_timeout_seconds=pool_timeout_seconds
+    )
+    return Store(db)

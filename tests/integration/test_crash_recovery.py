@@ -1,7 +1,7 @@
 """Crash recovery: a core process SIGKILLed with money held; a survivor releases it once, loses nothing else.
 
 The victim (tests/ledger_support.py, "victim") runs as a real process on the
-shared SQLite file: it tops up, settles one request, holds another, reports
+shared database (a SQLite file, or PostgreSQL): it tops up, settles one request, holds another, reports
 what was acknowledged, and is killed with SIGKILL mid-request.
 """
 
@@ -11,7 +11,6 @@ import asyncio
 import json
 import signal
 import time
-from pathlib import Path
 
 from sqlalchemy import text
 
@@ -20,13 +19,12 @@ from gateway_core.metering.outcome import UsageStatus
 from gateway_core.metering.reconciler import Reconciler
 from gateway_core.store import Database, HoldStatus, Store
 from tests.ledger_support import check_invariants, child, entry_kinds, funded_key
-from tests.store_support import sqlite_url
 
 STALE_AFTER_SECONDS = 0.5
 
 
-async def test_orphan_hold_of_a_killed_core_is_released_once_and_acknowledged_money_survives(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path)
+async def test_orphan_hold_of_a_killed_core_is_released_once_and_acknowledged_money_survives(database_url: str) -> None:
+    url = database_url
     async with await Database.open(url) as db:
         store = Store(db)
         key = await funded_key(store, 0, name="crash")

@@ -1,4 +1,4 @@
-"""The Ledger on real SQLite files: holds, settlement, herds across threads and processes, immutability, leases."""
+"""The Ledger on real SQLite files and a real PostgreSQL: holds, settlement, herds across threads and processes, immutability, leases."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -26,14 +25,13 @@ from gateway_core.store import Database, HoldStatus, Store, migrate
 from gateway_core.store.clock import db_now
 from gateway_core.store.models import Instance, LedgerEntry
 from tests.ledger_support import FundedKey, check_invariants, child, entry_kinds, funded_key, make_stale, outcome
-from tests.store_support import sqlite_url
 
 HOLD = 1_000
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    db = await Database.open(sqlite_url(tmp_path))
+async def store(database_url: str) -> AsyncIterator[Store]:
+    db = await Database.open(database_url)
     yield Store(db)
     await db.close()
 
@@ -212,9 +210,9 @@ async def test_settling_an_unknown_request_is_not_found(ledger: Ledger) -> None:
     assert exc.value.reason == Reason.NOT_FOUND
 
 
-def test_fifty_concurrent_settlements_of_one_hold_debit_once(tmp_path: Path) -> None:
+def test_fifty_concurrent_settlements_of_one_hold_debit_once(database_url: str) -> None:
     """T4: 5 handles x 10 concurrent settle() calls with different costs, then 50 replays."""
-    url = sqlite_url(tmp_path)
+    url = database_url
 
     async def setup() -> Hold:
         async with await Database.open(url) as db:
@@ -255,9 +253,9 @@ def test_fifty_concurrent_settlements_of_one_hold_debit_once(tmp_path: Path) -> 
 # --- the herd -----------------------------------------------------------------------------
 
 
-def test_a_herd_from_threads_and_processes_admits_exactly_what_the_balance_covers(tmp_path: Path) -> None:
+def test_a_herd_from_threads_and_processes_admits_exactly_what_the_balance_covers(database_url: str) -> None:
     """T7: balance for 5 holds; 30 holds from 3 threads' loops plus 20 from 2 processes at once."""
-    url = sqlite_url(tmp_path)
+    url = database_url
 
     async def setup() -> tuple[str, str]:
         async with await Database.open(url) as db:
@@ -429,8 +427,8 @@ async def test_leases_dead_for_a_day_are_pruned_once_they_hold_nothing(store: St
         assert session.get(Instance, "core-recent") is not None  # dead, but not for long enough
 
 
-def test_reconcilers_racing_in_several_threads_release_each_orphan_once(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path)
+def test_reconcilers_racing_in_several_threads_release_each_orphan_once(database_url: str) -> None:
+    url = database_url
 
     async def setup() -> str:
         async with await Database.open(url) as db:

@@ -151,3 +151,21 @@ def test_typos_anywhere_are_reported_not_ignored() -> None:
         "models[0].max_output_token: unknown setting",
         "models[0].routes[0].modle: unknown setting",
     ]
+
+
+def test_database_pool_settings_parse_and_default() -> None:
+    raw = {"database": {"url": "postgresql+psycopg://u@h/db", "pool_size": 12, "max_overflow": 0,
+                        "pool_timeout_seconds": 2.5, "migrate_on_start": False}}
+    database = parse_settings(raw, {}).database
+    assert (database.pool_size, database.max_overflow, database.pool_timeout_seconds) == (12, 0, 2.5)
+    assert database.migrate_on_start is False
+    assert parse_settings({}, {}).database.migrate_on_start is True
+
+
+def test_bad_database_pool_settings_are_each_reported() -> None:
+    raw = {"database": {"pool_size": 0, "max_overflow": -1, "pool_timeout_seconds": "soon", "migrate_on_start": 1}}
+    with pytest.raises(ConfigError) as exc:
+        parse_settings(raw, {})
+    assert {line.split(":")[0] for line in exc.value.problems} == {
+        "database.pool_size", "database.max_overflow", "database.pool_timeout_seconds", "database.migrate_on_start",
+    }

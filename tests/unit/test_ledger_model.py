@@ -7,7 +7,7 @@ holds alone, then it dies, one of several racing reconcilers releases each of
 its holds exactly once, and its late settlement gets the release back.
 After every step the database must equal the model and satisfy the invariants.
 
-Examples share one SQLite file (fresh accounts, ids and instances per
+Runs on SQLite and PostgreSQL. Examples share one database (fresh accounts, ids and instances per
 example), so statements compile once instead of once per example.
 """
 
@@ -17,7 +17,6 @@ import asyncio
 import itertools
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import pytest
@@ -38,7 +37,6 @@ from gateway_core.metering.ledger import Ledger
 from gateway_core.metering.outcome import Hold, UsageStatus
 from gateway_core.store import Database, Store
 from tests.ledger_support import PEPPER, check_invariants, make_stale, outcome
-from tests.store_support import sqlite_url
 
 T = TypeVar("T")
 # Far longer than the test runs: only heartbeats backdated by make_stale() count as dead.
@@ -254,11 +252,12 @@ def _no_fsync(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA synchronous=OFF")
 
 
-def test_ledger_behaves_like_its_model(tmp_path: Path) -> None:
+def test_ledger_behaves_like_its_model(database_url: str) -> None:
     loop = asyncio.new_event_loop()
-    db = loop.run_until_complete(Database.open(sqlite_url(tmp_path), workers=1))
-    event.listen(db.engine, "connect", _no_fsync)
-    db.engine.dispose()  # the migration's connection was opened without it
+    db = loop.run_until_complete(Database.open(database_url, workers=1))
+    if db.engine.dialect.name == "sqlite":
+        event.listen(db.engine, "connect", _no_fsync)
+        db.engine.dispose()  # the migration's connection was opened without it
 
     class Machine(LedgerMachine):
         pass

@@ -23,7 +23,16 @@ from tests.store_support import PEPPER, sqlite_url
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """A store on a fresh database of each backend (SQLite file, PostgreSQL)."""
+    db = await Database.open(database_url)
+    yield Store(db)
+    await db.close()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A store on a SQLite file, for what only SQLite has (pragmas, the file's bytes)."""
     db = await Database.open(sqlite_url(tmp_path))
     yield Store(db)
     await db.close()
@@ -70,8 +79,8 @@ def test_migrations_ship_in_the_package_with_one_head() -> None:
     assert scripts.get_heads() == ["0003"]
 
 
-def test_upgrade_by_url_is_idempotent(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path)
+def test_upgrade_by_url_is_idempotent(database_url: str) -> None:
+    url = database_url
     migrate.upgrade(url)
     migrate.upgrade(url)
 
@@ -84,19 +93,19 @@ def test_offline_sql_for_postgresql_uses_bigint_money_and_timestamptz() -> None:
     assert "CONSTRAINT uq_ledger_entries_kind_request_id UNIQUE (kind, request_id)" in sql
 
 
-async def test_every_connection_gets_the_sqlite_pragmas(store: Store) -> None:
-    with store.db.engine.connect() as connection:
+async def test_every_connection_gets_the_sqlite_pragmas(sqlite_store: Store) -> None:
+    with sqlite_store.db.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
 
 
-async def test_reopening_keeps_data(tmp_path: Path) -> None:
-    store = await open_store(sqlite_url(tmp_path))
+async def test_reopening_keeps_data(database_url: str) -> None:
+    store = await open_store(database_url)
     account = await store.create_account("kept")
     await store.close()
-    store = await open_store(sqlite_url(tmp_path))
+    store = await open_store(database_url)
     assert (await store.get_account(account.id)).display_name == "kept"
     await store.close()
 
@@ -287,9 +296,9 @@ async def test_top_up_of_unknown_account_is_not_found(store: Store) -> None:
     expect_error(exc, Reason.NOT_FOUND, "account_id")
 
 
-def test_concurrent_duplicate_top_ups_from_many_threads_credit_once(tmp_path: Path) -> None:
+def test_concurrent_duplicate_top_ups_from_many_threads_credit_once(database_url: str) -> None:
     """Several processes' worth of handles racing one request_id: exactly one credit."""
-    url = sqlite_url(tmp_path)
+    url = database_url
 
     async def setup() -> str:
         async with await Database.open(url) as db:
@@ -362,7 +371,8 @@ async def test_ledger_pages_newest_first(store: Store) -> None:
 # --- API keys -------------------------------------------------------------------------------
 
 
-async def test_create_api_key_stores_only_a_hash(store: Store, tmp_path: Path) -> None:
+async def test_create_api_key_stores_only_a_hash(sqlite_store: Store, tmp_path: Path) -> None:
+    store = sqlite_store
     account = await store.create_account("keys")
     expire = datetime.now(UTC) + timedelta(days=30)
     key, secret = await store.create_api_key(
