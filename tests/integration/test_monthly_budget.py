@@ -1,4 +1,4 @@
-"""The monthly budget on real SQLite files: decided by the hold's conditional UPDATE, across
+"""The monthly budget on a real SQLite file and a real PostgreSQL (Read Committed): decided by the hold's conditional UPDATE, across
 processes, rolled over by that same UPDATE when the UTC month changes, never backwards."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -21,15 +20,14 @@ from gateway_core.store import Database, Store
 from gateway_core.store.accounts import AccountLimitsUpdate
 from gateway_core.store.holds import BUDGET_USED_UP, budget_period
 from tests.ledger_support import FundedKey, check_invariants, child, funded_key, outcome
-from tests.store_support import sqlite_url
 
 HOLD = 1_000
 BUDGET = 10 * HOLD
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    db = await Database.open(sqlite_url(tmp_path))
+async def store(database_url: str) -> AsyncIterator[Store]:
+    db = await Database.open(database_url)
     yield Store(db)
     await db.close()
 
@@ -75,8 +73,8 @@ async def test_a_herd_admits_exactly_the_budget_and_says_why_the_rest_failed(sto
     check_invariants(store.db.engine)
 
 
-async def test_two_processes_racing_never_pass_the_budget(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path)
+async def test_two_processes_racing_never_pass_the_budget(database_url: str) -> None:
+    url = database_url
     async with await Database.open(url) as db:
         key = await budgeted(Store(db))
     outcomes: Counter[str] = Counter()
