@@ -1,4 +1,4 @@
-"""Two replicas on one PostgreSQL: two `tollgate core` processes, one `tollgate facade` each.
+"""Two replicas on one PostgreSQL and one Redis: two `tollgate core` processes, one `tollgate facade` each.
 
 Concurrent spending on one account goes through both facades with the openai
 SDK (streams from the fake upstream); one core is SIGKILLed mid-load. Then:
@@ -6,7 +6,8 @@ the account never went negative, the survivor's reconciler (which takes over
 the orphan sweep from the dead leader, if it was one) released the dead core's
 holds, every admitted request has exactly one usage record, the ledger sums to
 the balance, and a key revoked through one replica's admin API is refused by
-the other within [keys] cache_seconds.
+the other within [keys] cache_seconds. A second test shows the account's rate
+and concurrency limits are shared by the replicas through Redis.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from gateway_core.store.engine import make_engine
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.ledger_support import check_invariants
 from tests.postgres_support import PostgresServer
+from tests.redis_support import running_redis
 
 ADMIN = "replica-test-admin-token-0123456789"
 META = (("authorization", f"Bearer {ADMIN}"),)
@@ -70,7 +72,9 @@ class Replica:
         return admin_pb2_grpc.AdminServiceStub(channel), channel
 
 
-def _config(tmp_path: Path, name: str, database_url: str, upstream: FakeOpenAIUpstream, grpc_port: int) -> Path:
+def _config(
+    tmp_path: Path, name: str, database_url: str, upstream: FakeOpenAIUpstream, grpc_port: int, redis_url: str
+) -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text(f"""
 [server]
@@ -84,6 +88,9 @@ token = "{ADMIN}"
 [keys]
 pepper = "replica-pepper"
 cache_seconds = {CACHE_SECONDS}
+[limits]
+redis_url = "{redis_url}"
+redis_failure_policy = "closed"
 [metering]
 reconcile_interval_seconds = 0.25
 orphan_after_seconds = 1.0
@@ -97,6 +104,11 @@ routes = [{{ provider = "up", model = "fake-slow" }}]
 input_price = 2
 output_price = 5
 max_output_tokens = {HOLD_TOKENS}
+[[models]]
+name = "fast"
+routes = [{{ provider = "up", model = "fake-text" }}]
+input_price = 2
+output_price = 5
 """)
     return path
 
@@ -124,11 +136,18 @@ def _tollgate(*args: str, log: Path) -> subprocess.Popen[bytes]:
 
 @contextlib.contextmanager
 def replicas(tmp_path: Path, database_url: str, upstream: FakeOpenAIUpstream) -> Iterator[list[Replica]]:
+    """Two core+facade replicas on database_url, sharing one throwaway redis-server for limits."""
+    with running_redis(tmp_path) as redis, _replicas(tmp_path, database_url, upstream, redis.url) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def _replicas(tmp_path: Path, database_url: str, upstream: FakeOpenAIUpstream, redis_url: str) -> Iterator[list[Replica]]:
     started: list[Replica] = []
     try:
         for name in ("a", "b"):
             grpc_port, http_port = _free_port(), _free_port()
-            config = _config(tmp_path, name, database_url, upstream, grpc_port)
+            config = _config(tmp_path, name, database_url, upstream, grpc_port, redis_url)
             core = _tollgate("core", "--config", str(config), log=tmp_path / f"core-{name}.log")
             facade = _tollgate(
                 "facade", "--core", f"127.0.0.1:{grpc_port}", "--listen", f"127.0.0.1:{http_port}",
@@ -294,3 +313,70 @@ def test_two_replicas_share_money_survive_a_kill_and_see_revocations(postgres: P
     assert cut <= admitted and dead_released >= 1, (cut, outcome, dead_released)
     print(f"\nreplicas: {dict(outcome)}; admitted {len(admitted)}, released by survivor {dead_released};"
           f" revocation seen by the other replica after {waited:.2f}s")
+
+
+def test_two_replicas_share_the_accounts_rate_and_concurrency_limits(postgres: PostgresServer, tmp_path: Path) -> None:
+    """rpm 4 on the account: exactly 4 requests pass over both replicas together, then 429s with Retry-After."""
+    database_url = postgres.create_database()
+    with FakeOpenAIUpstream(slow_chunks=20, slow_interval=0.05) as upstream, replicas(
+        tmp_path, database_url, upstream
+    ) as (a, b):
+        stub, channel = a.admin()
+        with channel:
+            account = stub.CreateAccount(
+                admin_pb2.CreateAccountRequest(display_name="limited", rpm_limit=4), metadata=META
+            ).account
+            stub.TopUpAccount(
+                admin_pb2.TopUpAccountRequest(account_id=account.id, amount_micros=BALANCE_MICROS, request_id="seed"),
+                metadata=META,
+            )
+            secret = stub.CreateApiKey(admin_pb2.CreateApiKeyRequest(account_id=account.id), metadata=META).secret
+            solo = stub.CreateAccount(
+                admin_pb2.CreateAccountRequest(display_name="solo", concurrency_limit=1), metadata=META
+            ).account
+            stub.TopUpAccount(
+                admin_pb2.TopUpAccountRequest(account_id=solo.id, amount_micros=BALANCE_MICROS, request_id="seed2"),
+                metadata=META,
+            )
+            solo_secret = stub.CreateApiKey(admin_pb2.CreateApiKeyRequest(account_id=solo.id), metadata=META).secret
+
+        statuses: list[int] = []
+        retry_after: list[str] = []
+        for replica in (a, b) * 4:  # alternate: neither replica alone sees more than 4
+            reply = httpx.post(
+                f"{replica.http_url}/v1/chat/completions",
+                json={"model": "fast", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": f"Bearer {secret}"},
+                timeout=10,
+            )
+            statuses.append(reply.status_code)
+            if reply.status_code == 429:
+                assert reply.json()["error"]["code"] == "rate_limit_exceeded"
+                retry_after.append(reply.headers["retry-after"])
+        assert statuses == [200] * 4 + [429] * 4, statuses
+        assert all(int(seconds) >= 1 for seconds in retry_after)
+        before = len(upstream.requests)
+
+        # Concurrency 1 on the account: while a stream runs on replica a, replica b refuses the same account.
+        client_a = openai.OpenAI(base_url=f"{a.http_url}/v1", api_key=solo_secret, max_retries=0, timeout=30)
+        client_b = openai.OpenAI(base_url=f"{b.http_url}/v1", api_key=solo_secret, max_retries=0, timeout=30)
+        stream = client_a.chat.completions.create(model="slow", messages=[{"role": "user", "content": "hi"}],
+                                                  stream=True)
+        next(iter(stream))
+        try:
+            client_b.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
+            raise AssertionError("the second replica admitted a second request in flight")
+        except openai.RateLimitError as error:
+            assert error.code == "rate_limit_exceeded"
+        assert len(upstream.requests) == before + 1  # only the stream reached upstream
+        list(stream)
+        stream.close()
+        # The slot is back once the stream ended (released through Redis by replica a).
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                client_b.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
+                break
+            except openai.RateLimitError:
+                assert time.monotonic() < deadline, "the slot never came back"
+                time.sleep(0.1)
