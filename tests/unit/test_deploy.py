@@ -65,6 +65,7 @@ def test_the_deploy_config_parses_with_only_the_provided_environment() -> None:
     assert settings.database_url.startswith("postgresql+psycopg://")
     assert settings.database.migrate_on_start is False  # the migrate step owns upgrades
     assert settings.grpc_address == "0.0.0.0:50051" and settings.http_address == "0.0.0.0:8080"
+    assert settings.limits.redis_url.startswith("redis://")  # replicas share their rate-limit counters
 
 
 def test_the_configmap_carries_the_same_config() -> None:
