@@ -23,8 +23,8 @@ from gateway_core.providers.base import ProviderError, UpstreamCall
 from gateway_core.providers.http import (
     MAX_ERROR_BODY_BYTES,
     Deadline,
-    call_timeout,
     StreamEvents,
+    call_timeout,
     read_json,
     read_within,
     request_headers,

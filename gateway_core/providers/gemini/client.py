@@ -28,8 +28,8 @@ from gateway_core.providers.gemini import translate
 from gateway_core.providers.http import (
     MAX_ERROR_BODY_BYTES,
     Deadline,
-    call_timeout,
     StreamEvents,
+    call_timeout,
     read_json,
     read_within,
     request_headers,
