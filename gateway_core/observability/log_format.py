@@ -43,8 +43,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            # Already redacted at creation when redaction is installed; cheap again for a short message.
-            "message": self._redactor.redact(record.getMessage()),
+            "message": _message(record, self._redactor),
         }
         line.update(record_fields(record, self._redactor))
         if record.exc_info and not record.exc_text:
@@ -54,6 +53,17 @@ class JsonFormatter(logging.Formatter):
         text = orjson.dumps(line, default=str).decode()
         # Names were masked field by field above; this pass catches key shapes and configured values.
         return self._redactor.redact(text, names=False)
+
+
+def _message(record: logging.LogRecord, redactor: redaction.Redactor) -> str:
+    """The record's message, redacted: at creation (by the installed record factory) or now.
+
+    The whole formatted line is redacted once more (shapes and literal values) either way.
+    """
+    message = record.getMessage()
+    if message is getattr(record, redaction.REDACTED_MARK, None):  # the very string redacted at creation
+        return message
+    return redactor.redact(message)
 
 
 class TextFormatter(logging.Formatter):

@@ -44,6 +44,8 @@ _NAMED_VALUE = re.compile(r"([\"']?)\b([A-Za-z][A-Za-z0-9_\-]*)\1\s*[:=]\s*")
 _SECRET_NAME_SET = frozenset(SECRET_NAMES)
 _PROMPT_NAME_SET = frozenset(PROMPT_NAMES)
 _MASKED_NAMES = _SECRET_NAME_SET | _PROMPT_NAME_SET
+# Field values with no text inside, returned as they are once their name is not a masked one.
+_PLAIN_TYPES = frozenset({int, float, bool, type(None)})
 # Literal values shorter than this would mask ordinary words; they are still masked by shape or name.
 _MIN_LITERAL = 5
 
@@ -87,6 +89,8 @@ class Redactor:
         lowered = name.lower()
         if lowered in _MASKED_NAMES:
             return MASK
+        if type(value) in _PLAIN_TYPES:  # most fields (counts, flags): skip the slower ABC checks below
+            return value
         if isinstance(value, Mapping):
             return {str(k): self.mask_names(str(k), v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
@@ -178,6 +182,10 @@ def _block_end(text: str, start: int) -> int:
     return len(text)  # unbalanced (a truncated body): mask to the end
 
 
+# Holds the message redact_record produced (names included), so a formatter that finds the
+# message unchanged since need not redact it again; starts with "_", so it is no log field.
+REDACTED_MARK = "_tollgate_redacted"
+
 _installed: Redactor | None = None
 _install_lock = threading.Lock()
 
@@ -214,6 +222,7 @@ def redact_record(record: logging.LogRecord, redactor: Redactor) -> None:
         message = str(record.msg)
     record.msg = redactor.redact(message)
     record.args = None
+    setattr(record, REDACTED_MARK, record.msg)
     if record.exc_info and not record.exc_text:
         record.exc_text = redactor.redact(logging.Formatter().formatException(record.exc_info))
     if record.stack_info:

@@ -23,8 +23,8 @@ from gateway_core.providers.base import ProviderError, UpstreamCall
 from gateway_core.providers.http import (
     MAX_ERROR_BODY_BYTES,
     Deadline,
+    StreamEvents,
     call_timeout,
-    next_event,
     read_json,
     read_within,
     request_headers,
@@ -74,7 +74,8 @@ class AnthropicProvider:
             if response.headers.get("content-type", "").startswith("application/json"):
                 await _refuse_json_instead_of_stream(response, deadline)
             events = await stack.enter_async_context(contextlib.aclosing(iter_sse(response)))
-            while (event := await next_event(events, deadline)) is not None:
+            reader = stack.enter_context(StreamEvents(events, deadline))
+            while (event := await reader.next()) is not None:
                 for chunk in translator.feed(event.event, _event_json(event)):
                     yield chunk
                 if translator.finished:

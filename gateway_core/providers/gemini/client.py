@@ -28,8 +28,8 @@ from gateway_core.providers.gemini import translate
 from gateway_core.providers.http import (
     MAX_ERROR_BODY_BYTES,
     Deadline,
+    StreamEvents,
     call_timeout,
-    next_event,
     read_json,
     read_within,
     request_headers,
@@ -77,7 +77,8 @@ class GeminiProvider:
             if not response.headers.get("content-type", "").startswith("text/event-stream"):
                 await _refuse_non_stream(response, deadline)
             events = await stack.enter_async_context(contextlib.aclosing(iter_sse(response)))
-            while (event := await next_event(events, deadline)) is not None:
+            reader = stack.enter_context(StreamEvents(events, deadline))
+            while (event := await reader.next()) is not None:
                 for chunk in translator.feed(_event_json(event)):
                     yield chunk
             if not translator.finished:

@@ -25,8 +25,8 @@ from gateway_core.providers.base import ProviderError, UpstreamCall
 from gateway_core.providers.http import (
     MAX_ERROR_BODY_BYTES,
     Deadline,
+    StreamEvents,
     call_timeout,
-    next_event,
     read_json,
     read_within,
     request_headers,
@@ -78,8 +78,9 @@ class OpenAIProvider:
             if response.headers.get("content-type", "").startswith("application/json"):
                 await _refuse_json_instead_of_stream(response, deadline)
             events = await stack.enter_async_context(contextlib.aclosing(iter_sse(response)))
+            reader = stack.enter_context(StreamEvents(events, deadline))
             done = False
-            while (event := await next_event(events, deadline)) is not None:
+            while (event := await reader.next()) is not None:
                 if event.data.strip() == "[DONE]":
                     done = True
                     break
