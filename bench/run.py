@@ -11,7 +11,7 @@ CPU per request is utime+stime from /proc/<pid>/stat of the gateway process
 and every descendant, over the whole load window, divided by the requests
 completed in it. Peak RSS is VmHWM of the same processes.
 
-    .venv/bin/python bench/run.py [--quick] [--label after] [--token-delay-ms 0]
+    .venv/bin/python bench/run.py [--quick] [--label after] [--token-delay-ms 0] [--topology serve|split]
 
 Writes bench/results/<label>.json and bench/results/<label>.md.
 """
@@ -151,6 +151,11 @@ def main() -> None:
     parser.add_argument("--token-delay-ms", type=float, default=0.0)
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--keep", action="store_true", help="leave the gateway running at the end (for profiling)")
+    parser.add_argument(
+        "--topology", choices=("serve", "split"), default="serve",
+        help="serve: one `tollgate serve` process (facade calls the core in-process); "
+        "split: `tollgate core` + `tollgate facade` processes with the gRPC hop between them",
+    )
     args = parser.parse_args()
     seconds, warmup = (1.5, 0.5) if args.quick else (6.0, 1.0)
     gateway_cpus, other_cpus = _cpus()
@@ -163,11 +168,15 @@ def main() -> None:
          "--token-delay-ms", str(args.token_delay_ms)],
         preexec_fn=lambda: os.sched_setaffinity(0, other_cpus),
     )
+    tollgate = str(Path(sys.executable).parent / "tollgate")
+    config = str(tmp / "tollgate.toml")
     gateway = subprocess.Popen(
-        [str(Path(sys.executable).parent / "tollgate"), "serve", "--config", str(tmp / "tollgate.toml")],
+        [tollgate, "serve" if args.topology == "serve" else "core", "--config", config],
         cwd=tmp, stdout=subprocess.PIPE, text=True,
         preexec_fn=lambda: os.sched_setaffinity(0, gateway_cpus),
     )
+    # split: the HTTP facade is its own process, calling the core over loopback gRPC.
+    facade: subprocess.Popen | None = None
     results = []
     try:
         _wait_port(ports["upstream"], upstream)
@@ -179,13 +188,19 @@ def main() -> None:
                 break
         if not key:
             raise RuntimeError("no demo key printed")
-        _wait_port(ports["http"], gateway)
+        if args.topology == "split":
+            facade = subprocess.Popen(
+                [tollgate, "facade", "--core", f"127.0.0.1:{ports['grpc']}", "--config", config],
+                cwd=tmp, preexec_fn=lambda: os.sched_setaffinity(0, gateway_cpus),
+            )
+        gateway_pids = [gateway.pid] + ([facade.pid] if facade else [])
+        _wait_port(ports["http"], facade or gateway)
         for stream in (False, True):
             for concurrency in (int(c) for c in args.concurrency.split(",")):
                 direct = _loadgen(ports["upstream"], "sk-direct", concurrency, stream, seconds, warmup, other_cpus)
-                before = _cpu_seconds(gateway.pid)
+                before = sum(_cpu_seconds(pid) for pid in gateway_pids)
                 through = _loadgen(ports["http"], key, concurrency, stream, seconds, warmup, other_cpus)
-                cpu = _cpu_seconds(gateway.pid) - before
+                cpu = sum(_cpu_seconds(pid) for pid in gateway_pids) - before
                 # CPU covers warmup + measured window; requests scale by the same share.
                 total = through["requests"] * (seconds + warmup) / seconds
                 row = {
@@ -202,14 +217,15 @@ def main() -> None:
                 }
                 results.append(row)
                 print(_line(row), flush=True)
-        peak = _peak_rss_mb(gateway.pid)
+        peak = sum(_peak_rss_mb(pid) for pid in gateway_pids)
         if args.keep:
             print(f"gateway pid {gateway.pid} on http port {ports['http']}, key {key}; Ctrl-C to stop")
             signal.pause()
     finally:
-        for proc in (gateway, upstream):
+        procs = [p for p in (facade, gateway, upstream) if p is not None]
+        for proc in procs:
             proc.send_signal(signal.SIGTERM)
-        for proc in (gateway, upstream):
+        for proc in procs:
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -217,6 +233,7 @@ def main() -> None:
     report = {
         "label": args.label,
         "quick": args.quick,
+        "topology": args.topology,
         "token_delay_ms": args.token_delay_ms,
         "gateway_cpus": sorted(gateway_cpus),
         "load_cpus": sorted(other_cpus),
@@ -243,7 +260,8 @@ def _line(row: dict) -> str:
 
 
 def _table(report: dict) -> str:
-    lines = [f"Label `{report['label']}`; gateway on CPU {report['gateway_cpus']}, load on {report['load_cpus']}; "
+    lines = [f"Label `{report['label']}` ({report.get('topology', 'serve')}); "
+             f"gateway on CPU {report['gateway_cpus']}, load on {report['load_cpus']}; "
              f"peak RSS {report['peak_rss_mb']:.0f} MB", "", HEADER, "|" + "---|" * 9]
     lines += [_line(row) for row in report["rows"]]
     return "\n".join(lines) + "\n"
