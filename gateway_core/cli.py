@@ -221,6 +221,10 @@ async def _run(settings: Settings, *, core: bool, facade_core_target: str | None
         if tracer_provider is not None:
             tracer_provider.shutdown()
         raise
+    # Everything start-up built lives as long as the process: keep the collector off it.
+    from gateway_core.runtime import settle_heap_after_start
+
+    settle_heap_after_start()
     try:
         await run_until_signalled(
             signals,
