@@ -6,11 +6,18 @@ its own SAVEPOINT (so one failing write rolls back only itself). Each caller
 still waits until the transaction holding its write has committed, so a
 write is durable before run() returns; many concurrent writes share one
 fsync instead of queueing behind one fsync each on SQLite's single writer.
+
+The money path (run_lean) runs on the raw DBAPI connection with statements
+compiled once (store/lean.py), grouped the same way. A group made only of
+writes that asked for durable=False (the Ledger's holds) commits with
+synchronous=NORMAL on SQLite; see _RELAXED_SYNCHRONOUS for why that loses no
+money. Any other write in the group makes it commit with the full fsync.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -20,12 +27,31 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from gateway_core.store.engine import WRITE_OPTION, is_sqlite_memory, make_engine
+from gateway_core.store.lean import LeanConnection, statements_for
 from gateway_core.store.migrate import upgrade_engine
 
 T = TypeVar("T")
 # Writes per group commit: bounds how long one transaction holds the write lock.
 MAX_WRITES_PER_COMMIT = 128
 _Outcome = tuple[bool, Any]
+
+# How queued writes run: through a Session, or on the lean path (durable or not).
+_SESSION, _LEAN_DURABLE, _LEAN_RELAXED = "session", "lean-durable", "lean-relaxed"
+_Pending = tuple[Callable[[Any], Any], "asyncio.Future[Any]", str]
+
+# SQLite's synchronous=NORMAL (1). In WAL mode a commit at NORMAL is atomic and,
+# once COMMIT returns, visible to every process (they share the WAL and its
+# index); it survives any process crash, since the frames are in the OS's page
+# cache. Only an OS crash or power loss before the next fsync can lose it, and
+# that also kills every process on this machine that could have acted on it
+# (SQLite's file is local to this machine) before its response was sent. The
+# next FULL commit (every settle, top-up, release) fsyncs the WAL file, which
+# makes every earlier frame durable too. So a hold lost that way is exactly a
+# hold never taken: nothing was charged, nothing is owed, no client saw an
+# answer. Only groups of holds use it; PostgreSQL stays fully synchronous.
+_RELAXED_SYNCHRONOUS = 1
+# Where a pooled connection remembers the synchronous level it was set up with.
+_SYNCHRONOUS_INFO_KEY = "tollgate_synchronous"
 
 
 class Database:
@@ -40,7 +66,8 @@ class Database:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tollgate-db")
         self._closed = False
         self._group_writes = engine.dialect.name == "sqlite"
-        self._pending: list[tuple[Callable[[Session], Any], asyncio.Future[Any]]] = []
+        self._statements = statements_for(engine.dialect)
+        self._pending: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
 
     @classmethod
@@ -85,15 +112,27 @@ class Database:
         takes the write lock up front. Keep write functions short (one writer).
         """
         if write and self._group_writes:
-            return await self._write_grouped(fn)
+            return await self._write_grouped(fn, _SESSION)
         return await self._submit(partial(self._transaction, fn, write))
 
-    async def _write_grouped(self, fn: Callable[[Session], T]) -> T:
+    async def run_lean(self, fn: Callable[[LeanConnection], T], *, durable: bool = True) -> T:
+        """Runs fn(lean) in one write transaction on the raw connection; commits unless fn raises.
+
+        For the money path's hot statements (store/holds.py). durable=False
+        lets SQLite commit it without waiting for fsync when every write in its
+        group allows that (see _RELAXED_SYNCHRONOUS); only a transaction that
+        merely takes holds may ask for it.
+        """
+        if self._group_writes:
+            return await self._write_grouped(fn, _LEAN_DURABLE if durable else _LEAN_RELAXED)
+        return await self._submit(partial(self._lean_transaction, fn))
+
+    async def _write_grouped(self, fn: Callable[[Any], T], path: str) -> T:
         if self._closed:
             raise RuntimeError("database is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.append((fn, future))
+        self._pending.append((fn, future, path))
         if self._writer is None:
             self._writer = loop.create_task(self._write_pending(), name="tollgate-db-group-commit")
         return await future
@@ -103,23 +142,26 @@ class Database:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                group = self._pending[:MAX_WRITES_PER_COMMIT]
-                del self._pending[:MAX_WRITES_PER_COMMIT]
+                group = self._next_group()
                 # A caller cancelled before its write started: like a never-started executor job, skip it.
-                group = [(fn, future) for fn, future in group if not future.cancelled()]
+                group = [(fn, future, path) for fn, future, path in group if not future.cancelled()]
                 if not group:
                     continue
+                fns = [fn for fn, _, _ in group]
+                if group[0][2] == _SESSION:
+                    run = partial(self._group_transaction, fns)
+                else:
+                    durable = any(path == _LEAN_DURABLE for _, _, path in group)
+                    run = partial(self._lean_group_transaction, fns, durable)
                 try:
-                    outcomes = await loop.run_in_executor(
-                        self._executor, self._group_transaction, [fn for fn, _ in group]
-                    )
+                    outcomes = await loop.run_in_executor(self._executor, run)
                 except Exception as exc:  # BEGIN or COMMIT failed: none of the group was written
                     outcomes = [(False, exc)] * len(group)
                 except BaseException:  # this task was cancelled (loop shutdown): its callers must not hang
-                    for _, future in group:
+                    for _, future, _ in group:
                         future.cancel()
                     raise
-                for (_, future), (ok, value) in zip(group, outcomes):
+                for (_, future, _), (ok, value) in zip(group, outcomes):
                     if future.done():
                         continue
                     if ok:
@@ -128,8 +170,96 @@ class Database:
                         future.set_exception(value)
         finally:
             self._writer = None
-            for _, future in self._pending if self._closed else ():
+            for _, future, _ in self._pending if self._closed else ():
                 future.cancel()
+
+    def _next_group(self) -> list[_Pending]:
+        """Takes the oldest queued writes that run the same way (Session or lean), at most MAX_WRITES_PER_COMMIT."""
+        lean = self._pending[0][2] != _SESSION
+        size = 1
+        while (
+            size < min(len(self._pending), MAX_WRITES_PER_COMMIT) and (self._pending[size][2] != _SESSION) == lean
+        ):
+            size += 1
+        group = self._pending[:size]
+        del self._pending[:size]
+        return group
+
+    def _lean_group_transaction(self, fns: list[Callable[[LeanConnection], Any]], durable: bool) -> list[_Outcome]:
+        """SQLite: runs fns in one BEGIN IMMEDIATE transaction on a raw pooled connection, each in a SAVEPOINT."""
+        pooled = self._engine.raw_connection()
+        lean = LeanConnection(pooled.driver_connection, self._statements)
+        try:
+            full = self._synchronous_level(pooled, lean)
+            relax = not durable and full > _RELAXED_SYNCHRONOUS
+            if relax:
+                lean.run_sql(f"PRAGMA synchronous={_RELAXED_SYNCHRONOUS}")
+            try:
+                return self._lean_group(lean, fns)
+            finally:
+                if relax:
+                    lean.run_sql(f"PRAGMA synchronous={full}")
+        except BaseException:
+            if lean.disconnected:
+                pooled.invalidate()
+            raise
+        finally:
+            lean.close()
+            pooled.close()
+
+    @staticmethod
+    def _synchronous_level(pooled: Any, lean: LeanConnection) -> int:
+        """The synchronous level this connection was set up with (FULL, or what a test chose)."""
+        level = pooled.info.get(_SYNCHRONOUS_INFO_KEY)
+        if level is None:
+            level = pooled.info[_SYNCHRONOUS_INFO_KEY] = int(lean.run_sql("PRAGMA synchronous")[0][0])
+        return int(level)
+
+    @staticmethod
+    def _lean_group(lean: LeanConnection, fns: list[Callable[[LeanConnection], Any]]) -> list[_Outcome]:
+        lean.run_sql("BEGIN IMMEDIATE")
+        try:
+            outcomes: list[_Outcome] = []
+            if len(fns) == 1:  # alone: a plain transaction, no savepoint
+                try:
+                    outcomes.append((True, fns[0](lean)))
+                except Exception as exc:  # noqa: BLE001 - handed to the caller, after the rollback
+                    lean.rollback()
+                    return [(False, exc)]
+            else:
+                for fn in fns:
+                    lean.run_sql("SAVEPOINT tollgate_write")
+                    try:
+                        outcomes.append((True, fn(lean)))
+                    except Exception as exc:  # noqa: BLE001 - rolled back to its savepoint; handed to the caller
+                        lean.run_sql("ROLLBACK TO tollgate_write")
+                        outcomes.append((False, exc))
+                    lean.run_sql("RELEASE tollgate_write")
+            lean.run_sql("COMMIT")
+            return outcomes
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that got us here is the one to report
+                lean.rollback()
+            raise
+
+    def _lean_transaction(self, fn: Callable[[LeanConnection], T]) -> T:
+        """PostgreSQL: fn in one transaction (the driver begins it) on a raw pooled connection."""
+        pooled = self._engine.raw_connection()
+        lean = LeanConnection(pooled.driver_connection, self._statements)
+        try:
+            result = fn(lean)
+            lean.commit()
+            return result
+        except BaseException:
+            if lean.disconnected:
+                pooled.invalidate()
+            else:
+                with contextlib.suppress(Exception):  # the error that got us here is the one to report
+                    lean.rollback()
+            raise
+        finally:
+            lean.close()
+            pooled.close()
 
     def _group_transaction(self, fns: list[Callable[[Session], Any]]) -> list[_Outcome]:
         if len(fns) == 1:  # alone: a plain transaction, no savepoint
