@@ -66,7 +66,7 @@ def make_engine(url: str, pool_size: int = 4, *, max_overflow: int | None = None
             parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}, hide_parameters=True
         )
     else:
-        engine = create_engine(parsed, pool_size=pool_size, max_overflow=0, hide_parameters=True)
+        engine = create_engine(parsed, pool_size=pool_size, max_overflow=0, pool_use_lifo=True, hide_parameters=True)
     event.listen(engine, "connect", _on_sqlite_connect)
     event.listen(engine, "begin", _on_sqlite_begin)
     return engine

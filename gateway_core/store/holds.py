@@ -16,7 +16,7 @@ what the Ledger runs; the ones on a Session wrap them for other callers.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -148,7 +148,11 @@ _ENTRY_COLUMNS = (
 
 def _insert_entries(count: int) -> Any:
     """One INSERT of count ledger entries (a settlement writes SETTLE and RELEASE in one statement)."""
-    rows = [{name: bindparam(f"b_{name}_{index}") for name in _ENTRY_COLUMNS} for index in range(count)]
+    # Typed like their columns: a multi-row VALUES does not type its bind parameters by itself.
+    rows = [
+        {name: bindparam(f"b_{name}_{index}", type_=_ENTRIES.c[name].type) for name in _ENTRY_COLUMNS}
+        for index in range(count)
+    ]
     return insert(_ENTRIES).values(rows)
 
 
@@ -220,7 +224,7 @@ def reserve(lean: LeanConnection, request: HoldRequest) -> HoldRecord:
         closed_at=None,
     )
     try:
-        lean.execute(_INSERT_HOLD, {**asdict(record), "status": record.status.value}, column_keys=_HOLD_COLUMNS)
+        lean.execute(_INSERT_HOLD, _hold_row(record), column_keys=_HOLD_COLUMNS)
     except IntegrityError:
         # Account and key were just updated, so only the primary key can clash.
         raise GatewayError(
@@ -230,6 +234,13 @@ def reserve(lean: LeanConnection, request: HoldRequest) -> HoldRecord:
         entry = _entry(record, LedgerKind.HOLD, amount=0, held_delta=request.amount_micros, balance_after=reserved[0])
         _append(lean, [entry])
     return record
+
+
+def _hold_row(record: HoldRecord) -> dict[str, Any]:
+    """The hold's row for the INSERT (dataclasses.asdict would deep-copy every value)."""
+    row = {name: getattr(record, name) for name in _HOLD_COLUMNS}
+    row["status"] = record.status.value
+    return row
 
 
 def create_hold(session: Session, request: HoldRequest) -> HoldRecord:

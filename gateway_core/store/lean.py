@@ -17,6 +17,7 @@ OperationalError, ...), as the Session path would, without the bound values.
 
 from __future__ import annotations
 
+import operator
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,8 @@ class CompiledStatement:
     sql: str
     # Bind names in the order of the SQL's placeholders (positional styles), else None.
     positions: tuple[str, ...] | None
+    # Picks the positional values out of the parameter dict (C speed), or None for named styles.
+    pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None
     # Values of the binds the statement carries itself, already converted.
     constants: Mapping[str, Any]
     # Bind names whose values need converting (datetimes, booleans on some drivers).
@@ -75,8 +78,19 @@ def compile_statement(statement: ClauseElement, dialect: Dialect, column_keys: S
     assert not compiled.escaped_bind_names, compiled.escaped_bind_names
     positions = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup is not None else None
     return CompiledStatement(
-        compiled.string, positions, constants, tuple(bind_processors), tuple(result_processors)
+        compiled.string, positions, _picker(positions), constants, tuple(bind_processors), tuple(result_processors)
     )
+
+
+def _picker(positions: tuple[str, ...] | None) -> Callable[[Mapping[str, Any]], tuple[Any, ...]] | None:
+    if positions is None:
+        return None
+    if not positions:
+        return lambda values: ()
+    if len(positions) == 1:
+        (only,) = positions
+        return lambda values: (values[only],)
+    return operator.itemgetter(*positions)
 
 
 class StatementCache:
@@ -165,7 +179,7 @@ class LeanConnection:
         for name, processor in compiled.bind_processors:
             if name in values:
                 values[name] = processor(values[name])
-        bound: Any = values if compiled.positions is None else tuple(values[name] for name in compiled.positions)
+        bound: Any = values if compiled.pick is None else compiled.pick(values)
         try:
             return self._cursor.execute(compiled.sql, bound)
         except self.dialect.loaded_dbapi.Error as error:
