@@ -1,7 +1,8 @@
 """The database handle: one engine per URL, with blocking work kept off the event loop.
 
-On SQLite, writes are group-committed: while one write transaction runs,
-later writes queue up and then run together in the next transaction, each in
+On SQLite, writes are group-committed by one writer thread (store/writer.py):
+while one write transaction runs, later writes queue up and then run
+together in the next transaction, each in
 its own SAVEPOINT (so one failing write rolls back only itself). Each caller
 still waits until the transaction holding its write has committed, so a
 write is durable before run() returns; many concurrent writes share one
@@ -18,26 +19,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Self, TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
 from gateway_core.store.engine import WRITE_OPTION, is_sqlite_memory, make_engine
 from gateway_core.store.lean import LeanConnection, statements_for
 from gateway_core.store.migrate import upgrade_engine
+from gateway_core.store.writer import Outcome as _Outcome
+from gateway_core.store.writer import Pending as _Pending
+from gateway_core.store.writer import WriterThread
 
 T = TypeVar("T")
 # Writes per group commit: bounds how long one transaction holds the write lock.
 MAX_WRITES_PER_COMMIT = 128
-_Outcome = tuple[bool, Any]
 
 # How queued writes run: through a Session, or on the lean path (durable or not).
 _SESSION, _LEAN_DURABLE, _LEAN_RELAXED = "session", "lean-durable", "lean-relaxed"
-_Pending = tuple[Callable[[Any], Any], "asyncio.Future[Any]", str]
 
 # SQLite's synchronous=NORMAL (1). In WAL mode a commit at NORMAL is atomic and,
 # once COMMIT returns, visible to every process (they share the WAL and its
@@ -67,8 +71,20 @@ class Database:
         self._closed = False
         self._group_writes = engine.dialect.name == "sqlite"
         self._statements = statements_for(engine.dialect)
-        self._pending: list[_Pending] = []
-        self._writer: asyncio.Task[None] | None = None
+        # In-memory SQLite has one connection for everyone: the writer thread and the
+        # pool's one worker take turns on it. Elsewhere each has its own connection.
+        memory = engine.dialect.name == "sqlite" and isinstance(engine.pool, StaticPool)
+        self._serial: contextlib.AbstractContextManager[Any] = threading.RLock() if memory else contextlib.nullcontext()
+        self._writer = (
+            WriterThread(
+                self._run_group,
+                max_group=MAX_WRITES_PER_COMMIT,
+                name="tollgate-db-writer",
+                same_group=lambda a, b: (a == _SESSION) == (b == _SESSION),
+            )
+            if self._group_writes
+            else None
+        )
 
     @classmethod
     async def open(
@@ -127,63 +143,23 @@ class Database:
             return await self._write_grouped(fn, _LEAN_DURABLE if durable else _LEAN_RELAXED)
         return await self._submit(partial(self._lean_transaction, fn))
 
-    async def _write_grouped(self, fn: Callable[[Any], T], path: str) -> T:
-        if self._closed:
+    async def _write_grouped(self, fn: Callable[[Any], T], kind: str) -> T:
+        if self._closed or self._writer is None:
             raise RuntimeError("database is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._pending.append((fn, future, path))
-        if self._writer is None:
-            self._writer = loop.create_task(self._write_pending(), name="tollgate-db-group-commit")
-        return await future
+        result: T = await self._writer.submit(fn, kind)
+        return result
 
-    async def _write_pending(self) -> None:
-        """Runs queued writes, a group per transaction, until none is left."""
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                group = self._next_group()
-                # A caller cancelled before its write started: like a never-started executor job, skip it.
-                group = [(fn, future, path) for fn, future, path in group if not future.cancelled()]
-                if not group:
-                    continue
-                fns = [fn for fn, _, _ in group]
+    def _run_group(self, group: list[_Pending]) -> list[_Outcome]:
+        """On the writer thread: one group of writes of one path in one transaction."""
+        fns = [fn for fn, _, _ in group]
+        with self._serial:
+            try:
                 if group[0][2] == _SESSION:
-                    run = partial(self._group_transaction, fns)
-                else:
-                    durable = any(path == _LEAN_DURABLE for _, _, path in group)
-                    run = partial(self._lean_group_transaction, fns, durable)
-                try:
-                    outcomes = await loop.run_in_executor(self._executor, run)
-                except Exception as exc:  # BEGIN or COMMIT failed: none of the group was written
-                    outcomes = [(False, exc)] * len(group)
-                except BaseException:  # this task was cancelled (loop shutdown): its callers must not hang
-                    for _, future, _ in group:
-                        future.cancel()
-                    raise
-                for (_, future, _), (ok, value) in zip(group, outcomes):
-                    if future.done():
-                        continue
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
-        finally:
-            self._writer = None
-            for _, future, _ in self._pending if self._closed else ():
-                future.cancel()
-
-    def _next_group(self) -> list[_Pending]:
-        """Takes the oldest queued writes that run the same way (Session or lean), at most MAX_WRITES_PER_COMMIT."""
-        lean = self._pending[0][2] != _SESSION
-        size = 1
-        while (
-            size < min(len(self._pending), MAX_WRITES_PER_COMMIT) and (self._pending[size][2] != _SESSION) == lean
-        ):
-            size += 1
-        group = self._pending[:size]
-        del self._pending[:size]
-        return group
+                    return self._group_transaction(fns)
+                durable = any(kind == _LEAN_DURABLE for _, _, kind in group)
+                return self._lean_group_transaction(fns, durable)
+            except Exception as exc:  # noqa: BLE001 - BEGIN or COMMIT failed: none of the group was written
+                return [(False, exc)] * len(group)
 
     def _lean_group_transaction(self, fns: list[Callable[[LeanConnection], Any]], durable: bool) -> list[_Outcome]:
         """SQLite: runs fns in one BEGIN IMMEDIATE transaction on a raw pooled connection, each in a SAVEPOINT."""
@@ -280,7 +256,7 @@ class Database:
         return outcomes
 
     def _transaction(self, fn: Callable[[Session], T], write: bool) -> T:
-        with self._engine.connect() as connection:
+        with self._serial, self._engine.connect() as connection:
             if write:
                 connection.execution_options(**{WRITE_OPTION: True})
             with Session(bind=connection, expire_on_commit=False) as session, session.begin():
@@ -296,8 +272,8 @@ class Database:
         if self._closed:
             return
         self._closed = True
-        if self._writer is not None:
-            await asyncio.shield(self._writer)
+        if self._writer is not None:  # runs every write handed in before close, then ends
+            await asyncio.to_thread(self._writer.stop)
         # Jobs whose caller was cancelled may still be running on the pool: let
         # them finish and check their connections in first, or dispose() would
         # miss those connections and leave them open.
