@@ -16,7 +16,7 @@ what the Ledger runs; the ones on a Session wrap them for other callers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,6 +95,8 @@ _RESERVE_ON_KEY = (
 )
 # Every column of a hold, in HoldRecord's order: the hold INSERT binds them all (lean.py gives no defaults).
 _HOLD_COLUMNS = tuple(_HOLDS.c.keys())
+assert _HOLD_COLUMNS == tuple(field.name for field in fields(HoldRecord)), "holds columns and HoldRecord differ"
+_STATUS_INDEX = _HOLD_COLUMNS.index("status")
 _INSERT_HOLD = insert(_HOLDS)
 # The one guard of exactly-once: only the caller whose UPDATE flips 'open' moves money.
 _CLOSE = (
@@ -342,8 +344,9 @@ def get_hold(session: Session, request_id: str) -> HoldRecord | None:
 
 
 def _record(row: tuple[Any, ...]) -> HoldRecord:
-    values = dict(zip(_HOLD_COLUMNS, row, strict=True))
-    return HoldRecord(**{**values, "status": HoldStatus(values["status"])})
+    values = list(row)  # the columns are in HoldRecord's field order (checked at import)
+    values[_STATUS_INDEX] = HoldStatus(values[_STATUS_INDEX])
+    return HoldRecord(*values)
 
 
 def _close(lean: LeanConnection, request_id: str, status: HoldStatus) -> HoldRecord | None:

@@ -69,7 +69,7 @@ def compile_statement(statement: ClauseElement, dialect: Dialect, column_keys: S
             value = bind.effective_value
             constants[name] = value if processor is None else processor(value)
         elif processor is not None:
-            bind_processors.append((name, processor))
+            bind_processors.append((name, _remember_last(processor)))
     result_processors: list[_Processor | None] = []
     # A SELECT's columns, or an INSERT/UPDATE's RETURNING columns (none without RETURNING).
     for column in getattr(statement, "exported_columns", ()):
@@ -80,6 +80,28 @@ def compile_statement(statement: ClauseElement, dialect: Dialect, column_keys: S
     return CompiledStatement(
         compiled.string, positions, _picker(positions), constants, tuple(bind_processors), tuple(result_processors)
     )
+
+
+def _remember_last(processor: _Processor) -> _Processor:
+    """processor, reusing its last result for the very same value object.
+
+    A transaction binds its one 'now' several times (updated_at, created_at,
+    each ledger entry); converting it once saves most of the datetime work.
+    The memo is one tuple, replaced whole, so threads sharing it see a
+    consistent (value, result) pair; values are compared by identity, never
+    by equality (an equal but different value is converted afresh).
+    """
+    last: list[tuple[object, Any]] = [(object(), None)]
+
+    def convert(value: Any) -> Any:
+        seen, result = last[0]
+        if seen is value:
+            return result
+        result = processor(value)
+        last[0] = (value, result)
+        return result
+
+    return convert
 
 
 def _picker(positions: tuple[str, ...] | None) -> Callable[[Mapping[str, Any]], tuple[Any, ...]] | None:
