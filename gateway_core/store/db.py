@@ -75,6 +75,11 @@ class Database:
         # pool's one worker take turns on it. Elsewhere each has its own connection.
         memory = engine.dialect.name == "sqlite" and isinstance(engine.pool, StaticPool)
         self._serial: contextlib.AbstractContextManager[Any] = threading.RLock() if memory else contextlib.nullcontext()
+        # The writer thread's own connection (see _writer_connection); the pool has one extra for it.
+        self._keep_writer_connection = self._group_writes and not memory
+        self._writer_pool: Any = None
+        self._writer_pooled: Any = None
+        self._writer_lean: LeanConnection | None = None
         self._writer = (
             WriterThread(
                 self._run_group,
@@ -104,7 +109,9 @@ class Database:
         """
         if is_sqlite_memory(url):
             workers = 1
-        engine = make_engine(url, pool_size=workers, max_overflow=max_overflow, pool_timeout=pool_timeout_seconds)
+        # A SQLite file's writer thread keeps one connection of its own (Database._writer_connection).
+        pool_size = workers + 1 if url.startswith("sqlite") and not is_sqlite_memory(url) else workers
+        engine = make_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout_seconds)
         overflow = 0 if engine.dialect.name == "sqlite" else workers if max_overflow is None else max_overflow
         threads = workers + overflow
         db = cls(engine, threads)
@@ -162,25 +169,50 @@ class Database:
                 return [(False, exc)] * len(group)
 
     def _lean_group_transaction(self, fns: list[Callable[[LeanConnection], Any]], durable: bool) -> list[_Outcome]:
-        """SQLite: runs fns in one BEGIN IMMEDIATE transaction on a raw pooled connection, each in a SAVEPOINT."""
-        pooled = self._engine.raw_connection()
-        lean = LeanConnection(pooled.driver_connection, self._statements)
+        """SQLite: runs fns in one BEGIN IMMEDIATE transaction on the writer's connection, each in a SAVEPOINT."""
+        pooled, lean = self._writer_connection()
         try:
             full = self._synchronous_level(pooled, lean)
             relax = not durable and full > _RELAXED_SYNCHRONOUS
             if relax:
                 lean.run_sql(f"PRAGMA synchronous={_RELAXED_SYNCHRONOUS}")
             try:
-                return self._lean_group(lean, fns)
+                outcomes = self._lean_group(lean, fns)
             finally:
                 if relax:
                     lean.run_sql(f"PRAGMA synchronous={full}")
         except BaseException:
-            if lean.disconnected:
-                pooled.invalidate()
+            self._drop_writer_connection(invalidate=lean.disconnected or pooled.driver_connection.in_transaction)
             raise
-        finally:
-            lean.close()
+        if not self._keep_writer_connection:
+            self._drop_writer_connection(invalidate=False)
+        return outcomes
+
+    def _writer_connection(self) -> tuple[Any, LeanConnection]:
+        """The writer thread's connection: kept checked out on a SQLite file, so its page cache stays warm.
+
+        (SQLite drops a connection's cache whenever another connection wrote
+        since its last transaction; with one writer connection that is only
+        other processes.) A pool replaced by engine.dispose() replaces it too.
+        """
+        if self._writer_pooled is not None and self._writer_pool is not self._engine.pool:
+            self._drop_writer_connection(invalidate=False)
+        if self._writer_pooled is None or self._writer_lean is None:
+            self._writer_pool = self._engine.pool
+            self._writer_pooled = self._engine.raw_connection()
+            self._writer_lean = LeanConnection(self._writer_pooled.driver_connection, self._statements)
+        return self._writer_pooled, self._writer_lean
+
+    def _drop_writer_connection(self, *, invalidate: bool) -> None:
+        """Returns the writer's connection to its pool (or discards it, if it may be broken or mid-transaction)."""
+        pooled, lean = self._writer_pooled, self._writer_lean
+        self._writer_pooled = self._writer_lean = None
+        if lean is not None:
+            with contextlib.suppress(Exception):
+                lean.close()
+        if pooled is not None:
+            if invalidate:
+                pooled.invalidate()
             pooled.close()
 
     @staticmethod
@@ -274,6 +306,7 @@ class Database:
         self._closed = True
         if self._writer is not None:  # runs every write handed in before close, then ends
             await asyncio.to_thread(self._writer.stop)
+            self._drop_writer_connection(invalidate=False)
         # Jobs whose caller was cancelled may still be running on the pool: let
         # them finish and check their connections in first, or dispose() would
         # miss those connections and leave them open.

@@ -16,7 +16,7 @@ what the Ledger runs; the ones on a Session wrap them for other callers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -352,7 +352,11 @@ def _record(row: tuple[Any, ...]) -> HoldRecord:
 def _close(lean: LeanConnection, request_id: str, status: HoldStatus) -> HoldRecord | None:
     now = transaction_now(lean)
     row = lean.first(_CLOSE, {"b_request_id": request_id, "b_status": status.value, "b_now": now})
-    return None if row is None else _record(row)
+    if row is None:
+        return None
+    # closed_at is the now just bound (read back equal): keeping the very object lets the
+    # statements after this reuse its conversion (lean.py, _remember_last).
+    return replace(_record(row), closed_at=now)
 
 
 def _move_money(lean: LeanConnection, hold: HoldRecord, charged: int) -> int:

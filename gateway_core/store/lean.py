@@ -50,12 +50,19 @@ class CompiledStatement:
     result_processors: tuple[_Processor | None, ...]
 
 
-def compile_statement(statement: ClauseElement, dialect: Dialect, column_keys: Sequence[str] = ()) -> CompiledStatement:
+def compile_statement(
+    statement: ClauseElement,
+    dialect: Dialect,
+    column_keys: Sequence[str] = (),
+    shared: dict[tuple[type, str], _Processor] | None = None,
+) -> CompiledStatement:
     """Compiles statement for dialect, with the type processors SQLAlchemy itself would use.
 
     column_keys names the parameters of an INSERT written without values()
-    (each becomes a bind named like its column).
+    (each becomes a bind named like its column). Bind processors of equal
+    types are taken from shared, so they share one memo (see _remember_last).
     """
+    shared = {} if shared is None else shared
     compiled = statement.compile(dialect=dialect, column_keys=list(column_keys) or None)
     assert isinstance(compiled, SQLCompiler)
     bind_processors: list[tuple[str, _Processor]] = []
@@ -69,7 +76,11 @@ def compile_statement(statement: ClauseElement, dialect: Dialect, column_keys: S
             value = bind.effective_value
             constants[name] = value if processor is None else processor(value)
         elif processor is not None:
-            bind_processors.append((name, _remember_last(processor)))
+            # Equal types (class and arguments) convert alike: one memoized processor for all of them.
+            same_type = (type(bind.type), repr(bind.type))
+            if same_type not in shared:
+                shared[same_type] = _remember_last(processor)
+            bind_processors.append((name, shared[same_type]))
     result_processors: list[_Processor | None] = []
     # A SELECT's columns, or an INSERT/UPDATE's RETURNING columns (none without RETURNING).
     for column in getattr(statement, "exported_columns", ()):
@@ -85,8 +96,9 @@ def compile_statement(statement: ClauseElement, dialect: Dialect, column_keys: S
 def _remember_last(processor: _Processor) -> _Processor:
     """processor, reusing its last result for the very same value object.
 
-    A transaction binds its one 'now' several times (updated_at, created_at,
-    each ledger entry); converting it once saves most of the datetime work.
+    A transaction binds its one 'now' several times, in several statements
+    (updated_at, created_at, each ledger entry); converting it once saves most
+    of the datetime work.
     The memo is one tuple, replaced whole, so threads sharing it see a
     consistent (value, result) pair; values are compared by identity, never
     by equality (an equal but different value is converted afresh).
@@ -121,6 +133,7 @@ class StatementCache:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self._compiled: dict[tuple[int, tuple[str, ...]], CompiledStatement] = {}
+        self._processors: dict[tuple[type, str], _Processor] = {}
         # Keeps each compiled statement's source alive, so its id() is never reused.
         self._sources: list[ClauseElement] = []
         self._lock = threading.Lock()
@@ -133,7 +146,7 @@ class StatementCache:
             with self._lock:
                 found = self._compiled.get(key)
                 if found is None:
-                    found = compile_statement(statement, self.dialect, column_keys)
+                    found = compile_statement(statement, self.dialect, column_keys, self._processors)
                     self._sources.append(statement)
                     self._compiled[key] = found
         return found
