@@ -157,7 +157,7 @@ def main() -> None:
 
         server = start_postgres()
         try:
-            _compare(args, lambda: server.url(server.create_database()), "postgresql")
+            _compare(args, server.create_database, "postgresql")
         finally:
             server.stop()
 

@@ -182,7 +182,9 @@ class Database:
                 if relax:
                     lean.run_sql(f"PRAGMA synchronous={full}")
         except BaseException:
-            self._drop_writer_connection(invalidate=lean.disconnected or pooled.driver_connection.in_transaction)
+            # BEGIN, COMMIT or a PRAGMA failed (or worse): the connection may be mid-transaction or
+            # still at synchronous=NORMAL, so it must not serve another write. A new one is cheap.
+            self._drop_writer_connection(invalidate=True)
             raise
         if not self._keep_writer_connection:
             self._drop_writer_connection(invalidate=False)
