@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
 from gateway_core.errors import GatewayError, Reason
@@ -269,3 +269,33 @@ async def test_sqlite_time_is_the_machine_clock_in_milliseconds(tmp_path: Any) -
         assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= now <= after
         sqlite_now = datetime.fromisoformat(str(sqlite_text)).replace(tzinfo=UTC)
         assert abs((sqlite_now - now).total_seconds()) < 1  # the same clock SQLite's own 'now' reads
+
+
+async def test_a_group_that_cannot_begin_fails_its_callers_and_its_connection_is_replaced(tmp_path: Any) -> None:
+    path = tmp_path / "busy.db"
+    async with await Database.open(f"sqlite:///{path}") as db:
+
+        def short_wait(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+            dbapi_connection.execute("PRAGMA busy_timeout=50")
+
+        event.listen(db.engine, "connect", short_wait)
+        db.engine.dispose()
+        key = await funded_key(Store(db), 1_000)
+        ledger = Ledger(db, instance_id="busy")
+        ids = {"account_id": key.account_id, "api_key_id": key.key_id}
+        await ledger.hold(request_id="before", amount_micros=10, **ids)
+        writer_connection = db._writer_pooled.driver_connection  # the writer thread's own connection
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock past the busy timeout
+        try:
+            with pytest.raises(OperationalError, match="locked"):  # SQLAlchemy's exception, as on the Session path
+                await ledger.hold(request_id="blocked", amount_micros=10, **ids)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):  # discarded: never serves another write
+            writer_connection.execute("SELECT 1")
+        await ledger.hold(request_id="after", amount_micros=10, **ids)
+        assert await Store(db).get_hold("blocked") is None
+        with db.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
