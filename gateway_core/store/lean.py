@@ -22,6 +22,7 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import exc
@@ -99,13 +100,16 @@ def _remember_last(processor: _Processor) -> _Processor:
     A transaction binds its one 'now' several times, in several statements
     (updated_at, created_at, each ledger entry); converting it once saves most
     of the datetime work.
-    The memo is one tuple, replaced whole, so threads sharing it see a
+    Only datetimes are remembered (immutable, so the same object always
+    converts alike). The memo is one tuple, replaced whole, so threads sharing it see a
     consistent (value, result) pair; values are compared by identity, never
     by equality (an equal but different value is converted afresh).
     """
     last: list[tuple[object, Any]] = [(object(), None)]
 
     def convert(value: Any) -> Any:
+        if type(value) is not datetime:  # only immutable datetimes are remembered
+            return processor(value)
         seen, result = last[0]
         if seen is value:
             return result
