@@ -1,7 +1,10 @@
 """The Ledger: the only code that holds, settles and releases money.
 
 Every operation is one write transaction (BEGIN IMMEDIATE on SQLite) on the
-shared database, so any number of core processes can use it at once:
+shared database, so any number of core processes can use it at once. Holds
+and settlements, run for every request, take the lean path (Database.run_lean:
+raw DBAPI connection, statements compiled once); a hold's transaction may
+commit without waiting for fsync on SQLite (see store/db.py, _RELAXED_SYNCHRONOUS):
 
 - ``hold`` reserves a request's worst-case cost on its account and key, or
   refuses with INSUFFICIENT_BALANCE; a request_id is admitted at most once.
@@ -31,7 +34,6 @@ from gateway_core.observability.request_record import observe_settlement
 from gateway_core.store import holds, instances
 from gateway_core.store.db import Database
 from gateway_core.store.holds import HoldRequest
-from gateway_core.store.records import HoldRecord
 
 # Orphans released per transaction: keeps each write short for other writers.
 ORPHAN_BATCH = 100
@@ -95,9 +97,12 @@ class Ledger:
             upstream_model=upstream_model,
         )
         holds.check_hold_request(request)
-        register = not self._registered
-        record = await self._db.run(partial(_create_hold, request=request, register=register), write=True)
-        self._registered = True
+        if not self._registered:
+            # The lease must exist before the hold, or another process would see an
+            # instance-less hold and release it at once.
+            await self.heartbeat()
+        # durable=False: losing it to a power cut is losing a hold never answered (store/db.py).
+        record = await self._db.run_lean(partial(holds.reserve, request=request), durable=False)
         self._opened(record.request_id)
         return Hold(record.request_id, record.account_id, record.api_key_id, record.amount_micros)
 
@@ -106,9 +111,7 @@ class Ledger:
 
         Idempotent by hold.request_id: safe to retry and to call concurrently.
         """
-        settlement = await self._db.run(
-            partial(holds.settle_hold, request_id=hold.request_id, outcome=outcome), write=True
-        )
+        settlement = await self._db.run_lean(partial(holds.settle, request_id=hold.request_id, outcome=outcome))
         self._closed(hold.request_id)
         observe_settlement(hold, outcome, settlement)
         return settlement
@@ -150,12 +153,4 @@ class Ledger:
         if len(found) < batch:
             instances.prune_dead_instances(session)
         return released, len(found)
-
-
-def _create_hold(session: Session, request: HoldRequest, register: bool) -> HoldRecord:
-    if register:
-        # The lease must exist before the hold, or another process would see an
-        # instance-less hold and release it at once.
-        instances.heartbeat(session, request.instance_id)
-    return holds.create_hold(session, request)
 

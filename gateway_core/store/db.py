@@ -1,31 +1,61 @@
 """The database handle: one engine per URL, with blocking work kept off the event loop.
 
-On SQLite, writes are group-committed: while one write transaction runs,
-later writes queue up and then run together in the next transaction, each in
+On SQLite, writes are group-committed by one writer thread (store/writer.py):
+while one write transaction runs, later writes queue up and then run
+together in the next transaction, each in
 its own SAVEPOINT (so one failing write rolls back only itself). Each caller
 still waits until the transaction holding its write has committed, so a
 write is durable before run() returns; many concurrent writes share one
 fsync instead of queueing behind one fsync each on SQLite's single writer.
+
+The money path (run_lean) runs on the raw DBAPI connection with statements
+compiled once (store/lean.py), grouped the same way. A group made only of
+writes that asked for durable=False (the Ledger's holds) commits with
+synchronous=NORMAL on SQLite; see _RELAXED_SYNCHRONOUS for why that loses no
+money. Any other write in the group makes it commit with the full fsync.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Self, TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
 from gateway_core.store.engine import WRITE_OPTION, is_sqlite_memory, make_engine
+from gateway_core.store.lean import LeanConnection, statements_for
 from gateway_core.store.migrate import upgrade_engine
+from gateway_core.store.writer import Outcome as _Outcome
+from gateway_core.store.writer import Pending as _Pending
+from gateway_core.store.writer import WriterThread
 
 T = TypeVar("T")
 # Writes per group commit: bounds how long one transaction holds the write lock.
 MAX_WRITES_PER_COMMIT = 128
-_Outcome = tuple[bool, Any]
+
+# How queued writes run: through a Session, or on the lean path (durable or not).
+_SESSION, _LEAN_DURABLE, _LEAN_RELAXED = "session", "lean-durable", "lean-relaxed"
+
+# SQLite's synchronous=NORMAL (1). In WAL mode a commit at NORMAL is atomic and,
+# once COMMIT returns, visible to every process (they share the WAL and its
+# index); it survives any process crash, since the frames are in the OS's page
+# cache. Only an OS crash or power loss before the next fsync can lose it, and
+# that also kills every process on this machine that could have acted on it
+# (SQLite's file is local to this machine) before its response was sent. The
+# next FULL commit (every settle, top-up, release) fsyncs the WAL file, which
+# makes every earlier frame durable too. So a hold lost that way is exactly a
+# hold never taken: nothing was charged, nothing is owed, no client saw an
+# answer. Only groups of holds use it; PostgreSQL stays fully synchronous.
+_RELAXED_SYNCHRONOUS = 1
+# Where a pooled connection remembers the synchronous level it was set up with.
+_SYNCHRONOUS_INFO_KEY = "tollgate_synchronous"
 
 
 class Database:
@@ -40,8 +70,26 @@ class Database:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tollgate-db")
         self._closed = False
         self._group_writes = engine.dialect.name == "sqlite"
-        self._pending: list[tuple[Callable[[Session], Any], asyncio.Future[Any]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._statements = statements_for(engine.dialect)
+        # In-memory SQLite has one connection for everyone: the writer thread and the
+        # pool's one worker take turns on it. Elsewhere each has its own connection.
+        memory = engine.dialect.name == "sqlite" and isinstance(engine.pool, StaticPool)
+        self._serial: contextlib.AbstractContextManager[Any] = threading.RLock() if memory else contextlib.nullcontext()
+        # The writer thread's own connection (see _writer_connection); the pool has one extra for it.
+        self._keep_writer_connection = self._group_writes and not memory
+        self._writer_pool: Any = None
+        self._writer_pooled: Any = None
+        self._writer_lean: LeanConnection | None = None
+        self._writer = (
+            WriterThread(
+                self._run_group,
+                max_group=MAX_WRITES_PER_COMMIT,
+                name="tollgate-db-writer",
+                same_group=lambda a, b: (a == _SESSION) == (b == _SESSION),
+            )
+            if self._group_writes
+            else None
+        )
 
     @classmethod
     async def open(
@@ -61,7 +109,9 @@ class Database:
         """
         if is_sqlite_memory(url):
             workers = 1
-        engine = make_engine(url, pool_size=workers, max_overflow=max_overflow, pool_timeout=pool_timeout_seconds)
+        # A SQLite file's writer thread keeps one connection of its own (Database._writer_connection).
+        pool_size = workers + 1 if url.startswith("sqlite") and not is_sqlite_memory(url) else workers
+        engine = make_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout_seconds)
         overflow = 0 if engine.dialect.name == "sqlite" else workers if max_overflow is None else max_overflow
         threads = workers + overflow
         db = cls(engine, threads)
@@ -85,51 +135,141 @@ class Database:
         takes the write lock up front. Keep write functions short (one writer).
         """
         if write and self._group_writes:
-            return await self._write_grouped(fn)
+            return await self._write_grouped(fn, _SESSION)
         return await self._submit(partial(self._transaction, fn, write))
 
-    async def _write_grouped(self, fn: Callable[[Session], T]) -> T:
-        if self._closed:
-            raise RuntimeError("database is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._pending.append((fn, future))
-        if self._writer is None:
-            self._writer = loop.create_task(self._write_pending(), name="tollgate-db-group-commit")
-        return await future
+    async def run_lean(self, fn: Callable[[LeanConnection], T], *, durable: bool = True) -> T:
+        """Runs fn(lean) in one write transaction on the raw connection; commits unless fn raises.
 
-    async def _write_pending(self) -> None:
-        """Runs queued writes, a group per transaction, until none is left."""
-        loop = asyncio.get_running_loop()
+        For the money path's hot statements (store/holds.py). durable=False
+        lets SQLite commit it without waiting for fsync when every write in its
+        group allows that (see _RELAXED_SYNCHRONOUS); only a transaction that
+        merely takes holds may ask for it.
+        """
+        if self._group_writes:
+            return await self._write_grouped(fn, _LEAN_DURABLE if durable else _LEAN_RELAXED)
+        return await self._submit(partial(self._lean_transaction, fn))
+
+    async def _write_grouped(self, fn: Callable[[Any], T], kind: str) -> T:
+        if self._closed or self._writer is None:
+            raise RuntimeError("database is closed")
+        result: T = await self._writer.submit(fn, kind)
+        return result
+
+    def _run_group(self, group: list[_Pending]) -> list[_Outcome]:
+        """On the writer thread: one group of writes of one path in one transaction."""
+        fns = [fn for fn, _, _ in group]
+        with self._serial:
+            try:
+                if group[0][2] == _SESSION:
+                    return self._group_transaction(fns)
+                durable = any(kind == _LEAN_DURABLE for _, _, kind in group)
+                return self._lean_group_transaction(fns, durable)
+            except Exception as exc:  # noqa: BLE001 - BEGIN or COMMIT failed: none of the group was written
+                return [(False, exc)] * len(group)
+
+    def _lean_group_transaction(self, fns: list[Callable[[LeanConnection], Any]], durable: bool) -> list[_Outcome]:
+        """SQLite: runs fns in one BEGIN IMMEDIATE transaction on the writer's connection, each in a SAVEPOINT."""
+        pooled, lean = self._writer_connection()
         try:
-            while self._pending:
-                group = self._pending[:MAX_WRITES_PER_COMMIT]
-                del self._pending[:MAX_WRITES_PER_COMMIT]
-                # A caller cancelled before its write started: like a never-started executor job, skip it.
-                group = [(fn, future) for fn, future in group if not future.cancelled()]
-                if not group:
-                    continue
+            full = self._synchronous_level(pooled, lean)
+            relax = not durable and full > _RELAXED_SYNCHRONOUS
+            if relax:
+                lean.run_sql(f"PRAGMA synchronous={_RELAXED_SYNCHRONOUS}")
+            try:
+                outcomes = self._lean_group(lean, fns)
+            finally:
+                if relax:
+                    lean.run_sql(f"PRAGMA synchronous={full}")
+        except BaseException:
+            # BEGIN, COMMIT or a PRAGMA failed (or worse): the connection may be mid-transaction or
+            # still at synchronous=NORMAL, so it must not serve another write. A new one is cheap.
+            self._drop_writer_connection(invalidate=True)
+            raise
+        if not self._keep_writer_connection:
+            self._drop_writer_connection(invalidate=False)
+        return outcomes
+
+    def _writer_connection(self) -> tuple[Any, LeanConnection]:
+        """The writer thread's connection: kept checked out on a SQLite file, so its page cache stays warm.
+
+        (SQLite drops a connection's cache whenever another connection wrote
+        since its last transaction; with one writer connection that is only
+        other processes.) A pool replaced by engine.dispose() replaces it too.
+        """
+        if self._writer_pooled is not None and self._writer_pool is not self._engine.pool:
+            self._drop_writer_connection(invalidate=False)
+        if self._writer_pooled is None or self._writer_lean is None:
+            self._writer_pool = self._engine.pool
+            self._writer_pooled = self._engine.raw_connection()
+            self._writer_lean = LeanConnection(self._writer_pooled.driver_connection, self._statements)
+        return self._writer_pooled, self._writer_lean
+
+    def _drop_writer_connection(self, *, invalidate: bool) -> None:
+        """Returns the writer's connection to its pool (or discards it, if it may be broken or mid-transaction)."""
+        pooled, lean = self._writer_pooled, self._writer_lean
+        self._writer_pooled = self._writer_lean = None
+        if lean is not None:
+            with contextlib.suppress(Exception):
+                lean.close()
+        if pooled is not None:
+            if invalidate:
+                pooled.invalidate()
+            pooled.close()
+
+    @staticmethod
+    def _synchronous_level(pooled: Any, lean: LeanConnection) -> int:
+        """The synchronous level this connection was set up with (FULL, or what a test chose)."""
+        level = pooled.info.get(_SYNCHRONOUS_INFO_KEY)
+        if level is None:
+            level = pooled.info[_SYNCHRONOUS_INFO_KEY] = int(lean.run_sql("PRAGMA synchronous")[0][0])
+        return int(level)
+
+    @staticmethod
+    def _lean_group(lean: LeanConnection, fns: list[Callable[[LeanConnection], Any]]) -> list[_Outcome]:
+        lean.run_sql("BEGIN IMMEDIATE")
+        try:
+            outcomes: list[_Outcome] = []
+            if len(fns) == 1:  # alone: a plain transaction, no savepoint
                 try:
-                    outcomes = await loop.run_in_executor(
-                        self._executor, self._group_transaction, [fn for fn, _ in group]
-                    )
-                except Exception as exc:  # BEGIN or COMMIT failed: none of the group was written
-                    outcomes = [(False, exc)] * len(group)
-                except BaseException:  # this task was cancelled (loop shutdown): its callers must not hang
-                    for _, future in group:
-                        future.cancel()
-                    raise
-                for (_, future), (ok, value) in zip(group, outcomes):
-                    if future.done():
-                        continue
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
+                    outcomes.append((True, fns[0](lean)))
+                except Exception as exc:  # noqa: BLE001 - handed to the caller, after the rollback
+                    lean.rollback()
+                    return [(False, exc)]
+            else:
+                for fn in fns:
+                    lean.run_sql("SAVEPOINT tollgate_write")
+                    try:
+                        outcomes.append((True, fn(lean)))
+                    except Exception as exc:  # noqa: BLE001 - rolled back to its savepoint; handed to the caller
+                        lean.run_sql("ROLLBACK TO tollgate_write")
+                        outcomes.append((False, exc))
+                    lean.run_sql("RELEASE tollgate_write")
+            lean.run_sql("COMMIT")
+            return outcomes
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that got us here is the one to report
+                lean.rollback()
+            raise
+
+    def _lean_transaction(self, fn: Callable[[LeanConnection], T]) -> T:
+        """PostgreSQL: fn in one transaction (the driver begins it) on a raw pooled connection."""
+        pooled = self._engine.raw_connection()
+        lean = LeanConnection(pooled.driver_connection, self._statements)
+        try:
+            result = fn(lean)
+            lean.commit()
+            return result
+        except BaseException:
+            if lean.disconnected:
+                pooled.invalidate()
+            else:
+                with contextlib.suppress(Exception):  # the error that got us here is the one to report
+                    lean.rollback()
+            raise
         finally:
-            self._writer = None
-            for _, future in self._pending if self._closed else ():
-                future.cancel()
+            lean.close()
+            pooled.close()
 
     def _group_transaction(self, fns: list[Callable[[Session], Any]]) -> list[_Outcome]:
         if len(fns) == 1:  # alone: a plain transaction, no savepoint
@@ -150,7 +290,7 @@ class Database:
         return outcomes
 
     def _transaction(self, fn: Callable[[Session], T], write: bool) -> T:
-        with self._engine.connect() as connection:
+        with self._serial, self._engine.connect() as connection:
             if write:
                 connection.execution_options(**{WRITE_OPTION: True})
             with Session(bind=connection, expire_on_commit=False) as session, session.begin():
@@ -166,8 +306,9 @@ class Database:
         if self._closed:
             return
         self._closed = True
-        if self._writer is not None:
-            await asyncio.shield(self._writer)
+        if self._writer is not None:  # runs every write handed in before close, then ends
+            await asyncio.to_thread(self._writer.stop)
+            self._drop_writer_connection(invalidate=False)
         # Jobs whose caller was cancelled may still be running on the pool: let
         # them finish and check their connections in first, or dispose() would
         # miss those connections and leave them open.

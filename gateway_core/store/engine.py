@@ -29,6 +29,7 @@ def _on_sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> No
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         # Money: under WAL with synchronous=NORMAL a commit can be lost on power failure.
+        # Only hold-only transactions relax this, for their commit alone (store/db.py).
         cursor.execute("PRAGMA synchronous=FULL")
     finally:
         cursor.close()
@@ -66,7 +67,9 @@ def make_engine(url: str, pool_size: int = 4, *, max_overflow: int | None = None
             parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}, hide_parameters=True
         )
     else:
-        engine = create_engine(parsed, pool_size=pool_size, max_overflow=0, hide_parameters=True)
+        # LIFO: the connection used last has the warmest page cache (SQLite drops a
+        # connection's cache when another connection wrote since its last transaction).
+        engine = create_engine(parsed, pool_size=pool_size, max_overflow=0, pool_use_lifo=True, hide_parameters=True)
     event.listen(engine, "connect", _on_sqlite_connect)
     event.listen(engine, "begin", _on_sqlite_begin)
     return engine

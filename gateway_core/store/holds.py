@@ -8,25 +8,28 @@ there is no read-then-write anywhere. Each balance or held change is written
 together with the ledger entry that explains it.
 
 This is the hot path of every request, so the statements are built once, at
-import, with named parameters, and run as Core on the session's connection:
-no ORM unit of work and no per-call statement construction or cache keys.
+import, with named parameters, compiled once per dialect and run on the raw
+DBAPI connection (store/lean.py): no ORM unit of work, no per-call statement
+machinery. The functions on a LeanConnection (reserve, settle, release) are
+what the Ledger runs; the ones on a Session wrap them for other callers.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, bindparam, case, insert, or_, select, update
+from sqlalchemy import Table, bindparam, case, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from gateway_core.errors import GatewayError, Reason, invalid_request
 from gateway_core.metering.outcome import Settlement, UsageOutcome, UsageStatus
-from gateway_core.store.accounts import load_account
+from gateway_core.store.accounts import account_not_found
 from gateway_core.store.api_keys import key_not_found
-from gateway_core.store.clock import db_now
+from gateway_core.store.clock import transaction_now
+from gateway_core.store.lean import LeanConnection, lean_connection
 from gateway_core.store.models import Account, ApiKey, Hold, HoldStatus, LedgerEntry, LedgerKind
 from gateway_core.store.records import HoldRecord
 from gateway_core.store.usage_records import insert_usage
@@ -90,6 +93,10 @@ _RESERVE_ON_KEY = (
     )
     .values(held_micros=_KEYS.c.held_micros + bindparam("b_amount"))
 )
+# Every column of a hold, in HoldRecord's order: the hold INSERT binds them all (lean.py gives no defaults).
+_HOLD_COLUMNS = tuple(_HOLDS.c.keys())
+assert _HOLD_COLUMNS == tuple(field.name for field in fields(HoldRecord)), "holds columns and HoldRecord differ"
+_STATUS_INDEX = _HOLD_COLUMNS.index("status")
 _INSERT_HOLD = insert(_HOLDS)
 # The one guard of exactly-once: only the caller whose UPDATE flips 'open' moves money.
 _CLOSE = (
@@ -129,8 +136,36 @@ _DEBIT_KEY = (
         held_micros=_KEYS.c.held_micros - bindparam("b_held"),
     )
 )
-_INSERT_ENTRY = insert(_ENTRIES)
+_ENTRY_COLUMNS = (
+    "account_id",
+    "kind",
+    "amount_micros",
+    "held_delta_micros",
+    "balance_after_micros",
+    "request_id",
+    "note",
+    "created_at",
+)
+
+
+def _insert_entries(count: int) -> Any:
+    """One INSERT of count ledger entries (a settlement writes SETTLE and RELEASE in one statement)."""
+    # Typed like their columns: a multi-row VALUES does not type its bind parameters by itself.
+    rows = [
+        {name: bindparam(f"b_{name}_{index}", type_=_ENTRIES.c[name].type) for name in _ENTRY_COLUMNS}
+        for index in range(count)
+    ]
+    return insert(_ENTRIES).values(rows)
+
+
+_INSERT_ENTRIES = {1: _insert_entries(1), 2: _insert_entries(2)}
 _SELECT_HOLD = select(_HOLDS).where(_HOLDS.c.request_id == bindparam("b_request_id"))
+# Read only to word a refusal (the UPDATEs decided): is it the balance or the monthly budget?
+_SELECT_BUDGET = select(
+    _ACCOUNTS.c.monthly_budget_micros, _ACCOUNTS.c.budget_period, _ACCOUNTS.c.budget_spent_micros,
+    _ACCOUNTS.c.budget_held_micros,
+).where(_ACCOUNTS.c.id == bindparam("b_account_id"))
+_SELECT_KEY_ACCOUNT = select(_KEYS.c.account_id).where(_KEYS.c.id == bindparam("b_key_id"))
 
 
 @dataclass(frozen=True)
@@ -157,23 +192,22 @@ def check_hold_request(request: HoldRequest) -> None:
         raise invalid_request(f"model and provider names are at most {MAX_NAME} characters", param="model")
 
 
-def create_hold(session: Session, request: HoldRequest) -> HoldRecord:
+def reserve(lean: LeanConnection, request: HoldRequest) -> HoldRecord:
     """Reserves amount_micros on the account and its key, or raises INSUFFICIENT_BALANCE.
 
     A request_id seen before is ALREADY_EXISTS. Any error leaves nothing
-    changed: the caller's transaction rolls back as a whole.
+    changed: the caller's transaction (or savepoint) rolls back as a whole.
     """
     check_hold_request(request)
-    connection = session.connection()
-    now = db_now(session)
+    now = transaction_now(lean)
+    period = budget_period(now)
     ids = {"b_account_id": request.account_id, "b_amount": request.amount_micros}
-    reserve = {**ids, "b_now": now, "b_period": budget_period(now)}
-    balance = connection.execute(_RESERVE_ON_ACCOUNT, reserve).scalar_one_or_none()
-    if balance is None:
-        raise _account_cannot_cover(session, request, budget_period(now))
-    if connection.execute(_RESERVE_ON_KEY, {**ids, "b_key_id": request.api_key_id}).rowcount != 1:
-        key = session.get(ApiKey, request.api_key_id)
-        if key is None or key.account_id != request.account_id:
+    reserved = lean.first(_RESERVE_ON_ACCOUNT, {**ids, "b_now": now, "b_period": period})
+    if reserved is None:
+        raise _account_cannot_cover(lean, request, period)
+    if lean.execute(_RESERVE_ON_KEY, {**ids, "b_key_id": request.api_key_id}) != 1:
+        key = lean.first(_SELECT_KEY_ACCOUNT, {"b_key_id": request.api_key_id})
+        if key is None or key[0] != request.account_id:
             raise key_not_found(request.api_key_id)
         raise GatewayError(Reason.INSUFFICIENT_BALANCE, KEY_CANNOT_COVER)
     record = HoldRecord(
@@ -192,16 +226,28 @@ def create_hold(session: Session, request: HoldRequest) -> HoldRecord:
         closed_at=None,
     )
     try:
-        connection.execute(_INSERT_HOLD, {**asdict(record), "status": record.status.value})
+        lean.execute(_INSERT_HOLD, _hold_row(record), column_keys=_HOLD_COLUMNS)
     except IntegrityError:
         # Account and key were just updated, so only the primary key can clash.
         raise GatewayError(
             Reason.ALREADY_EXISTS, "a request with this request_id was already admitted", param="request_id"
         ) from None
     if request.amount_micros > 0:  # a free request moves no money, so it needs no entry
-        held, balance_after = request.amount_micros, int(balance)
-        _append(connection, record, LedgerKind.HOLD, amount=0, held_delta=held, balance_after=balance_after)
+        entry = _entry(record, LedgerKind.HOLD, amount=0, held_delta=request.amount_micros, balance_after=reserved[0])
+        _append(lean, [entry])
     return record
+
+
+def _hold_row(record: HoldRecord) -> dict[str, Any]:
+    """The hold's row for the INSERT (dataclasses.asdict would deep-copy every value)."""
+    row = {name: getattr(record, name) for name in _HOLD_COLUMNS}
+    row["status"] = record.status.value
+    return row
+
+
+def create_hold(session: Session, request: HoldRequest) -> HoldRecord:
+    """reserve() inside a Session's transaction."""
+    return reserve(lean_connection(session), request)
 
 
 def budget_period(now: datetime) -> int:
@@ -210,43 +256,47 @@ def budget_period(now: datetime) -> int:
     return utc.year * 100 + utc.month
 
 
-def _account_cannot_cover(session: Session, request: HoldRequest, period: int) -> GatewayError:
+def _account_cannot_cover(lean: LeanConnection, request: HoldRequest, period: int) -> GatewayError:
     """Why the reservation failed, read after the fact only to word the error (the UPDATE decided)."""
-    account = load_account(session, request.account_id)  # NOT_FOUND rather than a misleading quota error
-    spent = account.budget_spent_micros if account.budget_period >= period else 0
-    over_budget = account.monthly_budget_micros > 0 and (
-        spent + account.budget_held_micros + request.amount_micros > account.monthly_budget_micros
-    )
+    row = lean.first(_SELECT_BUDGET, {"b_account_id": request.account_id})
+    if row is None:  # NOT_FOUND rather than a misleading quota error
+        return account_not_found(request.account_id)
+    monthly_budget, spent_period, spent, budget_held = (int(value) for value in row)
+    spent = spent if spent_period >= period else 0
+    over_budget = monthly_budget > 0 and spent + budget_held + request.amount_micros > monthly_budget
     return GatewayError(Reason.INSUFFICIENT_BALANCE, BUDGET_USED_UP if over_budget else ACCOUNT_CANNOT_COVER)
 
 
-def settle_hold(session: Session, request_id: str, outcome: UsageOutcome) -> Settlement:
+def settle(lean: LeanConnection, request_id: str, outcome: UsageOutcome) -> Settlement:
     """Charges what the request cost (at most the hold), releases the rest, writes its usage record.
 
     Exactly once per request_id: a hold that is no longer open returns the
     settlement (or release) that closed it, with replayed=True.
     """
-    connection = session.connection()
-    hold = _close(connection, request_id, HoldStatus.SETTLED, db_now(session))
+    hold = _close(lean, request_id, HoldStatus.SETTLED)
     if hold is None:
-        return stored_settlement(session, request_id)
+        return read_settlement(lean, request_id)
     charged = min(max(outcome.cost_micros, 0), hold.amount_micros)
-    balance_after = _move_money(connection, hold, charged)
+    balance_after = _move_money(lean, hold, charged)
     clamped = outcome.clamped or charged != outcome.cost_micros
-    insert_usage(connection, hold, outcome, charged_micros=charged, clamped=clamped)
+    insert_usage(lean, hold, outcome, charged_micros=charged, clamped=clamped)
     return Settlement(request_id, charged, hold.amount_micros - charged, balance_after, replayed=False)
 
 
-def release_hold(session: Session, request_id: str) -> bool:
+def settle_hold(session: Session, request_id: str, outcome: UsageOutcome) -> Settlement:
+    """settle() inside a Session's transaction."""
+    return settle(lean_connection(session), request_id, outcome)
+
+
+def release(lean: LeanConnection, request_id: str) -> bool:
     """Releases an open hold whose process died: no charge, an 'abandoned' usage record.
 
     False if the hold was no longer open (settled or released by someone else).
     """
-    connection = session.connection()
-    hold = _close(connection, request_id, HoldStatus.RELEASED, db_now(session))
+    hold = _close(lean, request_id, HoldStatus.RELEASED)
     if hold is None:
         return False
-    _move_money(connection, hold, 0)
+    _move_money(lean, hold, 0)
     abandoned = UsageOutcome(
         model=hold.model or UNKNOWN,
         provider=hold.provider or UNKNOWN,
@@ -261,13 +311,18 @@ def release_hold(session: Session, request_id: str) -> bool:
         time_to_first_token_ms=None,
         estimated=True,
     )
-    insert_usage(connection, hold, abandoned, charged_micros=0, clamped=False)
+    insert_usage(lean, hold, abandoned, charged_micros=0, clamped=False)
     return True
 
 
-def stored_settlement(session: Session, request_id: str) -> Settlement:
+def release_hold(session: Session, request_id: str) -> bool:
+    """release() inside a Session's transaction."""
+    return release(lean_connection(session), request_id)
+
+
+def read_settlement(lean: LeanConnection, request_id: str) -> Settlement:
     """How a closed hold ended, as a replayed Settlement; NOT_FOUND for an unknown request."""
-    row = session.connection().execute(_SELECT_HOLD, {"b_request_id": request_id}).first()
+    row = lean.first(_SELECT_HOLD, {"b_request_id": request_id})
     if row is None:
         raise GatewayError(Reason.NOT_FOUND, "no hold exists for this request_id", param="request_id")
     hold = _record(row)
@@ -277,57 +332,67 @@ def stored_settlement(session: Session, request_id: str) -> Settlement:
     return Settlement(request_id, hold.charged_micros, hold.released_micros, hold.balance_after_micros, replayed=True)
 
 
+def stored_settlement(session: Session, request_id: str) -> Settlement:
+    """read_settlement() inside a Session's transaction."""
+    return read_settlement(lean_connection(session), request_id)
+
+
 def get_hold(session: Session, request_id: str) -> HoldRecord | None:
     """The hold for request_id, if one was ever admitted."""
-    row = session.connection().execute(_SELECT_HOLD, {"b_request_id": request_id}).first()
+    row = lean_connection(session).first(_SELECT_HOLD, {"b_request_id": request_id})
     return None if row is None else _record(row)
 
 
-def _record(row: Row[Any]) -> HoldRecord:
-    values = dict(row._mapping)
-    return HoldRecord(**{**values, "status": HoldStatus(values["status"])})
+def _record(row: tuple[Any, ...]) -> HoldRecord:
+    values = list(row)  # the columns are in HoldRecord's field order (checked at import)
+    values[_STATUS_INDEX] = HoldStatus(values[_STATUS_INDEX])
+    return HoldRecord(*values)
 
 
-def _close(connection: Connection, request_id: str, status: HoldStatus, now: datetime) -> HoldRecord | None:
-    row = connection.execute(_CLOSE, {"b_request_id": request_id, "b_status": status.value, "b_now": now}).first()
-    return None if row is None else _record(row)
+def _close(lean: LeanConnection, request_id: str, status: HoldStatus) -> HoldRecord | None:
+    now = transaction_now(lean)
+    row = lean.first(_CLOSE, {"b_request_id": request_id, "b_status": status.value, "b_now": now})
+    if row is None:
+        return None
+    # closed_at is the now just bound (read back equal): keeping the very object lets the
+    # statements after this reuse its conversion (lean.py, _remember_last).
+    return replace(_record(row), closed_at=now)
 
 
-def _move_money(connection: Connection, hold: HoldRecord, charged: int) -> int:
+def _move_money(lean: LeanConnection, hold: HoldRecord, charged: int) -> int:
     """Debits charged, un-holds the whole hold on account and key, ledgers both; the balance after."""
     held = hold.amount_micros
     assert hold.closed_at is not None, "money moves only when a hold closes"
     money = {"b_charged": charged, "b_held": held, "b_period": budget_period(hold.closed_at)}
-    balance_after = int(
-        connection.execute(
-            _DEBIT_ACCOUNT, {**money, "b_account_id": hold.account_id, "b_now": hold.closed_at}
-        ).scalar_one()
-    )
-    connection.execute(_DEBIT_KEY, {**money, "b_key_id": hold.api_key_id})
+    debited = lean.first(_DEBIT_ACCOUNT, {**money, "b_account_id": hold.account_id, "b_now": hold.closed_at})
+    if debited is None:  # the hold's foreign key makes this unreachable; never move money half-way
+        raise RuntimeError(f"account {hold.account_id!r} of hold {hold.request_id!r} is missing")
+    balance_after = int(debited[0])
+    lean.execute(_DEBIT_KEY, {**money, "b_key_id": hold.api_key_id})
+    entries = []
     if charged > 0:
-        _append(connection, hold, LedgerKind.SETTLE, amount=-charged, held_delta=-charged, balance_after=balance_after)
+        entries.append(_entry(hold, LedgerKind.SETTLE, amount=-charged, held_delta=-charged, balance_after=balance_after))
     if held - charged > 0:
-        _append(connection, hold, LedgerKind.RELEASE, amount=0, held_delta=charged - held, balance_after=balance_after)
-    connection.execute(
-        _RECORD_CHARGE, {"b_request_id": hold.request_id, "b_charged": charged, "b_balance_after": balance_after}
-    )
+        entries.append(_entry(hold, LedgerKind.RELEASE, amount=0, held_delta=charged - held, balance_after=balance_after))
+    if entries:
+        _append(lean, entries)
+    lean.execute(_RECORD_CHARGE, {"b_request_id": hold.request_id, "b_charged": charged, "b_balance_after": balance_after})
     return balance_after
 
 
-def _append(
-    connection: Connection, hold: HoldRecord, kind: LedgerKind, *, amount: int, held_delta: int, balance_after: int
-) -> None:
-    """One ledger entry for the hold, stamped with the time of the transaction that wrote it."""
-    connection.execute(
-        _INSERT_ENTRY,
-        {
-            "account_id": hold.account_id,
-            "kind": kind.value,
-            "amount_micros": amount,
-            "held_delta_micros": held_delta,
-            "balance_after_micros": balance_after,
-            "request_id": hold.request_id,
-            "note": "",
-            "created_at": hold.closed_at or hold.created_at,
-        },
-    )
+def _entry(
+    hold: HoldRecord, kind: LedgerKind, *, amount: int, held_delta: int, balance_after: int
+) -> tuple[Any, ...]:
+    """One ledger entry for the hold (in _ENTRY_COLUMNS order), stamped with the time of the transaction."""
+    created = hold.closed_at or hold.created_at
+    return (hold.account_id, kind.value, amount, held_delta, int(balance_after), hold.request_id, "", created)
+
+
+def _append(lean: LeanConnection, entries: list[tuple[Any, ...]]) -> None:
+    """Writes the entries in one INSERT."""
+    params = {
+        f"b_{name}_{index}": value
+        for index, entry in enumerate(entries)
+        for name, value in zip(_ENTRY_COLUMNS, entry, strict=True)
+    }
+    lean.execute(_INSERT_ENTRIES[len(entries)], params)

@@ -5,23 +5,27 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Connection, Table, and_, cast, func, insert, or_
+from sqlalchemy import BigInteger, ColumnElement, Table, and_, cast, func, insert, or_
 from sqlalchemy import select as select_columns
 from sqlmodel import Session, col, select
 
 from gateway_core.errors import invalid_request
 from gateway_core.metering.outcome import UsageOutcome
+from gateway_core.store.lean import LeanConnection
 from gateway_core.store.models import UsageRecord
 from gateway_core.store.paging import cursor_time, decode_token, encode_token, page_size
 from gateway_core.store.records import HoldRecord, ModelUsage, Usage
 
 
-# Built once: this runs on every request's settlement (see store/holds.py).
-_INSERT_USAGE = insert(UsageRecord.__table__)  # type: ignore[attr-defined]
+# Built once: this runs on every request's settlement (see store/holds.py and store/lean.py).
+_USAGE: Table = UsageRecord.__table__  # type: ignore[attr-defined]
+_INSERT_USAGE = insert(_USAGE)
+# Every column is bound (lean.py applies no defaults).
+_USAGE_COLUMNS = tuple(_USAGE.c.keys())
 
 
 def insert_usage(
-    connection: Connection, hold: HoldRecord, outcome: UsageOutcome, *, charged_micros: int, clamped: bool
+    lean: LeanConnection, hold: HoldRecord, outcome: UsageOutcome, *, charged_micros: int, clamped: bool
 ) -> None:
     """Writes the one usage record of a closing hold; a second one fails on the primary key.
 
@@ -31,7 +35,7 @@ def insert_usage(
     tokens = (outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens, outcome.reasoning_tokens)
     prompt, completion, cached, reasoning = (max(count, 0) for count in tokens)
     ttft = outcome.time_to_first_token_ms
-    connection.execute(
+    lean.execute(
         _INSERT_USAGE,
         {
             "request_id": hold.request_id,
@@ -53,6 +57,7 @@ def insert_usage(
             "clamped": clamped or min(tokens) < 0,
             "created_at": hold.created_at,
         },
+        column_keys=_USAGE_COLUMNS,
     )
 
 

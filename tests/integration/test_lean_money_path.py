@@ -1,0 +1,301 @@
+"""The lean money path (store/lean.py, Database.run_lean): same rows as SQLAlchemy writes, durability per kind.
+
+Holds and settlements run on the raw DBAPI connection with statements compiled
+once. These tests prove that what they store is exactly what the ORM stores
+(every column type involved, both backends), that SQLAlchemy errors still come
+out, and that on SQLite only hold-only transactions commit with
+synchronous=NORMAL (the crash test, test_crash_recovery, kills a process right
+after such a hold and sees the orphan sweep release it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session, col, select
+
+from gateway_core.errors import GatewayError, Reason
+from gateway_core.metering.ledger import Ledger
+from gateway_core.store import Database, Store
+from gateway_core.store import holds as hold_sql
+from gateway_core.store.clock import db_now
+from gateway_core.store.lean import LeanConnection, lean_connection
+from gateway_core.store.models import Account, Hold, LedgerEntry, UsageRecord
+from tests.ledger_support import funded_key, outcome
+
+# SQLAlchemy's SQLite DATETIME text, as the ORM writes it.
+_SQLITE_DATETIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
+
+
+def _raw_rows(db: Database, table: str, key: str, values: tuple[str, ...]) -> dict[str, tuple[Any, ...]]:
+    """Rows as the driver returns them (no SQLAlchemy types): how they are really stored."""
+    pooled = db.engine.raw_connection()
+    try:
+        cursor = pooled.driver_connection.cursor()
+        marks = ", ".join(["?" if db.engine.dialect.name == "sqlite" else "%s"] * len(values))
+        cursor.execute(f"SELECT * FROM {table} WHERE {key} IN ({marks}) ORDER BY {key}", values)  # noqa: S608
+        names = [column[0] for column in cursor.description]
+        return {str(row[names.index(key)]): tuple(row) for row in cursor.fetchall()} | {"": tuple(names)}
+    finally:
+        pooled.close()
+
+
+async def test_rows_written_lean_are_stored_and_read_exactly_like_orm_rows(database_url: str) -> None:
+    async with await Database.open(database_url) as db:
+        store = Store(db)
+        key = await funded_key(store, 10_000)
+        ledger = Ledger(db, instance_id="lean-test")
+        hold = await ledger.hold(
+            request_id="lean", account_id=key.account_id, api_key_id=key.key_id, amount_micros=3_000, model="m"
+        )
+        settlement = await ledger.settle(hold, replace(outcome(1_234), prompt_tokens=-1))  # clamped: a boolean True
+
+        # The same rows written through the ORM, copied column by column from what the lean path stored.
+        def copy_through_orm(session: Session) -> None:
+            lean_hold = session.get(Hold, "lean")
+            usage = session.get(UsageRecord, "lean")
+            assert lean_hold is not None and usage is not None
+            session.add(Hold(**{**lean_hold.model_dump(), "request_id": "orm"}))
+            session.flush()
+            session.add(UsageRecord(**{**usage.model_dump(), "request_id": "orm"}))
+            for entry in session.exec(select(LedgerEntry).where(col(LedgerEntry.request_id) == "lean")):
+                session.add(LedgerEntry(**{**entry.model_dump(), "id": None, "request_id": "orm"}))
+
+        await db.run(copy_through_orm, write=True)
+
+        for table, key_column in (("holds", "request_id"), ("usage_records", "request_id")):
+            rows = _raw_rows(db, table, key_column, ("lean", "orm"))
+            names = rows.pop("")
+            position = names.index(key_column)
+            lean_row, orm_row = (row[:position] + row[position + 1 :] for row in (rows["lean"], rows["orm"]))
+            assert lean_row == orm_row, f"{table}: lean {lean_row} != orm {orm_row}"
+            assert [type(value) for value in lean_row] == [type(value) for value in orm_row]
+        pooled = db.engine.raw_connection()
+        try:  # entries as stored, by kind: ids differ, nothing else may
+            cursor = pooled.driver_connection.cursor()
+            cursor.execute("SELECT request_id, kind, account_id, amount_micros, balance_after_micros,"
+                           " held_delta_micros, note, created_at FROM ledger_entries")
+            raw_entries = {(row[0], row[1]): row[2:] for row in cursor.fetchall()}
+        finally:
+            pooled.close()
+        for kind in ("hold", "settle", "release"):
+            assert raw_entries[("lean", kind)] == raw_entries[("orm", kind)]
+            assert [type(v) for v in raw_entries[("lean", kind)]] == [type(v) for v in raw_entries[("orm", kind)]]
+        with Session(db.engine) as session:
+            by_kind = {
+                (entry.request_id, entry.kind): entry.model_dump(exclude={"id", "request_id"})
+                for entry in session.exec(select(LedgerEntry).where(col(LedgerEntry.request_id).in_(["lean", "orm"])))
+            }
+            kinds = sorted(kind for request_id, kind in by_kind if request_id == "lean")
+            assert kinds == ["hold", "release", "settle"]
+            assert all(by_kind[("lean", kind)] == by_kind[("orm", kind)] for kind in kinds)
+            # Read back through the ORM: aware UTC datetimes, ints, bools, as SQLAlchemy hands them out.
+            stored = session.get(Hold, "lean")
+            assert stored is not None and stored.closed_at is not None
+            assert stored.created_at.tzinfo is UTC and stored.closed_at.tzinfo is UTC
+            assert (stored.status, stored.charged_micros, stored.balance_after_micros) == ("settled", 1_234, 8_766)
+            usage = session.get(UsageRecord, "lean")
+            assert usage is not None and usage.clamped is True and usage.estimated is False
+            assert usage.time_to_first_token_ms is not None and usage.created_at == stored.created_at
+            account = session.get(Account, key.account_id)
+            assert account is not None and account.updated_at.tzinfo is UTC
+            assert account.updated_at == stored.closed_at  # the settle's debit, stamped with the same time
+        assert settlement.balance_after_micros == 8_766
+        # The store's readers (admin API, usage listing) see the lean rows like any other.
+        record = await store.get_usage_record("lean")
+        assert record is not None and record.cost_micros == 1_234 and record.created_at == stored.created_at
+        page, _ = await store.list_usage_records(key.account_id)
+        assert {usage.request_id for usage in page} == {"lean", "orm"}
+        if db.engine.dialect.name == "sqlite":
+            with sqlite3.connect(db.engine.url.database or "") as raw:
+                for table, column in (("holds", "created_at"), ("holds", "closed_at"), ("usage_records", "created_at"),
+                                      ("ledger_entries", "created_at"), ("accounts", "updated_at")):
+                    for (value,) in raw.execute(f"SELECT {column} FROM {table}"):  # noqa: S608
+                        assert _SQLITE_DATETIME.match(value), f"{table}.{column} stored as {value!r}"
+
+
+async def test_lean_errors_are_sqlalchemy_errors_and_change_nothing(database_url: str) -> None:
+    async with await Database.open(database_url) as db:
+        store = Store(db)
+        key = await funded_key(store, 10_000)
+        ledger = Ledger(db, instance_id="lean-errors")
+        ids = {"account_id": key.account_id, "api_key_id": key.key_id}
+        await ledger.hold(request_id="twice", amount_micros=100, **ids)
+        with pytest.raises(GatewayError) as twice:  # the INSERT's IntegrityError, mapped
+            await ledger.hold(request_id="twice", amount_micros=100, **ids)
+        assert twice.value.reason == Reason.ALREADY_EXISTS
+        assert (await store.get_account(key.account_id)).held_micros == 100  # the failed hold rolled back
+
+        def violate_check(lean: LeanConnection) -> None:
+            lean.execute(hold_sql._RECORD_CHARGE, {"b_request_id": "twice", "b_charged": 101, "b_balance_after": 0})
+
+        with pytest.raises(IntegrityError):  # CHECK charged <= amount, raised as SQLAlchemy's exception
+            await db.run_lean(violate_check)
+        hold = await store.get_hold("twice")
+        assert hold is not None and hold.charged_micros == 0
+
+
+async def test_session_wrappers_run_the_same_statements(database_url: str) -> None:
+    """Cold paths (orphan sweeps, tools) call the Session functions: same SQL, inside the Session's transaction."""
+    async with await Database.open(database_url) as db:
+        store = Store(db)
+        key = await funded_key(store, 5_000)
+        request = hold_sql.HoldRequest("wrapped", key.account_id, key.key_id, 2_000, "tool")
+
+        def hold_and_settle(session: Session) -> int:
+            record = hold_sql.create_hold(session, request)
+            assert record.created_at <= db_now(session)
+            assert hold_sql.get_hold(session, "wrapped") == record
+            return hold_sql.settle_hold(session, "wrapped", outcome(500)).balance_after_micros
+
+        assert await db.run(hold_and_settle, write=True) == 4_500
+        replayed = await db.run(lambda session: hold_sql.stored_settlement(session, "wrapped"))
+        assert (replayed.charged_micros, replayed.replayed) == (500, True)
+        assert await db.run(lambda session: hold_sql.release_hold(session, "wrapped"), write=True) is False
+        with Session(db.engine) as session, session.begin():
+            lean = lean_connection(session)
+            assert lean.first(text("SELECT 1"), {}) == (1,)
+
+
+# --- durability on SQLite -------------------------------------------------------------------
+
+
+def _trace_statements(db: Database) -> list[str]:
+    """Every statement SQLite runs on the pool's connections from now on."""
+    statements: list[str] = []
+
+    def trace(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        dbapi_connection.set_trace_callback(statements.append)
+
+    event.listen(db.engine, "connect", trace)
+    db.engine.dispose()  # connections opened before the listener have no trace
+    return statements
+
+
+async def test_only_hold_only_transactions_commit_with_synchronous_normal(tmp_path: Any) -> None:
+    async with await Database.open(f"sqlite:///{tmp_path}/durability.db") as db:
+        store = Store(db)
+        key = await funded_key(store, 100_000)
+        ledger = Ledger(db, instance_id="durability")
+        await ledger.ensure_instance()
+        ids = {"account_id": key.account_id, "api_key_id": key.key_id}
+        statements = _trace_statements(db)
+
+        first = await ledger.hold(request_id="h1", amount_micros=100, **ids)
+        begin = statements.index("BEGIN IMMEDIATE")
+        assert statements[begin - 1] == "PRAGMA synchronous=1"  # NORMAL, set before the transaction starts
+        assert statements[statements.index("COMMIT") + 1] == "PRAGMA synchronous=2"  # FULL again right after
+        statements.clear()
+
+        await ledger.settle(first, outcome(50))
+        assert "BEGIN IMMEDIATE" in statements and "COMMIT" in statements
+        assert not any(s.startswith("PRAGMA synchronous=") for s in statements)  # settles stay FULL
+        statements.clear()
+
+        # A hold and a settle queued together share one transaction, which therefore commits FULL.
+        second = await ledger.hold(request_id="h2", amount_micros=100, **ids)
+        statements.clear()
+        await asyncio.gather(ledger.hold(request_id="h3", amount_micros=100, **ids), ledger.settle(second, outcome(1)))
+        assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+        assert not any(s.startswith("PRAGMA synchronous=") for s in statements)
+        statements.clear()
+
+        # Holds queued together share one NORMAL commit.
+        await asyncio.gather(*(ledger.hold(request_id=f"g{i}", amount_micros=100, **ids) for i in range(3)))
+        assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("PRAGMA synchronous=1") == 1
+        statements.clear()
+
+        # Top-ups (and every other write) stay on the Session path at FULL.
+        await store.top_up(key.account_id, 1, "durability-top-up")
+        assert not any(s.startswith("PRAGMA synchronous=") for s in statements)
+        with db.engine.connect() as connection:  # the pool's connections are all back at FULL
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+
+
+async def test_a_connection_set_up_below_full_is_left_alone(tmp_path: Any) -> None:
+    """A deployment (or test) that chose synchronous=OFF keeps it: relaxing never raises durability."""
+    async with await Database.open(f"sqlite:///{tmp_path}/off.db") as db:
+
+        def no_fsync(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+            dbapi_connection.execute("PRAGMA synchronous=OFF")
+
+        event.listen(db.engine, "connect", no_fsync)
+        statements = _trace_statements(db)
+        store = Store(db)
+        key = await funded_key(store, 1_000)
+        ledger = Ledger(db, instance_id="off")
+        await ledger.hold(request_id="off", account_id=key.account_id, api_key_id=key.key_id, amount_micros=10)
+        assert not any(s.startswith("PRAGMA synchronous=") for s in statements if s != "PRAGMA synchronous=OFF")
+        with db.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 0
+
+
+_READ_HOLD = """
+import sqlite3, sys
+row = sqlite3.connect(sys.argv[1]).execute("SELECT status, amount_micros FROM holds WHERE request_id = 'seen'").fetchone()
+print(row)
+"""
+
+
+async def test_a_relaxed_hold_is_visible_to_another_process_at_once(tmp_path: Any) -> None:
+    path = tmp_path / "visible.db"
+    async with await Database.open(f"sqlite:///{path}") as db:
+        key = await funded_key(Store(db), 1_000)
+        ledger = Ledger(db, instance_id="visible")
+        await ledger.hold(request_id="seen", account_id=key.account_id, api_key_id=key.key_id, amount_micros=70)
+        # Another process, while this one still runs and holds its connections open.
+        seen = subprocess.run([sys.executable, "-c", _READ_HOLD, str(path)], capture_output=True, text=True, check=True)
+        assert seen.stdout.strip() == "('open', 70)"
+
+
+async def test_sqlite_time_is_the_machine_clock_in_milliseconds(tmp_path: Any) -> None:
+    async with await Database.open(f"sqlite:///{tmp_path}/clock.db") as db:
+        with Session(db.engine) as session:
+            before = datetime.now(UTC)
+            now = db_now(session)
+            sqlite_text = session.connection().exec_driver_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").scalar()
+            after = datetime.now(UTC)
+        assert now.microsecond % 1000 == 0 and now.tzinfo is UTC
+        assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= now <= after
+        sqlite_now = datetime.fromisoformat(str(sqlite_text)).replace(tzinfo=UTC)
+        assert abs((sqlite_now - now).total_seconds()) < 1  # the same clock SQLite's own 'now' reads
+
+
+async def test_a_group_that_cannot_begin_fails_its_callers_and_its_connection_is_replaced(tmp_path: Any) -> None:
+    path = tmp_path / "busy.db"
+    async with await Database.open(f"sqlite:///{path}") as db:
+
+        def short_wait(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+            dbapi_connection.execute("PRAGMA busy_timeout=50")
+
+        event.listen(db.engine, "connect", short_wait)
+        db.engine.dispose()
+        key = await funded_key(Store(db), 1_000)
+        ledger = Ledger(db, instance_id="busy")
+        ids = {"account_id": key.account_id, "api_key_id": key.key_id}
+        await ledger.hold(request_id="before", amount_micros=10, **ids)
+        writer_connection = db._writer_pooled.driver_connection  # the writer thread's own connection
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock past the busy timeout
+        try:
+            with pytest.raises(OperationalError, match="locked"):  # SQLAlchemy's exception, as on the Session path
+                await ledger.hold(request_id="blocked", amount_micros=10, **ids)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):  # discarded: never serves another write
+            writer_connection.execute("SELECT 1")
+        await ledger.hold(request_id="after", amount_micros=10, **ids)
+        assert await Store(db).get_hold("blocked") is None
+        with db.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
