@@ -179,8 +179,13 @@ def _stream_once(url: str, key: str, outcome: Counter[str], finished: list[str],
             model="slow", messages=[{"role": "user", "content": "hi"}], stream=True
         )
         request_id = stream.response.headers["x-request-id"]
-        in_flight.add(request_id)  # admitted: its hold is open until the stream ends
-        chunks = list(stream)
+        chunks = []
+        for chunk in stream:
+            if not chunks:
+                # Mid-stream (the slow upstream has ~0.45 s of chunks left): its hold is surely still open;
+                # marked only now, because the core settles just before the last chunk, not when it is read.
+                in_flight.add(request_id)
+            chunks.append(chunk)
         outcome["finished" if chunks else "empty"] += 1
         finished.append(request_id)
     except openai.RateLimitError as error:  # 429 insufficient_quota: the hold did not fit
