@@ -1,4 +1,4 @@
-"""Anthropic Messages upstream calls: URL, headers, the httpx call. I/O only.
+"""Anthropic Messages upstream calls: URL, headers, the HTTP call. I/O only.
 
 Conversion is translate's job; this module only moves bytes, bounds them
 (response size, the caller's deadline) and turns transport failures into
@@ -12,7 +12,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import orjson
 
 from gateway_core.config import ProviderSettings
@@ -31,6 +30,9 @@ from gateway_core.providers.http import (
     send_json,
     user_agent,
 )
+from gateway_core.providers.http_client import UpstreamClient
+from gateway_core.providers.http_errors import UpstreamTransportError
+from gateway_core.providers.http_response import ResponseHeaders, UpstreamResponse
 from gateway_core.providers.sse import SseEvent, iter_sse
 
 # How long to wait for the end of the body after message_stop before giving up on reusing the connection.
@@ -40,7 +42,7 @@ DRAIN_SECONDS = 0.5
 class AnthropicProvider:
     """A configured Anthropic upstream. Safe to share; the HTTP client is injected."""
 
-    def __init__(self, settings: ProviderSettings, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: ProviderSettings, http: UpstreamClient) -> None:
         self.name = settings.name
         self._settings = settings
         self._http = http
@@ -90,7 +92,7 @@ class AnthropicProvider:
     async def _send(
         self, stack: contextlib.AsyncExitStack, call: UpstreamCall, body: dict[str, Any], deadline: Deadline,
         *, stream: bool,
-    ) -> httpx.Response:
+    ) -> UpstreamResponse:
         """Sends the request and returns the response with headers read (closed by stack)."""
         return await send_json(
             self._http, stack, url=self._url, body=orjson.dumps(body),
@@ -100,7 +102,7 @@ class AnthropicProvider:
         )
 
 
-async def _refuse_json_instead_of_stream(response: httpx.Response, deadline: Deadline) -> None:
+async def _refuse_json_instead_of_stream(response: UpstreamResponse, deadline: Deadline) -> None:
     """A JSON body (status 200) where an event stream was asked for: raise its error."""
     raw = await read_within(response, deadline, MAX_ERROR_BODY_BYTES, truncate=True)
     try:
@@ -120,7 +122,7 @@ async def _drain(events: AsyncIterator[SseEvent], deadline: Deadline) -> None:
         async with asyncio.timeout(DRAIN_SECONDS if remaining is None else min(DRAIN_SECONDS, remaining)):
             async for _ in events:
                 pass
-    except (httpx.HTTPError, TimeoutError, ProviderError):
+    except (UpstreamTransportError, TimeoutError, ProviderError):
         pass  # the answer is complete; the connection just won't be reused
 
 
@@ -131,5 +133,5 @@ def _event_json(event: SseEvent) -> Any:
         raise malformed("stream event data is not JSON") from None
 
 
-def _map_error(status: int, raw: bytes, headers: httpx.Headers) -> ProviderError:
+def _map_error(status: int, raw: bytes, headers: ResponseHeaders) -> ProviderError:
     return translate.map_error(status, raw, headers.get("retry-after"))

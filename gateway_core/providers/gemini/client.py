@@ -1,4 +1,4 @@
-"""Gemini API calls: URL, headers, the httpx call. I/O only.
+"""Gemini API calls: URL, headers, the HTTP call. I/O only.
 
     POST {base_url}/models/{model}:generateContent
     POST {base_url}/models/{model}:streamGenerateContent?alt=sse
@@ -17,7 +17,6 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import orjson
 
 from gateway_core.config import ProviderSettings
@@ -36,6 +35,8 @@ from gateway_core.providers.http import (
     send_json,
     user_agent,
 )
+from gateway_core.providers.http_client import UpstreamClient
+from gateway_core.providers.http_response import ResponseHeaders, UpstreamResponse
 from gateway_core.providers.sse import SseEvent, iter_sse
 
 # "gemini-2.5-flash", "models/gemini-2.5-flash" or "tunedModels/my-model": one
@@ -44,7 +45,7 @@ _MODEL = re.compile(r"(?:(models|tunedModels)/)?([A-Za-z0-9][A-Za-z0-9._-]{0,127
 class GeminiProvider:
     """A configured Gemini API upstream. Safe to share; the HTTP client is injected."""
 
-    def __init__(self, settings: ProviderSettings, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: ProviderSettings, http: UpstreamClient) -> None:
         self.name = settings.name
         self._settings = settings
         self._http = http
@@ -101,7 +102,7 @@ class GeminiProvider:
     async def _send(
         self, stack: contextlib.AsyncExitStack, call: UpstreamCall, body: dict[str, Any], deadline: Deadline,
         *, stream: bool,
-    ) -> httpx.Response:
+    ) -> UpstreamResponse:
         """Sends the request and returns the response with headers read (closed by stack)."""
         return await send_json(
             self._http, stack, url=self._url(call, stream=stream), body=orjson.dumps(body),
@@ -111,7 +112,7 @@ class GeminiProvider:
         )
 
 
-async def _refuse_non_stream(response: httpx.Response, deadline: Deadline) -> None:
+async def _refuse_non_stream(response: UpstreamResponse, deadline: Deadline) -> None:
     """A 200 that is not an event stream (an error object, or a JSON array without alt=sse): raise."""
     raw = await read_within(response, deadline, MAX_ERROR_BODY_BYTES, truncate=True)
     error = translate.error_object(raw)
@@ -127,5 +128,5 @@ def _event_json(event: SseEvent) -> Any:
         raise translate.malformed("stream event data is not JSON") from None
 
 
-def _map_error(status: int, raw: bytes, headers: httpx.Headers) -> ProviderError:
+def _map_error(status: int, raw: bytes, headers: ResponseHeaders) -> ProviderError:
     return translate.map_error(status, raw, headers.get("retry-after"))

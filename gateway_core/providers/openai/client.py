@@ -1,4 +1,4 @@
-"""OpenAI-compatible upstream calls: URL, headers, the httpx call. I/O only.
+"""OpenAI-compatible upstream calls: URL, headers, the HTTP call. I/O only.
 
 Conversion is translate's job; this module only moves bytes, bounds them
 (response size, the caller's deadline) and turns transport failures into
@@ -15,7 +15,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import orjson
 
 from gateway_core.config import ProviderSettings
@@ -33,6 +32,9 @@ from gateway_core.providers.http import (
     send_json,
     user_agent,
 )
+from gateway_core.providers.http_client import UpstreamClient
+from gateway_core.providers.http_errors import UpstreamTransportError
+from gateway_core.providers.http_response import ResponseHeaders, UpstreamResponse
 from gateway_core.providers.openai import translate
 from gateway_core.providers.openai.response import malformed
 from gateway_core.providers.sse import SseEvent, iter_sse
@@ -45,7 +47,7 @@ log = logging.getLogger("tollgate.providers.openai")
 class OpenAIProvider:
     """A configured OpenAI-compatible upstream. Safe to share; the HTTP client is injected."""
 
-    def __init__(self, settings: ProviderSettings, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: ProviderSettings, http: UpstreamClient) -> None:
         self.name = settings.name
         self._settings = settings
         self._http = http
@@ -107,7 +109,7 @@ class OpenAIProvider:
     async def _send(
         self, stack: contextlib.AsyncExitStack, call: UpstreamCall, body: dict[str, Any], deadline: Deadline,
         *, stream: bool,
-    ) -> httpx.Response:
+    ) -> UpstreamResponse:
         """Sends the request and returns the response with headers read (closed by stack)."""
         return await send_json(
             self._http, stack, url=self._url, body=orjson.dumps(body),
@@ -117,7 +119,7 @@ class OpenAIProvider:
         )
 
 
-async def _refuse_json_instead_of_stream(response: httpx.Response, deadline: Deadline) -> None:
+async def _refuse_json_instead_of_stream(response: UpstreamResponse, deadline: Deadline) -> None:
     """Some vendors answer a stream request with a plain JSON error (status 200): raise it."""
     raw = await read_within(response, deadline, MAX_ERROR_BODY_BYTES, truncate=True)
     try:
@@ -137,7 +139,7 @@ async def _drain(events: AsyncIterator[SseEvent], deadline: Deadline) -> None:
         async with asyncio.timeout(DRAIN_SECONDS if remaining is None else min(DRAIN_SECONDS, remaining)):
             async for _ in events:
                 pass
-    except (httpx.HTTPError, TimeoutError, ProviderError):
+    except (UpstreamTransportError, TimeoutError, ProviderError):
         pass  # the answer is complete; the connection just won't be reused
 
 
@@ -151,5 +153,5 @@ def _event_json(event: SseEvent) -> Any:
     return data
 
 
-def _map_error(status: int, raw: bytes, headers: httpx.Headers) -> ProviderError:
+def _map_error(status: int, raw: bytes, headers: ResponseHeaders) -> ProviderError:
     return translate.map_error(status, raw, headers.get("retry-after"), retry_after_ms=headers.get("retry-after-ms"))
