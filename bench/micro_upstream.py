@@ -56,7 +56,7 @@ async def _worker(port: int, calls: int, streams: int) -> dict[str, float]:
 
     def call(model: str, stream: bool) -> UpstreamCall:
         cls = chat_pb2.StreamChatCompletionRequest if stream else chat_pb2.CreateChatCompletionRequest
-        request = cls(model="bench-model", stream=stream)
+        request = cls(model="bench-model")
         request.messages.add(role=types_pb2.ROLE_USER, content="Say hello in sixteen tokens, please.")
         return UpstreamCall(request=request, upstream_model=model, client_model="bench-model",
                             request_id="req_0123456789abcdef", timeout_seconds=60.0)

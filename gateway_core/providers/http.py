@@ -9,7 +9,6 @@ caller's gRPC deadline (`UpstreamCall.timeout_seconds`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import ssl
 import time
@@ -258,29 +257,31 @@ def request_headers(
 
 async def send_json(
     http: UpstreamClient,
-    stack: contextlib.AsyncExitStack,
     *,
     url: str,
     body: bytes,
     headers: Mapping[str, str],
     timeout: CallTimeouts,
-    deadline: Deadline,
     map_error: ErrorMapper,
     secret: str,
 ) -> UpstreamResponse:
-    """POSTs body and returns the response with its headers read (stack closes it);
-    a non-2xx answer is read (bounded) and raised as the provider's mapped error."""
+    """POSTs body and returns the response with its headers read, for the caller to close;
+    a non-2xx answer is read (bounded), closed and raised as the provider's mapped error.
+
+    The caller's deadline travels in `timeout` and bounds every wait, body reads included.
+    """
     try:
         response = await http.post(url, body, headers, timeout)
     except UpstreamTransportError as exc:
         raise transport_error(exc, responded=False) from None
-    stack.push_async_callback(response.aclose)
     if 200 <= response.status < 300:
         return response
     try:
         raw = await read_body(response, MAX_ERROR_BODY_BYTES, truncate=True)
     except UpstreamTransportError:
         raw = b""  # the status alone decides the mapping
+    finally:
+        await response.aclose()
     error = map_error(response.status, raw, response.headers)
     if secret:  # belt and braces: bodies may echo the key in forms scrub() misses
         error.upstream_body = error.upstream_body.replace(secret, "[redacted]")

@@ -38,7 +38,7 @@ _URL_CACHE_SIZE = 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallTimeouts:
     """One call's limits, in seconds, and its total deadline on the event loop's clock (or None).
 
@@ -264,7 +264,7 @@ class UpstreamClient:
     def _release(self, connection: Connection) -> None:
         """Back to the idle pool if it can carry another request; otherwise it is being closed."""
         if connection.reusable and not self._closed and self._idle_count < self._max_idle:
-            connection.finish_exchange(asyncio.get_running_loop().time())
+            connection.finish_exchange()
             idle = self._idle.get(connection.origin)
             if idle is None:
                 idle = self._idle[connection.origin] = deque()

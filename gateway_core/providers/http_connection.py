@@ -76,6 +76,7 @@ class Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         # The response being received.
         self.status = 0
+        self.content_encoding = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._headers_done = False
         self._informational = False
@@ -157,9 +158,16 @@ class Connection(asyncio.Protocol):
             return
         self.status = status
         self._headers_done = True
-        self._until_close = not any(
-            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self._raw_headers
-        ) and status not in (204, 304)
+        framed = False
+        encoding = b""
+        for name, value in self._raw_headers:
+            name = name.lower()
+            if name == b"content-length" or name == b"transfer-encoding":
+                framed = True
+            elif name == b"content-encoding":
+                encoding = value
+        self.content_encoding = encoding
+        self._until_close = not framed and status != 204 and status != 304
         self._wake_drain()  # an early answer ends the wait to send
         self._wake()
 
@@ -187,10 +195,21 @@ class Connection(asyncio.Protocol):
         """Starts an exchange: resets the response state and writes the request (head, body)."""
         self._exchange = exchange
         self.status = 0
+        self.content_encoding = b""
         self._raw_headers = []
         self._headers_done = self._complete = self._reusable = self._until_close = False
         self._error = None
-        self._wait_started = self._last_data_at = self.loop.time()
+        now = self._wait_started = self._last_data_at = self.loop.time()
+        timer = self._timer
+        if timer is not None:
+            # Left armed by the previous exchange (cheaper than a timer per request); within one
+            # exchange due times only move later, so it only needs replacing if it is due too late.
+            earliest = now + exchange.read_timeout
+            if exchange.deadline is not None and exchange.deadline < earliest:
+                earliest = exchange.deadline
+            if timer.when() > earliest:
+                timer.cancel()
+                self._timer = None
         transport = self._transport
         if transport is None or self.closed:
             raise ServerDisconnected("upstream closed the connection without a response")
@@ -266,13 +285,10 @@ class Connection(asyncio.Protocol):
         """True when the exchange ended cleanly, the body was read and the server keeps the connection."""
         return self._reusable and self._complete and not self._chunks and not self.closed and self._error is None
 
-    def finish_exchange(self, now: float) -> None:
-        """Readies a reusable connection for the idle pool."""
+    def finish_exchange(self) -> None:
+        """Readies a reusable connection for the idle pool (a pending timer fires once, idly, and lapses)."""
         self._exchange = None
-        self.idle_since = now
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.idle_since = self.loop.time()
 
     def close(self) -> None:
         """Closes the connection (the pool learns it in connection_lost)."""

@@ -21,17 +21,27 @@ _INFLATE_STEP = 1024 * 1024
 
 
 class ResponseHeaders(Mapping[str, str]):
-    """Response headers, looked up case-insensitively; repeated fields are joined with ", "."""
+    """Response headers, looked up case-insensitively; repeated fields are joined with ", ".
 
-    __slots__ = ("_fields",)
+    Decoded on first use: a successful unary answer is often read without a look at them.
+    """
+
+    __slots__ = ("_raw", "_decoded")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        fields: dict[str, str] = {}
-        for name, value in raw:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            fields[key] = f"{fields[key]}, {text}" if key in fields else text
-        self._fields = fields
+        self._raw = raw
+        self._decoded: dict[str, str] | None = None
+
+    @property
+    def _fields(self) -> dict[str, str]:
+        fields = self._decoded
+        if fields is None:
+            fields = self._decoded = {}
+            for name, value in self._raw:
+                key = name.decode("latin-1").lower()
+                text = value.decode("latin-1")
+                fields[key] = f"{fields[key]}, {text}" if key in fields else text
+        return fields
 
     def __getitem__(self, name: str) -> str:
         return self._fields[name.lower()]
@@ -78,11 +88,10 @@ class _Inflater:
         return self._zlib.unconsumed_tail
 
 
-def _inflater_for(headers: ResponseHeaders) -> _Inflater | None:
-    encoding = headers.get("content-encoding")
-    if encoding is None:
+def _inflater_for(content_encoding: bytes) -> _Inflater | None:
+    if not content_encoding:
         return None
-    encoding = encoding.strip().lower()
+    encoding = content_encoding.decode("latin-1").strip().lower()
     if encoding in ("", "identity"):
         return None
     if encoding in ("gzip", "x-gzip", "deflate"):
@@ -106,11 +115,12 @@ class UpstreamResponse:
         self._release = release
         self._done = False
         self._inflater: _Inflater | None = None
-        try:
-            self._inflater = _inflater_for(self.headers)
-        except ProtocolViolation:
-            self.aclose_now()
-            raise
+        if connection.content_encoding:
+            try:
+                self._inflater = _inflater_for(connection.content_encoding)
+            except ProtocolViolation:
+                self.aclose_now()
+                raise
 
     @property
     def is_success(self) -> bool:

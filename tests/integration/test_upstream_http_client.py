@@ -96,7 +96,7 @@ class Server:
         finally:
             self._handlers.discard(task)
             self.closed += 1
-            writer.transport.abort()
+            writer.close()  # after what was written has gone out (a handler that means to reset aborts)
 
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:

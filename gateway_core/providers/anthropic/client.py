@@ -57,9 +57,11 @@ class AnthropicProvider:
         """POSTs a non-streaming request and translates the whole answer."""
         body = translate.to_request(call, stream=False)
         deadline = Deadline.after(call.timeout_seconds)
-        async with contextlib.AsyncExitStack() as stack:
-            response = await self._send(stack, call, body, deadline, stream=False)
+        response = await self._send(call, body, deadline, stream=False)
+        try:
             parsed = await read_json(response, deadline)
+        finally:
+            await response.aclose()
         return translate.from_response(parsed, call, provider=self.name)
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
@@ -72,7 +74,8 @@ class AnthropicProvider:
         deadline = Deadline.after(call.timeout_seconds)
         translator = translate.StreamTranslator(call, provider=self.name)
         async with contextlib.AsyncExitStack() as stack:
-            response = await self._send(stack, call, body, deadline, stream=True)
+            response = await self._send(call, body, deadline, stream=True)
+            stack.push_async_callback(response.aclose)
             if response.headers.get("content-type", "").startswith("application/json"):
                 await _refuse_json_instead_of_stream(response, deadline)
             events = await stack.enter_async_context(contextlib.aclosing(iter_sse(response)))
@@ -90,14 +93,13 @@ class AnthropicProvider:
         """Nothing of its own to release: the shared HTTP client is the server's."""
 
     async def _send(
-        self, stack: contextlib.AsyncExitStack, call: UpstreamCall, body: dict[str, Any], deadline: Deadline,
-        *, stream: bool,
+        self, call: UpstreamCall, body: dict[str, Any], deadline: Deadline, *, stream: bool,
     ) -> UpstreamResponse:
-        """Sends the request and returns the response with headers read (closed by stack)."""
+        """Sends the request and returns the response with headers read (the caller closes it)."""
         return await send_json(
-            self._http, stack, url=self._url, body=orjson.dumps(body),
+            self._http, url=self._url, body=orjson.dumps(body),
             headers=request_headers(call, stream=stream, user_agent=self._user_agent, auth=self._auth),
-            timeout=call_timeout(self._settings, deadline), deadline=deadline, map_error=_map_error,
+            timeout=call_timeout(self._settings, deadline), map_error=_map_error,
             secret=self._settings.api_key,
         )
 
