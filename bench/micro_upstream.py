@@ -11,13 +11,16 @@ checkout. Workers alternate (old, new, old, new, ...) and each reports
 process CPU time (all threads; the fake upstream is another process), so the
 numbers stay comparable on a busy machine; the table shows medians.
 
-Rows:
+Rows (us of CPU):
 - unary c=1 / c=16: provider.complete(), one call at a time and 16 concurrent;
-- stream 16: provider.stream() of 16 content chunks + finish + usage + [DONE], per stream;
+- stream 16: provider.stream() of 16 content chunks + finish + usage + [DONE], per stream,
+  all arriving at once; "paced" has the fake wait 1 ms between chunks, so each of the
+  16 arrivals is its own socket read and wake-up, as with a real model;
 - per event: (stream of 256 chunks - stream of 16 chunks) / 240, i.e. one more SSE event
-  through the provider (transport, SSE parsing and translation);
-- transport unary / per event (transport): the client and SSE parser alone, no
-  translation (post + read the JSON body; post + iterate the SSE events).
+  through the provider (transport, SSE parsing and translation), arriving in bulk;
+- per paced event: (paced stream 16 - unary c=1) / 16, one more arrival through the provider;
+- transport ...: the client and SSE parser alone, no translation or provider code
+  (post + read the JSON body; post + iterate the SSE events), same definitions.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # --- worker side: runs with PYTHONPATH set to one gateway_core tree ---
 
 
-async def _worker(port: int, calls: int, streams: int) -> dict[str, float]:
+async def _worker(port: int, paced_port: int, calls: int, streams: int) -> dict[str, float]:
     from gateway_core.config import ProviderSettings
     from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
     from gateway_core.providers import http as http_module
@@ -51,8 +54,11 @@ async def _worker(port: int, calls: int, streams: int) -> dict[str, float]:
     from gateway_core.providers.openai.client import OpenAIProvider
 
     base = f"http://127.0.0.1:{port}/v1"
+    paced_base = f"http://127.0.0.1:{paced_port}/v1"
     client = http_module.make_http_client()
     provider = OpenAIProvider(ProviderSettings(name="bench", type="openai", base_url=base, api_key="sk-bench"), client)
+    paced = OpenAIProvider(ProviderSettings(name="paced", type="openai", base_url=paced_base, api_key="sk-bench"),
+                           client)
 
     def call(model: str, stream: bool) -> UpstreamCall:
         cls = chat_pb2.StreamChatCompletionRequest if stream else chat_pb2.CreateChatCompletionRequest
@@ -64,8 +70,8 @@ async def _worker(port: int, calls: int, streams: int) -> dict[str, float]:
     unary, streamed = call("bench-model", False), call("bench-model", True)
     long_stream = call("chunks-256", True)
 
-    async def one_stream(upstream: UpstreamCall) -> None:
-        async for _ in provider.stream(upstream):
+    async def one_stream(upstream: UpstreamCall, via: Any = provider) -> None:
+        async for _ in via.stream(upstream):
             pass
 
     async def cpu(count: int, make: Any, concurrency: int = 1) -> float:
@@ -87,28 +93,30 @@ async def _worker(port: int, calls: int, streams: int) -> dict[str, float]:
         "unary c=16": await cpu(calls, lambda: provider.complete(unary), concurrency=16),
         "stream 16": await cpu(streams, lambda: one_stream(streamed)),
     }
+    results["stream 16 paced"] = await cpu(streams // 4, lambda: one_stream(streamed, paced))
     long = await cpu(streams // 4, lambda: one_stream(long_stream))
     results["per event"] = (long - results["stream 16"]) / 240
-    transport_unary, transport_event = await _transport_only(http_module, base, calls, streams)
-    results["transport unary"] = transport_unary
-    results["per event (transport)"] = transport_event
+    results["per paced event"] = (results["stream 16 paced"] - results["unary c=1"]) / 16
+    results.update(await _transport_only(http_module, base, paced_base, calls, streams))
     await client.aclose()
     return results
 
 
-async def _transport_only(http_module: Any, base: str, calls: int, streams: int) -> tuple[float, float]:
+async def _transport_only(http_module: Any, base: str, paced_base: str, calls: int, streams: int,
+                          ) -> dict[str, float]:
     """CPU of the client and SSE parser alone: POST, read the JSON body; POST, iterate the events."""
     from gateway_core.providers.sse import iter_sse
 
-    url = f"{base}/chat/completions"
     unary_body = b'{"model":"bench-model","messages":[{"role":"user","content":"hi"}]}'
     stream_body = b'{"model":"chunks-256","messages":[{"role":"user","content":"hi"}],"stream":true}'
     short_body = b'{"model":"chunks-16","messages":[{"role":"user","content":"hi"}],"stream":true}'
+    paced_body = b'{"model":"bench-model","messages":[{"role":"user","content":"hi"}],"stream":true}'
     headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
     client = http_module.make_http_client()
     new = hasattr(http_module, "CallTimeouts") or "UpstreamClient" in type(client).__name__
 
-    async def post_read(body: bytes) -> int:
+    async def post_read(body: bytes, at: str = base) -> int:
+        url = f"{at}/chat/completions"
         if new:
             from gateway_core.providers.http_client import CallTimeouts
 
@@ -119,7 +127,8 @@ async def _transport_only(http_module: Any, base: str, calls: int, streams: int)
         response = await client.post(url, content=body, headers=headers)
         return len(response.content)
 
-    async def post_events(body: bytes) -> int:
+    async def post_events(body: bytes, at: str = base) -> int:
+        url = f"{at}/chat/completions"
         count = 0
         if new:
             from gateway_core.providers.http_client import CallTimeouts
@@ -145,8 +154,14 @@ async def _transport_only(http_module: Any, base: str, calls: int, streams: int)
     unary = await cpu(calls, lambda: post_read(unary_body))
     short = await cpu(streams, lambda: post_events(short_body))
     long = await cpu(streams // 4, lambda: post_events(stream_body))
+    paced = await cpu(streams // 4, lambda: post_events(paced_body, paced_base))
     await client.aclose()
-    return unary, (long - short) / 240
+    return {
+        "transport unary": unary,
+        "transport stream 16": short,
+        "transport per event": (long - short) / 240,
+        "transport per paced event": (paced - unary) / 16,
+    }
 
 
 # --- driver side ---
@@ -176,10 +191,11 @@ def _extract(revision: str, into: Path) -> None:
         tar.extractall(into, filter="data")
 
 
-def _run_worker(tree: Path, port: int, calls: int, streams: int) -> dict[str, float]:
+def _run_worker(tree: Path, ports: tuple[int, int], calls: int, streams: int) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(tree))
-    out = subprocess.run([sys.executable, __file__, "--worker", "--port", str(port), "--calls", str(calls),
-                          "--streams", str(streams)], env=env, capture_output=True, text=True, cwd=tree)
+    out = subprocess.run([sys.executable, __file__, "--worker", "--port", str(ports[0]), "--paced-port",
+                          str(ports[1]), "--calls", str(calls), "--streams", str(streams)],
+                         env=env, capture_output=True, text=True, cwd=tree)
     if out.returncode != 0:
         raise SystemExit(f"worker failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -193,6 +209,7 @@ def main() -> None:
     parser.add_argument("--baseline", help="git revision of the old client (default: found from history)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--paced-port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         try:
@@ -201,10 +218,12 @@ def main() -> None:
             uvloop.install()
         except ImportError:
             pass
-        print(json.dumps(asyncio.run(_worker(args.port, args.calls, args.streams))))
+        print(json.dumps(asyncio.run(_worker(args.port, args.paced_port, args.calls, args.streams))))
         return
-    port = _free_port()
-    upstream = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fake_upstream.py"), "--port", str(port)])
+    ports = (_free_port(), _free_port())
+    fake = [sys.executable, str(ROOT / "bench" / "fake_upstream.py")]
+    upstreams = [subprocess.Popen([*fake, "--port", str(ports[0])]),
+                 subprocess.Popen([*fake, "--port", str(ports[1]), "--token-delay-ms", "1"])]
     try:
         time.sleep(1.0)
         revision = args.baseline or _baseline_revision()
@@ -214,7 +233,7 @@ def main() -> None:
             samples: dict[str, dict[str, list[float]]] = {"old": {}, "new": {}}
             for round_ in range(args.rounds):
                 for name, tree in (("old", old_tree), ("new", ROOT)):
-                    for key, value in _run_worker(tree, port, args.calls, args.streams).items():
+                    for key, value in _run_worker(tree, ports, args.calls, args.streams).items():
                         samples[name].setdefault(key, []).append(value)
                 print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
         print(f"old = gateway_core at {revision}; new = this checkout; "
@@ -224,8 +243,9 @@ def main() -> None:
             old, new = statistics.median(samples["old"][key]), statistics.median(samples["new"][key])
             print(f"{key:>24} {old:9.1f} {new:9.1f}")
     finally:
-        upstream.terminate()
-        upstream.wait()
+        for upstream in upstreams:
+            upstream.terminate()
+            upstream.wait()
 
 
 if __name__ == "__main__":

@@ -87,6 +87,13 @@ class _Inflater:
         """Input not yet inflated because of the limit."""
         return self._zlib.unconsumed_tail
 
+    def finish(self) -> bytes:
+        """Whatever output zlib still holds at the end of the body."""
+        try:
+            return self._zlib.flush()
+        except zlib.error:
+            raise ProtocolViolation("upstream sent a corrupt compressed body") from None
+
 
 def _inflater_for(content_encoding: bytes) -> _Inflater | None:
     if not content_encoding:
@@ -149,8 +156,9 @@ class UpstreamResponse:
                 self.aclose_now()
                 raise
             if data is None:
+                rest = inflater.finish() if inflater is not None else b""
                 self._finish()
-                return None
+                return rest or None
             if inflater is None:
                 return data
             try:
