@@ -198,7 +198,8 @@ def _run_worker(tree: Path, ports: tuple[int, int], calls: int, streams: int) ->
                          env=env, capture_output=True, text=True, cwd=tree)
     if out.returncode != 0:
         raise SystemExit(f"worker failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    results: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return results
 
 
 def main() -> None:

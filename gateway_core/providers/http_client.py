@@ -208,6 +208,10 @@ class UpstreamClient:
             if deadline_first:
                 raise DeadlineExceeded("the caller's deadline passed") from None
             raise PoolTimeout("no upstream connection became free in time") from None
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._wake_one()  # woken, then cancelled: the free connection is the next waiter's
+            raise
         finally:
             if not waiter.done():
                 waiter.cancel()

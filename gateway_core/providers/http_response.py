@@ -46,9 +46,6 @@ class ResponseHeaders(Mapping[str, str]):
     def __getitem__(self, name: str) -> str:
         return self._fields[name.lower()]
 
-    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        return self._fields.get(name.lower(), default)
-
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._fields
 
