@@ -282,6 +282,11 @@ class Connection(asyncio.Protocol):
             await self._wait()
 
     @property
+    def complete(self) -> bool:
+        """The whole response has been received (reading the rest of it never waits)."""
+        return self._complete
+
+    @property
     def reusable(self) -> bool:
         """True when the exchange ended cleanly, the body was read and the server keeps the connection."""
         return self._reusable and self._complete and not self._chunks and not self.closed and self._error is None

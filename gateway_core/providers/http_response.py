@@ -127,6 +127,11 @@ class UpstreamResponse:
                 raise
 
     @property
+    def fully_received(self) -> bool:
+        """Every byte of the body has arrived (or the response is closed): reading never waits."""
+        return self._connection is None or self._connection.complete
+
+    @property
     def is_success(self) -> bool:
         """A 2xx status."""
         return 200 <= self.status < 300

@@ -7,7 +7,6 @@ ProviderErrors. No message it raises carries the operator's key or base URL.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +23,7 @@ from gateway_core.providers.http import (
     Deadline,
     StreamEvents,
     call_timeout,
+    drain,
     read_json,
     read_within,
     request_headers,
@@ -31,7 +31,6 @@ from gateway_core.providers.http import (
     user_agent,
 )
 from gateway_core.providers.http_client import UpstreamClient
-from gateway_core.providers.http_errors import UpstreamTransportError
 from gateway_core.providers.http_response import ResponseHeaders, UpstreamResponse
 from gateway_core.providers.sse import SseEvent, iter_sse
 
@@ -78,13 +77,13 @@ class AnthropicProvider:
             stack.push_async_callback(response.aclose)
             if response.headers.get("content-type", "").startswith("application/json"):
                 await _refuse_json_instead_of_stream(response, deadline)
-            events = await stack.enter_async_context(contextlib.aclosing(iter_sse(response)))
+            events = iter_sse(response)
             reader = stack.enter_context(StreamEvents(events, deadline))
             while (event := await reader.next()) is not None:
                 for chunk in translator.feed(event.event, _event_json(event)):
                     yield chunk
                 if translator.finished:
-                    await _drain(events, deadline)
+                    await drain(events, response, deadline, DRAIN_SECONDS)
                     break
             for chunk in translator.finish():
                 yield chunk
@@ -114,18 +113,6 @@ async def _refuse_json_instead_of_stream(response: UpstreamResponse, deadline: D
     if isinstance(parsed, dict) and parsed.get("type") == "error":
         raise translate.error_in_event(parsed.get("error"))
     raise malformed("a JSON body instead of an event stream")
-
-
-async def _drain(events: AsyncIterator[SseEvent], deadline: Deadline) -> None:
-    """Reads what follows message_stop (normally just the body's end), so the
-    pooled connection can be reused instead of closed; gives up quickly."""
-    remaining = deadline.remaining()
-    try:
-        async with asyncio.timeout(DRAIN_SECONDS if remaining is None else min(DRAIN_SECONDS, remaining)):
-            async for _ in events:
-                pass
-    except (UpstreamTransportError, TimeoutError, ProviderError):
-        pass  # the answer is complete; the connection just won't be reused
 
 
 def _event_json(event: SseEvent) -> Any:

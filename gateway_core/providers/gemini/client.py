@@ -80,7 +80,7 @@ class GeminiProvider:
             stack.push_async_callback(response.aclose)
             if not response.headers.get("content-type", "").startswith("text/event-stream"):
                 await _refuse_non_stream(response, deadline)
-            events = await stack.enter_async_context(contextlib.aclosing(iter_sse(response)))
+            events = iter_sse(response)
             reader = stack.enter_context(StreamEvents(events, deadline))
             while (event := await reader.next()) is not None:
                 for chunk in translator.feed(_event_json(event)):

@@ -9,7 +9,6 @@ context passes, and only when well formed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from gateway_core.providers.http import (
     Deadline,
     StreamEvents,
     call_timeout,
+    drain,
     read_json,
     read_within,
     request_headers,
@@ -33,7 +33,6 @@ from gateway_core.providers.http import (
     user_agent,
 )
 from gateway_core.providers.http_client import UpstreamClient
-from gateway_core.providers.http_errors import UpstreamTransportError
 from gateway_core.providers.http_response import ResponseHeaders, UpstreamResponse
 from gateway_core.providers.openai import translate
 from gateway_core.providers.openai.response import malformed
@@ -82,7 +81,7 @@ class OpenAIProvider:
             stack.push_async_callback(response.aclose)
             if response.headers.get("content-type", "").startswith("application/json"):
                 await _refuse_json_instead_of_stream(response, deadline)
-            events = await stack.enter_async_context(contextlib.aclosing(iter_sse(response)))
+            events = iter_sse(response)
             reader = stack.enter_context(StreamEvents(events, deadline))
             done = False
             while (event := await reader.next()) is not None:
@@ -96,7 +95,7 @@ class OpenAIProvider:
             for chunk in translator.finish():
                 yield chunk
             if done:
-                await _drain(events, deadline)
+                await drain(events, response, deadline, DRAIN_SECONDS)
 
     async def aclose(self) -> None:
         """Nothing of its own to release: the shared HTTP client is the server's."""
@@ -131,18 +130,6 @@ async def _refuse_json_instead_of_stream(response: UpstreamResponse, deadline: D
     if isinstance(parsed, dict) and parsed.get("error"):
         raise translate.error_in_body(parsed["error"])
     raise malformed("a JSON body instead of an event stream")
-
-
-async def _drain(events: AsyncIterator[SseEvent], deadline: Deadline) -> None:
-    """Reads what follows [DONE] (normally just the body's end), so the pooled
-    connection can be reused instead of closed; gives up quickly."""
-    remaining = deadline.remaining()
-    try:
-        async with asyncio.timeout(DRAIN_SECONDS if remaining is None else min(DRAIN_SECONDS, remaining)):
-            async for _ in events:
-                pass
-    except (UpstreamTransportError, TimeoutError, ProviderError):
-        pass  # the answer is complete; the connection just won't be reused
 
 
 def _event_json(event: SseEvent) -> Any:
