@@ -106,6 +106,8 @@ class Connection(asyncio.Protocol):
                 pass
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # being torn down: nothing more is read
         if self._exchange is None or self._complete:
             # Bytes on an idle connection (a late 408, garbage): it cannot carry another request.
             self._kill()
@@ -114,7 +116,10 @@ class Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            self._fail(ProtocolViolation("upstream sent an invalid HTTP response"))
+            if self._complete:
+                self._kill()  # garbage after a whole response: the response stands, the connection goes
+            else:
+                self._fail(ProtocolViolation("upstream sent an invalid HTTP response"))
 
     def eof_received(self) -> bool | None:
         self.closed = True
@@ -144,13 +149,19 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._wake_drain()
 
-    # --- httptools callbacks ---
+    # --- httptools callbacks (after the response is complete, another message is never ours) ---
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            self._kill()  # a second response to one request: the connection is out of step
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._headers_done:  # chunked trailers are dropped, as httpx did
             self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._complete:
+            return
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             # Informational (103 Early Hints, a stray 100): the real response follows.
@@ -173,6 +184,8 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._complete:
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > BUFFER_HIGH_WATER and not self._reading_paused and self._transport is not None:
@@ -183,6 +196,8 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._informational:
             self._informational = False
+            return
+        if self._complete:
             return
         self._complete = True
         self._reusable = (

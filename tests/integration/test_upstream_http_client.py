@@ -200,6 +200,17 @@ def test_connection_close_and_informational_responses(run: Any) -> None:
     run(scenario())
 
 
+def test_bytes_after_a_whole_response_keep_the_response_but_end_the_connection(run: Any) -> None:
+    async def scenario() -> None:
+        for extra in (OK, b"\x00garbage\r\n\r\n"):  # a second answer to one request, or junk
+            async with Server(answer_every_request(OK + extra)) as server, make_http_client() as client:
+                for _ in range(2):
+                    assert await body_of(await post(client, server.url)) == b'{"ok":true}'
+                assert server.connections == 2
+
+    run(scenario())
+
+
 def test_an_idle_connection_closed_by_the_server_is_replaced_without_error(run: Any) -> None:
     async def scenario() -> None:
         async def answer_once_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
