@@ -77,9 +77,10 @@ class SseDecoder:
         return self._take_lines(lines)
 
     def close(self) -> list[SseEvent]:
-        """Ends the body. A last event not followed by a blank line is dropped, as the spec says."""
-        if not self._started and self._rest:
-            self._started = True  # a lone partial byte order mark: it was just data
+        """Ends the body. A last event not followed by a blank line is dropped, as the spec says,
+        so nothing is ever dispatched here; it exists so callers mark the end explicitly."""
+        self._rest.clear()
+        self._rest_size = 0
         return []
 
     def _after_bom(self, chunk: bytes) -> bytes:
