@@ -191,7 +191,9 @@ class Connection(asyncio.Protocol):
         if self._buffered > BUFFER_HIGH_WATER and not self._reading_paused and self._transport is not None:
             self._reading_paused = True
             self._transport.pause_reading()
-        self._wake()
+        waiter = self._waiter  # _wake(), inlined: this runs once per streamed chunk
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def on_message_complete(self) -> None:
         if self._informational:

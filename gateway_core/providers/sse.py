@@ -13,7 +13,7 @@ is dispatched. The size bound counts bytes, which is never less than characters.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NamedTuple
 
 from gateway_core.errors import Reason
@@ -57,6 +57,14 @@ class SseDecoder:
             chunk = self._after_bom(chunk)
             if not chunk:
                 return []
+        if (
+            # The common shape, one `data: ...` event per network chunk (OpenAI, Gemini): no line splitting.
+            chunk.startswith(b"data: ") and chunk.endswith(b"\n\n") and chunk.count(b"\n") == 2
+            and not (self._rest or self._data or self._event or self._skip_lf) and b"\r" not in chunk
+        ):
+            if len(chunk) - 7 > self._max:
+                raise _oversized()
+            return [SseEvent(chunk[6:-2].decode("utf-8", "replace"), "message", self._last_id)]
         if self._skip_lf and chunk:
             self._skip_lf = False
             if chunk[:1] == b"\n":
@@ -154,10 +162,12 @@ class SseStream:
     stream does not close the body, whose owner does that.
     """
 
-    __slots__ = ("_body", "_decoder", "_pending", "_next", "_ended")
+    __slots__ = ("_body", "_next_chunk", "_decoder", "_pending", "_next", "_ended")
 
     def __init__(self, body: AsyncIterator[bytes], max_event_chars: int = DEFAULT_MAX_EVENT_CHARS) -> None:
         self._body = body
+        # An UpstreamResponse hands out chunks directly (None at the end), a frame and an exception cheaper.
+        self._next_chunk: Callable[[], Awaitable[bytes | None]] | None = getattr(body, "next_chunk", None)
         self._decoder = SseDecoder(max_event_chars)
         self._pending: list[SseEvent] = []
         self._next = 0  # index of the next pending event to hand out
@@ -170,9 +180,14 @@ class SseStream:
         while self._next >= len(self._pending):
             if self._ended:
                 raise StopAsyncIteration
-            try:
-                chunk = await self._body.__anext__()
-            except StopAsyncIteration:
+            if self._next_chunk is not None:
+                chunk = await self._next_chunk()
+            else:
+                try:
+                    chunk = await self._body.__anext__()
+                except StopAsyncIteration:
+                    chunk = None
+            if chunk is None:
                 self._ended = True
                 self._pending, self._next = self._decoder.close(), 0
                 continue

@@ -71,6 +71,12 @@ def test_an_oversized_event_is_refused() -> None:
     assert caught.value.reason == Reason.UPSTREAM_ERROR
 
 
+def test_one_oversized_event_in_a_chunk_of_its_own_is_refused() -> None:
+    assert decode(b"data: " + b"x" * 999 + b"\n\n", max_event_chars=1000) == [SseEvent("x" * 999)]
+    with pytest.raises(ProviderError):
+        decode(b"data: " + b"x" * 1000 + b"\n\n", max_event_chars=1000)
+
+
 def test_an_endless_line_is_refused_while_it_grows() -> None:
     decoder = SseDecoder(max_event_chars=1000)
     with pytest.raises(ProviderError):

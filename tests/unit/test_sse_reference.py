@@ -96,3 +96,13 @@ def test_the_bytes_decoder_agrees_with_the_text_reference(chunks: list[bytes]) -
     decoder = SseDecoder()
     got = [event for chunk in chunks for event in decoder.feed(chunk)] + decoder.close()
     assert got == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(PIECES[:18] + PIECES[18:20]), max_size=6), max_size=12))
+def test_one_event_per_chunk_agrees_with_the_text_reference(events: list[list[bytes]]) -> None:
+    """Each chunk one whole `data: ...` event (the decoder's fast path), between odd ones."""
+    chunks = [b"data: " + b"".join(parts) + b"\n\n" for parts in events]
+    reference, decoder = ReferenceDecoder(), SseDecoder()
+    expected = [event for chunk in chunks for event in reference.feed(chunk)] + reference.feed(b"", final=True)
+    assert [event for chunk in chunks for event in decoder.feed(chunk)] + decoder.close() == expected
