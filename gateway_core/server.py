@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -38,6 +37,7 @@ from gateway_core.pb.gateway.admin.v1 import admin_pb2, admin_pb2_grpc
 from gateway_core.pb.gateway.v1 import chat_pb2, chat_pb2_grpc, metering_pb2, metering_pb2_grpc
 from gateway_core.providers.base import Provider
 from gateway_core.providers.http import make_http_client
+from gateway_core.providers.http_client import UpstreamClient
 from gateway_core.providers.registry import build_providers
 from gateway_core.routing import Router
 from gateway_core.store import Store, open_store
@@ -62,7 +62,7 @@ class Core:
     port: int
     store: Store
     health: health.aio.HealthServicer
-    http: httpx.AsyncClient
+    http: UpstreamClient
     reconciler: Reconciler
     background: BackgroundTasks
     providers: dict[str, Provider] = field(default_factory=dict)

@@ -9,28 +9,22 @@ caller's gRPC deadline (`UpstreamCall.timeout_seconds`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import select
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-import httpcore
-import httpx
 import orjson
-
-try:  # a private helper: if a future httpcore moves it, keep httpcore's own (slower) liveness check
-    from httpcore._utils import is_socket_readable
-except ImportError:  # pragma: no cover - depends on the installed httpcore
-    is_socket_readable = None  # type: ignore[assignment]
 
 from gateway_core.config import ProviderSettings
 from gateway_core.errors import Reason
 from gateway_core.providers.base import ProviderError, UpstreamCall, malformed
+from gateway_core.providers.http_client import CallTimeouts, UpstreamClient
+from gateway_core.providers.http_errors import InvalidRequest, UpstreamTimeout, UpstreamTransportError
+from gateway_core.providers.http_response import ResponseHeaders, UpstreamResponse
 from gateway_core.providers.sse import SseEvent
 
 # Connections kept per process. Streams hold a connection for their whole
@@ -44,107 +38,18 @@ POOL_TIMEOUT_SECONDS = 10.0
 WRITE_TIMEOUT_SECONDS = 60.0
 
 
-def make_http_client() -> httpx.AsyncClient:
-    """The shared upstream client: pooled HTTP/1.1, never follows redirects,
-    ignores proxy and .netrc settings from the environment."""
-    limits = httpx.Limits(
-        max_connections=MAX_CONNECTIONS,
-        max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS,
-        keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
-    )
-    transport = httpx.AsyncHTTPTransport(limits=limits, http1=True, http2=False, trust_env=False)
-    pool = getattr(transport, "_pool", None)
-    if is_socket_readable is not None and isinstance(pool, httpcore.AsyncConnectionPool):
-        pool._network_backend = _SocketCachingBackend(pool._network_backend)
-    return httpx.AsyncClient(
-        transport=transport,  # pooled HTTP/1.1 with the limits above
-        # Every call passes its own; this only guards a call that forgets to.
-        timeout=httpx.Timeout(600.0, connect=10.0, pool=POOL_TIMEOUT_SECONDS),
-        # A redirect could send the operator's key to another host (or an
-        # internal one): an upstream 3xx is an error, not an instruction.
-        follow_redirects=False,
-        # Environment proxies and .netrc could inject credentials or route
-        # upstream traffic somewhere the operator did not configure.
-        trust_env=False,
-    )
+def make_http_client(*, ssl_context: ssl.SSLContext | None = None) -> UpstreamClient:
+    """The shared upstream client: pooled keep-alive HTTP/1.1 that never follows redirects
+    and ignores proxy and .netrc settings from the environment (it reads none).
 
-
-class _SocketCachingStream(httpcore.AsyncNetworkStream):
-    """A pooled connection's stream that looks its socket up once.
-
-    Before every request httpcore asks each pooled connection whether its
-    socket is readable (the server closed it); anyio answers each lookup by
-    rebuilding all socket attributes, getpeername() included. That was a third
-    of the event loop's time per request under load. The pool asks every idle
-    connection twice per request (a request added, a request removed), so the
-    readability check itself keeps one registered poll object per socket
-    rather than building and registering one per question (1.8 -> 0.55 µs;
-    ~12 % of the event loop at 64 concurrent streams).
+    ssl_context replaces the default verification (certifi's CA bundle), for tests.
     """
-
-    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
-        self._stream = stream
-        self._socket: Any = stream.get_extra_info("socket")
-        self._poll: Any = None
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._stream.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._stream.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    async def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        return _SocketCachingStream(await self._stream.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "socket":
-            return self._socket
-        if info == "is_readable" and self._socket is not None:
-            return self._is_readable()
-        return self._stream.get_extra_info(info)
-
-    def _is_readable(self) -> bool:
-        """httpcore's is_socket_readable (a closed socket counts as readable), on a cached poll object."""
-        # A socket.socket, or uvloop's PseudoSocket: both have fileno(); -1 once closed.
-        fd = self._socket.fileno()
-        if fd < 0 or not hasattr(select, "poll"):
-            return bool(is_socket_readable(self._socket))
-        if self._poll is None:
-            # While the socket is open its fd cannot be reused, so the registration stays valid.
-            self._poll = select.poll()
-            self._poll.register(fd, select.POLLIN)
-        return bool(self._poll.poll(0))
-
-
-class _SocketCachingBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend, handing out _SocketCachingStreams."""
-
-    def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
-        self._backend = backend
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _SocketCachingStream(stream)
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        return _SocketCachingStream(await self._backend.connect_unix_socket(path, timeout, socket_options))
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
+    return UpstreamClient(
+        max_connections=MAX_CONNECTIONS,
+        max_idle_connections=MAX_KEEPALIVE_CONNECTIONS,
+        idle_expiry_seconds=KEEPALIVE_EXPIRY_SECONDS,
+        ssl_context=ssl_context,
+    )
 
 
 def user_agent() -> str:
@@ -177,22 +82,18 @@ class Deadline:
         return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
 
-def call_timeout(settings: ProviderSettings, deadline: Deadline) -> httpx.Timeout:
-    """httpx timeouts for one call: the configured ones, capped by the deadline.
+def call_timeout(settings: ProviderSettings, deadline: Deadline) -> CallTimeouts:
+    """The client's limits for one call: the configured ones, and the caller's deadline.
 
-    `read` is the longest silence between two received bytes; the total is
-    enforced separately by the caller against `deadline`.
+    `read` is the longest silence while a response is awaited; every wait of
+    the call (pool, connect, send, head, body) also ends at the deadline.
     """
-    remaining = deadline.remaining()
-
-    def cap(seconds: float) -> float:
-        return seconds if remaining is None else min(seconds, remaining)
-
-    return httpx.Timeout(
-        connect=cap(settings.connect_timeout_seconds),
-        read=cap(settings.read_timeout_seconds),
-        write=cap(WRITE_TIMEOUT_SECONDS),
-        pool=cap(POOL_TIMEOUT_SECONDS),
+    return CallTimeouts(
+        connect=settings.connect_timeout_seconds,
+        read=settings.read_timeout_seconds,
+        write=WRITE_TIMEOUT_SECONDS,
+        pool=POOL_TIMEOUT_SECONDS,
+        deadline=deadline.loop_time(),
     )
 
 
@@ -233,7 +134,7 @@ class StreamEvents:
     only while that task waits for an event (then the read raises the timeout,
     exactly like asyncio.timeout_at); between reads it marks the stream expired
     and the next read fails at once. Idle and first-token timeouts are enforced
-    elsewhere (httpx's read timeout, the attempts). Use as a context manager so
+    elsewhere (the client's read timeout, the attempts). Use as a context manager so
     the timer is dropped with the stream.
     """
 
@@ -268,13 +169,16 @@ class StreamEvents:
         cancelling = task.cancelling()
         self._reader = task
         try:
-            return await anext(self._events, None)
+            # __anext__ itself, not anext(): no wrapper object per event.
+            return await self._events.__anext__()
+        except StopAsyncIteration:
+            return None
         except asyncio.CancelledError:
             # Ours alone (no other cancellation pending): the deadline passed while waiting.
             if self._cancelled_reader and task.uncancel() <= cancelling:
                 raise transport_error(TimeoutError(), responded=True) from None
             raise
-        except httpx.HTTPError as exc:
+        except UpstreamTransportError as exc:
             raise transport_error(exc, responded=True) from None
         finally:
             self._reader = None
@@ -287,31 +191,40 @@ class StreamEvents:
             self._reader.cancel()
 
 
-async def read_body(response: httpx.Response, limit: int, *, truncate: bool) -> bytes:
-    """The body, up to limit bytes: cut there (error bodies) or refused (answers)."""
-    parts: list[bytes] = []
-    size = 0
-    async for part in response.aiter_bytes():
-        size += len(part)
-        if size > limit:
-            if not truncate:
-                raise ProviderError(Reason.UPSTREAM_ERROR, "upstream response is too large")
-            parts.append(part[: limit - (size - len(part))])
-            break
-        parts.append(part)
-    return b"".join(parts)
-
-
-async def read_within(response: httpx.Response, deadline: Deadline, limit: int, *, truncate: bool) -> bytes:
-    """read_body within the caller's deadline, transport failures mapped."""
+async def drain(events: AsyncIterator[SseEvent], response: UpstreamResponse, deadline: Deadline,
+                seconds: float) -> None:
+    """Reads what follows a stream's last event (normally just the body's end), so the pooled
+    connection can be reused instead of closed; gives up after `seconds` or at the deadline."""
     try:
-        async with asyncio.timeout_at(deadline.loop_time()):
-            return await read_body(response, limit, truncate=truncate)
-    except (httpx.HTTPError, TimeoutError) as exc:
+        if response.fully_received:  # all of it is here: nothing to time
+            async for _ in events:
+                pass
+            return
+        remaining = deadline.remaining()
+        async with asyncio.timeout(seconds if remaining is None else min(seconds, remaining)):
+            async for _ in events:
+                pass
+    except (UpstreamTransportError, TimeoutError, ProviderError):
+        pass  # the answer is complete; the connection just won't be reused
+
+
+async def read_body(response: UpstreamResponse, limit: int, *, truncate: bool) -> bytes:
+    """The body, up to limit bytes: cut there (error bodies) or refused (answers)."""
+    body = await response.read(limit, truncate=truncate)
+    if body is None:
+        raise ProviderError(Reason.UPSTREAM_ERROR, "upstream response is too large")
+    return body
+
+
+async def read_within(response: UpstreamResponse, deadline: Deadline, limit: int, *, truncate: bool) -> bytes:
+    """read_body within the caller's deadline (the client enforces it), transport failures mapped."""
+    try:
+        return await read_body(response, limit, truncate=truncate)
+    except UpstreamTransportError as exc:
         raise transport_error(exc, responded=True) from None
 
 
-async def read_json(response: httpx.Response, deadline: Deadline) -> Any:
+async def read_json(response: UpstreamResponse, deadline: Deadline) -> Any:
     """A whole JSON answer: bounded, within the deadline, malformed if it is not JSON."""
     raw = await read_within(response, deadline, MAX_RESPONSE_BYTES, truncate=False)
     try:
@@ -321,19 +234,21 @@ async def read_json(response: httpx.Response, deadline: Deadline) -> Any:
 
 
 def transport_error(exc: Exception, *, responded: bool) -> ProviderError:
-    """A transport failure as a ProviderError; the httpx message (which may name the URL) is dropped."""
+    """A transport failure as a ProviderError; only the failure's kind is kept (for operator logs)."""
     kind = type(exc).__name__  # for operator logs
-    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+    if isinstance(exc, (UpstreamTimeout, TimeoutError)):
         return ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out", upstream_body=kind)
     if responded:
         return ProviderError(Reason.UPSTREAM_ERROR, "upstream connection broke off mid-response", upstream_body=kind)
-    if isinstance(exc, httpx.TransportError):
+    if isinstance(exc, InvalidRequest):
+        return ProviderError(Reason.UPSTREAM_ERROR, "upstream request failed", upstream_body=kind)
+    if isinstance(exc, UpstreamTransportError):
         return ProviderError(Reason.UPSTREAM_UNAVAILABLE, "upstream unreachable", upstream_body=kind)
     return ProviderError(Reason.UPSTREAM_ERROR, "upstream request failed", upstream_body=kind)
 
 
 # Maps an upstream's error status, body and headers to the gateway's vocabulary (each provider's map_error).
-ErrorMapper = Callable[[int, bytes, httpx.Headers], ProviderError]
+ErrorMapper = Callable[[int, bytes, ResponseHeaders], ProviderError]
 
 
 def request_headers(
@@ -345,10 +260,10 @@ def request_headers(
         "content-type": "application/json",
         "accept": "text/event-stream" if stream else "application/json",
         "user-agent": user_agent,
-    }
-    if stream:
         # A compressed event stream can sit in a decoder's buffer; tokens should not.
-        headers["accept-encoding"] = "identity"
+        # Whole answers may come compressed (what httpx asked for before).
+        "accept-encoding": "identity" if stream else "gzip, deflate",
+    }
     headers.update(auth)
     if CORRELATION_ID.fullmatch(call.request_id):
         headers["x-request-id"] = call.request_id
@@ -358,34 +273,33 @@ def request_headers(
 
 
 async def send_json(
-    http: httpx.AsyncClient,
-    stack: contextlib.AsyncExitStack,
+    http: UpstreamClient,
     *,
     url: str,
     body: bytes,
     headers: Mapping[str, str],
-    timeout: httpx.Timeout,
-    deadline: Deadline,
+    timeout: CallTimeouts,
     map_error: ErrorMapper,
     secret: str,
-) -> httpx.Response:
-    """POSTs body and returns the response with its headers read (stack closes it);
-    a non-2xx answer is read (bounded) and raised as the provider's mapped error."""
-    request = http.build_request("POST", url, content=body, headers=headers, timeout=timeout)
+) -> UpstreamResponse:
+    """POSTs body and returns the response with its headers read, for the caller to close;
+    a non-2xx answer is read (bounded), closed and raised as the provider's mapped error.
+
+    The caller's deadline travels in `timeout` and bounds every wait, body reads included.
+    """
     try:
-        async with asyncio.timeout_at(deadline.loop_time()):
-            response = await http.send(request, stream=True)
-    except (httpx.HTTPError, TimeoutError) as exc:
+        response = await http.post(url, body, headers, timeout)
+    except UpstreamTransportError as exc:
         raise transport_error(exc, responded=False) from None
-    stack.push_async_callback(response.aclose)
-    if response.is_success:
+    if 200 <= response.status < 300:
         return response
     try:
-        async with asyncio.timeout_at(deadline.loop_time()):
-            raw = await read_body(response, MAX_ERROR_BODY_BYTES, truncate=True)
-    except (httpx.HTTPError, TimeoutError):
+        raw = await read_body(response, MAX_ERROR_BODY_BYTES, truncate=True)
+    except UpstreamTransportError:
         raw = b""  # the status alone decides the mapping
-    error = map_error(response.status_code, raw, response.headers)
+    finally:
+        await response.aclose()
+    error = map_error(response.status, raw, response.headers)
     if secret:  # belt and braces: bodies may echo the key in forms scrub() misses
         error.upstream_body = error.upstream_body.replace(secret, "[redacted]")
     raise error

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-import httpx
-
 from gateway_core.config import ProviderSettings
 from gateway_core.providers.anthropic.client import AnthropicProvider
 from gateway_core.providers.base import Provider
 from gateway_core.providers.gemini.client import GeminiProvider
+from gateway_core.providers.http_client import UpstreamClient
 from gateway_core.providers.mock import MockProvider
 from gateway_core.providers.openai.client import OpenAIProvider
 
-Factory = Callable[[ProviderSettings, httpx.AsyncClient], Provider]
+Factory = Callable[[ProviderSettings, UpstreamClient], Provider]
 
 FACTORIES: Mapping[str, Factory] = {
     "mock": lambda settings, http: MockProvider(settings.name),
@@ -23,7 +22,7 @@ FACTORIES: Mapping[str, Factory] = {
 }
 
 
-def build_providers(settings: Mapping[str, ProviderSettings], http: httpx.AsyncClient) -> dict[str, Provider]:
+def build_providers(settings: Mapping[str, ProviderSettings], http: UpstreamClient) -> dict[str, Provider]:
     """One provider per configured entry, keyed by its name, all sharing `http`."""
     providers: dict[str, Provider] = {}
     for name, provider_settings in settings.items():

@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from gateway_core.config import ProviderSettings
@@ -19,6 +18,7 @@ from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
 from gateway_core.providers.anthropic.client import AnthropicProvider
 from gateway_core.providers.base import ChatRequest, ProviderError, UpstreamCall
 from gateway_core.providers.http import make_http_client
+from gateway_core.providers.http_client import UpstreamClient
 from gateway_core.providers.registry import build_providers
 from tests.fakes.anthropic_scripts import THINKING, THINKING_REPLY, TOOL_PREAMBLE, TOOL_REPLY
 from tests.fakes.anthropic_upstream import DEFAULT_REPLY, FakeAnthropicUpstream
@@ -41,7 +41,7 @@ def upstream() -> Iterator[FakeAnthropicUpstream]:
 
 
 @pytest.fixture()
-async def http() -> AsyncIterator[httpx.AsyncClient]:
+async def http() -> AsyncIterator[UpstreamClient]:
     async with make_http_client() as client:
         yield client
 
@@ -51,7 +51,7 @@ def settings(base_url: str, key: str = ANTHROPIC_KEY, **fields: Any) -> Provider
 
 
 @pytest.fixture()
-def provider(upstream: FakeAnthropicUpstream, http: httpx.AsyncClient) -> AnthropicProvider:
+def provider(upstream: FakeAnthropicUpstream, http: UpstreamClient) -> AnthropicProvider:
     return AnthropicProvider(settings(upstream.base_url), http)
 
 
@@ -268,7 +268,7 @@ async def test_upstream_errors_map(provider: AnthropicProvider, model: str, reas
         assert error.message.startswith("messages.0.content.0.image.source.base64: invalid base64 data")
 
 
-async def test_a_wrong_operator_key_never_leaks(upstream: FakeAnthropicUpstream, http: httpx.AsyncClient) -> None:
+async def test_a_wrong_operator_key_never_leaks(upstream: FakeAnthropicUpstream, http: UpstreamClient) -> None:
     wrong = "sk-ant-api03-WrongKey0123456789abcdefWRONG-zz"
     provider = AnthropicProvider(settings(upstream.base_url, key=wrong), http)
     with pytest.raises(ProviderError) as caught:
@@ -279,7 +279,7 @@ async def test_a_wrong_operator_key_never_leaks(upstream: FakeAnthropicUpstream,
 
 
 async def test_headers_come_from_settings_and_trace_context_only(upstream: FakeAnthropicUpstream,
-                                                                 http: httpx.AsyncClient) -> None:
+                                                                 http: UpstreamClient) -> None:
     provider = AnthropicProvider(settings(upstream.base_url, anthropic_version="2024-10-22"), http)
     call = dataclasses.replace(call_for(user_request(stream=True), "claude-text"), forward_headers=(
         ("traceparent", TRACEPARENT), ("tracestate", "congo=t61rcWkgMzE"), ("x-api-key", "sk-ant-client-override")))
@@ -298,7 +298,7 @@ def closed_port() -> int:
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_connection_refused_is_unavailable(http: httpx.AsyncClient, streaming: bool) -> None:
+async def test_connection_refused_is_unavailable(http: UpstreamClient, streaming: bool) -> None:
     provider = AnthropicProvider(settings(f"http://127.0.0.1:{closed_port()}"), http)
     if streaming:
         chunks, error = await stream_of(provider, user_request(stream=True), "claude-text")
@@ -372,7 +372,7 @@ async def test_the_callers_deadline_bounds_a_silent_upstream(provider: Anthropic
     assert caught.value.reason == Reason.UPSTREAM_TIMEOUT and time.monotonic() - started < 2
 
 
-async def test_the_configured_read_timeout_applies(upstream: FakeAnthropicUpstream, http: httpx.AsyncClient) -> None:
+async def test_the_configured_read_timeout_applies(upstream: FakeAnthropicUpstream, http: UpstreamClient) -> None:
     provider = AnthropicProvider(settings(upstream.base_url, read_timeout_seconds=0.2), http)
     chunks, error = await stream_of(provider, user_request(stream=True), "claude-hang")
     assert not chunks and error is not None and error.reason == Reason.UPSTREAM_TIMEOUT
@@ -385,6 +385,6 @@ async def test_a_request_anthropic_cannot_take_never_leaves(provider: AnthropicP
     assert caught.value.reason == Reason.UNSUPPORTED_PARAMETER and not upstream.requests
 
 
-async def test_build_providers_by_type(http: httpx.AsyncClient) -> None:
+async def test_build_providers_by_type(http: UpstreamClient) -> None:
     providers = build_providers({"claude": settings("https://api.anthropic.com")}, http)
     assert isinstance(providers["claude"], AnthropicProvider) and providers["claude"].name == "claude"

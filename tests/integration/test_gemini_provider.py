@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from gateway_core.config import ProviderSettings
@@ -20,6 +19,7 @@ from gateway_core.providers.base import ChatRequest, ProviderError, UpstreamCall
 from gateway_core.providers.gemini.client import GeminiProvider
 from gateway_core.providers.gemini.translate import signature_of
 from gateway_core.providers.http import make_http_client
+from gateway_core.providers.http_client import UpstreamClient
 from gateway_core.providers.registry import build_providers
 from tests.fakes.gemini_scripts import THOUGHT, TOOL_REPLY
 from tests.fakes.gemini_upstream import DEFAULT_REPLY, FakeGeminiUpstream
@@ -41,7 +41,7 @@ def upstream() -> Iterator[FakeGeminiUpstream]:
 
 
 @pytest.fixture()
-async def http() -> AsyncIterator[httpx.AsyncClient]:
+async def http() -> AsyncIterator[UpstreamClient]:
     async with make_http_client() as client:
         yield client
 
@@ -52,7 +52,7 @@ def settings(base_url: str, key: str = GEMINI_KEY, read_timeout_seconds: float =
 
 
 @pytest.fixture()
-def provider(upstream: FakeGeminiUpstream, http: httpx.AsyncClient) -> GeminiProvider:
+def provider(upstream: FakeGeminiUpstream, http: UpstreamClient) -> GeminiProvider:
     return GeminiProvider(settings(upstream.base_url), http)
 
 
@@ -241,7 +241,7 @@ async def test_upstream_errors_map(provider: GeminiProvider, model: str, reason:
 
 
 @pytest.mark.parametrize("key", ["", "AIzaSyWrongKey0123456789abcdefghijklmno"])
-async def test_a_missing_or_wrong_key_never_leaks(upstream: FakeGeminiUpstream, http: httpx.AsyncClient,
+async def test_a_missing_or_wrong_key_never_leaks(upstream: FakeGeminiUpstream, http: UpstreamClient,
                                                   key: str) -> None:
     provider = GeminiProvider(settings(upstream.base_url, key=key), http)
     with pytest.raises(ProviderError) as caught:
@@ -259,7 +259,7 @@ def closed_port() -> int:
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_connection_refused_is_unavailable(http: httpx.AsyncClient, streaming: bool) -> None:
+async def test_connection_refused_is_unavailable(http: UpstreamClient, streaming: bool) -> None:
     provider = GeminiProvider(settings(f"http://127.0.0.1:{closed_port()}/v1beta"), http)
     if streaming:
         chunks, error = await collect(provider, streamed(user_request(stream=True), "gemini-text"))
@@ -330,7 +330,7 @@ async def test_the_callers_deadline_bounds_a_silent_upstream(provider: GeminiPro
     assert caught.value.reason == Reason.UPSTREAM_TIMEOUT and time.monotonic() - started < 2
 
 
-async def test_the_configured_read_timeout_applies(upstream: FakeGeminiUpstream, http: httpx.AsyncClient) -> None:
+async def test_the_configured_read_timeout_applies(upstream: FakeGeminiUpstream, http: UpstreamClient) -> None:
     provider = GeminiProvider(settings(upstream.base_url, read_timeout_seconds=0.2), http)
     chunks, error = await collect(provider, streamed(user_request(stream=True), "gemini-hang"))
     assert not chunks and error is not None and error.reason == Reason.UPSTREAM_TIMEOUT
@@ -354,7 +354,7 @@ async def test_odd_model_ids_never_reach_the_network(provider: GeminiProvider, u
     assert caught.value.reason == Reason.UPSTREAM_ERROR and not upstream.requests
 
 
-async def test_build_providers_knows_gemini(http: httpx.AsyncClient) -> None:
+async def test_build_providers_knows_gemini(http: UpstreamClient) -> None:
     providers = build_providers({"g": ProviderSettings(name="g", type="gemini",
                                                        base_url="https://generativelanguage.googleapis.com/v1beta")},
                                 http)

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
 
-import httpx
 import pytest
 
 from gateway_core.config import ProviderSettings
@@ -19,6 +18,7 @@ from gateway_core.errors import GatewayError, Reason
 from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
 from gateway_core.providers.base import ChatRequest, ProviderError
 from gateway_core.providers.http import make_http_client
+from gateway_core.providers.http_client import UpstreamClient
 from gateway_core.providers.mock import MockProvider
 from gateway_core.providers.openai import translate
 from gateway_core.providers.openai.client import OpenAIProvider
@@ -37,7 +37,7 @@ WEATHER = chat_pb2.Tool(
 
 
 @pytest.fixture()
-async def http() -> AsyncIterator[httpx.AsyncClient]:
+async def http() -> AsyncIterator[UpstreamClient]:
     async with make_http_client() as client:
         yield client
 
@@ -47,7 +47,7 @@ def settings(base_url: str, key: str = UPSTREAM_KEY, **fields: Any) -> ProviderS
 
 
 @pytest.fixture()
-def provider(fake_upstream: FakeOpenAIUpstream, http: httpx.AsyncClient) -> OpenAIProvider:  # noqa: F811
+def provider(fake_upstream: FakeOpenAIUpstream, http: UpstreamClient) -> OpenAIProvider:  # noqa: F811
     return OpenAIProvider(settings(fake_upstream.base_url), http)
 
 
@@ -184,7 +184,7 @@ async def test_upstream_errors_map(provider: OpenAIProvider, model: str, reason:
 
 
 async def test_a_wrong_operator_key_never_leaks(fake_upstream: FakeOpenAIUpstream,  # noqa: F811
-                                                http: httpx.AsyncClient) -> None:
+                                                http: UpstreamClient) -> None:
     wrong = "sk-proj-WrongKey0123456789abcdefWRONG"
     provider = OpenAIProvider(settings(fake_upstream.base_url, key=wrong), http)
     with pytest.raises(ProviderError) as caught:
@@ -194,7 +194,7 @@ async def test_a_wrong_operator_key_never_leaks(fake_upstream: FakeOpenAIUpstrea
     assert all(wrong[:12] not in text for text in (error.message, error.upstream_body, repr(error)))
 
 
-async def test_no_key_configured_sends_no_authorization(http: httpx.AsyncClient) -> None:
+async def test_no_key_configured_sends_no_authorization(http: UpstreamClient) -> None:
     with FakeOpenAIUpstream() as open_upstream:
         provider = OpenAIProvider(settings(open_upstream.base_url, key=""), http)
         await provider.complete(call_for(user_request(), "fake-text"))
@@ -208,7 +208,7 @@ def closed_port() -> int:
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_connection_refused_is_unavailable(http: httpx.AsyncClient, streaming: bool) -> None:
+async def test_connection_refused_is_unavailable(http: UpstreamClient, streaming: bool) -> None:
     provider = OpenAIProvider(settings(f"http://127.0.0.1:{closed_port()}/v1"), http)
     if streaming:
         chunks, error = await collect(provider, user_request(stream=True), "fake-text")
@@ -282,7 +282,7 @@ async def test_the_callers_deadline_bounds_a_silent_upstream(provider: OpenAIPro
 
 
 async def test_the_configured_read_timeout_applies(fake_upstream: FakeOpenAIUpstream,  # noqa: F811
-                                                   http: httpx.AsyncClient) -> None:
+                                                   http: UpstreamClient) -> None:
     provider = OpenAIProvider(settings(fake_upstream.base_url, read_timeout_seconds=0.2), http)
     chunks, error = await collect(provider, user_request(stream=True), "fake-hang")
     assert not chunks and error is not None and error.reason == Reason.UPSTREAM_TIMEOUT
@@ -295,12 +295,21 @@ async def test_redirects_are_not_followed(provider: OpenAIProvider,
     assert len(fake_upstream.requests) == 1
 
 
-async def test_the_shared_client_is_locked_down(http: httpx.AsyncClient) -> None:
-    assert http.follow_redirects is False
-    assert http._trust_env is False  # no public accessor
+async def test_the_shared_client_ignores_proxies_in_the_environment(
+    provider: OpenAIProvider, fake_upstream: FakeOpenAIUpstream, canary: socket.socket,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy = f"http://127.0.0.1:{canary.getsockname()[1]}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    response = await provider.complete(call_for(user_request(), "fake-text"))
+    assert response.choices[0].message.content == DEFAULT_REPLY and len(fake_upstream.requests) == 1
+    assert connections_to(canary) == 0  # straight to the configured upstream, never via a proxy
 
 
-async def test_build_providers_by_type(http: httpx.AsyncClient) -> None:
+async def test_build_providers_by_type(http: UpstreamClient) -> None:
     providers = build_providers({
         "mock": ProviderSettings(name="mock", type="mock"),
         "up": ProviderSettings(name="up", type="openai", base_url="http://127.0.0.1:1/v1"),
@@ -333,7 +342,7 @@ def connections_to(listener: socket.socket) -> int:
 
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_a_redirect_is_an_upstream_error_and_its_target_is_never_contacted(
-    http: httpx.AsyncClient, canary: socket.socket, streaming: bool,
+    http: UpstreamClient, canary: socket.socket, streaming: bool,
 ) -> None:
     target = f"http://127.0.0.1:{canary.getsockname()[1]}/v1/chat/completions"
     with FakeOpenAIUpstream(expected_key=UPSTREAM_KEY, redirect_to=target) as upstream:
@@ -422,7 +431,7 @@ def openai_shaped_history(*, stream: bool = False) -> ChatRequest:
 
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_the_mistral_dialect_satisfies_a_strict_mistral(
-    http: httpx.AsyncClient, mistral_upstream: FakeOpenAIUpstream, streaming: bool,
+    http: UpstreamClient, mistral_upstream: FakeOpenAIUpstream, streaming: bool,
 ) -> None:
     provider = OpenAIProvider(settings(mistral_upstream.base_url, vendor="mistral"), http)
     request = openai_shaped_history(stream=streaming)
@@ -440,7 +449,7 @@ async def test_the_mistral_dialect_satisfies_a_strict_mistral(
     assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "tool"]
 
 
-async def test_mistral_tool_call_ids_come_back_unchanged(http: httpx.AsyncClient,
+async def test_mistral_tool_call_ids_come_back_unchanged(http: UpstreamClient,
                                                          mistral_upstream: FakeOpenAIUpstream) -> None:
     provider = OpenAIProvider(settings(mistral_upstream.base_url, vendor="mistral"), http)
     response = await provider.complete(call_for(user_request("Weather?", tools=[WEATHER]), "fake-tools"))
@@ -455,7 +464,7 @@ async def test_mistral_tool_call_ids_come_back_unchanged(http: httpx.AsyncClient
 
 
 async def test_without_the_dialect_a_strict_mistral_refuses_and_its_flat_error_parses(
-    http: httpx.AsyncClient, mistral_upstream: FakeOpenAIUpstream,
+    http: UpstreamClient, mistral_upstream: FakeOpenAIUpstream,
 ) -> None:
     provider = OpenAIProvider(settings(mistral_upstream.base_url), http)  # 127.0.0.1: generic
     with pytest.raises(ProviderError) as caught:
@@ -473,7 +482,7 @@ def groq_upstream() -> Iterator[FakeOpenAIUpstream]:
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_groq_rejects_before_calling_upstream(http: httpx.AsyncClient, groq_upstream: FakeOpenAIUpstream,
+async def test_groq_rejects_before_calling_upstream(http: UpstreamClient, groq_upstream: FakeOpenAIUpstream,
                                                     streaming: bool) -> None:
     provider = OpenAIProvider(settings(groq_upstream.base_url, vendor="groq"), http)
     request = user_request(stream=streaming, logprobs=True)
@@ -488,7 +497,7 @@ async def test_groq_rejects_before_calling_upstream(http: httpx.AsyncClient, gro
 
 
 async def test_groq_drop_policy_proceeds_and_logs_names_only(
-    http: httpx.AsyncClient, groq_upstream: FakeOpenAIUpstream, caplog: pytest.LogCaptureFixture,
+    http: UpstreamClient, groq_upstream: FakeOpenAIUpstream, caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="tollgate.providers.openai")
     provider = OpenAIProvider(settings(groq_upstream.base_url, vendor="groq", unsupported_param_policy="drop"), http)

@@ -1,7 +1,8 @@
 """The shared upstream client notices a pooled connection the server closed, and does not reuse it.
 
-The liveness check (gateway_core.providers.http._SocketCachingStream) is ours,
-not httpcore's: a real server over real sockets shows it answers as httpcore's would.
+The client learns of the close from the event loop (the connection's Protocol
+gets eof_received / connection_lost), not by polling sockets: a real server
+over real sockets shows the idle connection leaving the pool by itself.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import asyncio
 
 from gateway_core.providers.http import make_http_client
+from gateway_core.providers.http_client import CallTimeouts
 
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
+TIMEOUTS = CallTimeouts(connect=5.0, read=5.0, write=5.0, pool=5.0)
 
 
 async def test_a_connection_closed_by_the_server_while_idle_is_replaced_not_reused() -> None:
@@ -31,16 +34,14 @@ async def test_a_connection_closed_by_the_server_while_idle_is_replaced_not_reus
     port = server.sockets[0].getsockname()[1]
     client = make_http_client()
     try:
-        first = await client.get(f"http://127.0.0.1:{port}/a")
-        assert first.text == "ok"
-        pooled = client._transport._pool.connections  # type: ignore[attr-defined]
-        assert len(pooled) == 1 and pooled[0].is_idle()
-        assert pooled[0].has_expired() is False  # open and quiet: not readable, kept
+        first = await client.post(f"http://127.0.0.1:{port}/a", b"", {}, TIMEOUTS)
+        assert await first.read(100, truncate=False) == b"ok"
+        assert client.idle_count == 1 and client.connection_count == 1  # open and quiet: kept
         await closed.acquire()
         await asyncio.sleep(0.05)  # the FIN has reached the client's socket
-        assert pooled[0].has_expired() is True  # readable at EOF: the server closed it
-        second = await client.get(f"http://127.0.0.1:{port}/b")
-        assert second.text == "ok"
+        assert client.idle_count == 0 and client.connection_count == 0  # the server closed it: gone
+        second = await client.post(f"http://127.0.0.1:{port}/b", b"", {}, TIMEOUTS)
+        assert await second.read(100, truncate=False) == b"ok"
         assert len(connections) == 2  # a fresh connection, not the closed one
         await asyncio.wait_for(closed.acquire(), 5.0)  # the second one's handler is over too
     finally:
@@ -71,8 +72,9 @@ async def test_many_requests_on_one_kept_alive_connection_stay_on_it() -> None:
     client = make_http_client()
     try:
         for index in range(20):
-            assert (await client.get(f"http://127.0.0.1:{port}/{index}")).text == "ok"
-        assert connections == 1  # the cached poll kept saying "not readable" on the live socket
+            response = await client.post(f"http://127.0.0.1:{port}/{index}", b"", {}, TIMEOUTS)
+            assert await response.read(100, truncate=False) == b"ok"
+        assert connections == 1  # the live connection went back to the pool and was reused every time
     finally:
         await client.aclose()
         await asyncio.wait_for(finished.wait(), 5.0)

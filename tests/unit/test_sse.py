@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
 from gateway_core.errors import Reason
@@ -72,6 +71,12 @@ def test_an_oversized_event_is_refused() -> None:
     assert caught.value.reason == Reason.UPSTREAM_ERROR
 
 
+def test_one_oversized_event_in_a_chunk_of_its_own_is_refused() -> None:
+    assert decode(b"data: " + b"x" * 999 + b"\n\n", max_event_chars=1000) == [SseEvent("x" * 999)]
+    with pytest.raises(ProviderError):
+        decode(b"data: " + b"x" * 1000 + b"\n\n", max_event_chars=1000)
+
+
 def test_an_endless_line_is_refused_while_it_grows() -> None:
     decoder = SseDecoder(max_event_chars=1000)
     with pytest.raises(ProviderError):
@@ -84,11 +89,9 @@ def test_many_events_are_fine_when_each_is_small() -> None:
     assert len(decode(*[stream] * 50, max_event_chars=1000)) == 50
 
 
-async def test_iter_sse_over_an_httpx_response() -> None:
+async def test_iter_sse_over_a_streamed_body() -> None:
     async def body() -> AsyncIterator[bytes]:
         for chunk in (b"data: one\r", b"\n\r\ndata: t", b"wo\n", b"\n"):
             yield chunk
 
-    response = httpx.Response(200, content=body())
-    assert [event.data async for event in iter_sse(response)] == ["one", "two"]
-    await response.aclose()
+    assert [event.data async for event in iter_sse(body())] == ["one", "two"]

@@ -1,4 +1,4 @@
-"""Anthropic Messages upstream calls: URL, headers, the httpx call. I/O only.
+"""Anthropic Messages upstream calls: URL, headers, the HTTP call. I/O only.
 
 Conversion is translate's job; this module only moves bytes, bounds them
 (response size, the caller's deadline) and turns transport failures into
@@ -7,12 +7,10 @@ ProviderErrors. No message it raises carries the operator's key or base URL.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import orjson
 
 from gateway_core.config import ProviderSettings
@@ -25,12 +23,15 @@ from gateway_core.providers.http import (
     Deadline,
     StreamEvents,
     call_timeout,
+    drain,
     read_json,
     read_within,
     request_headers,
     send_json,
     user_agent,
 )
+from gateway_core.providers.http_client import UpstreamClient
+from gateway_core.providers.http_response import ResponseHeaders, UpstreamResponse
 from gateway_core.providers.sse import SseEvent, iter_sse
 
 # How long to wait for the end of the body after message_stop before giving up on reusing the connection.
@@ -40,7 +41,7 @@ DRAIN_SECONDS = 0.5
 class AnthropicProvider:
     """A configured Anthropic upstream. Safe to share; the HTTP client is injected."""
 
-    def __init__(self, settings: ProviderSettings, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: ProviderSettings, http: UpstreamClient) -> None:
         self.name = settings.name
         self._settings = settings
         self._http = http
@@ -55,9 +56,11 @@ class AnthropicProvider:
         """POSTs a non-streaming request and translates the whole answer."""
         body = translate.to_request(call, stream=False)
         deadline = Deadline.after(call.timeout_seconds)
-        async with contextlib.AsyncExitStack() as stack:
-            response = await self._send(stack, call, body, deadline, stream=False)
+        response = await self._send(call, body, deadline, stream=False)
+        try:
             parsed = await read_json(response, deadline)
+        finally:
+            await response.aclose()
         return translate.from_response(parsed, call, provider=self.name)
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
@@ -70,16 +73,17 @@ class AnthropicProvider:
         deadline = Deadline.after(call.timeout_seconds)
         translator = translate.StreamTranslator(call, provider=self.name)
         async with contextlib.AsyncExitStack() as stack:
-            response = await self._send(stack, call, body, deadline, stream=True)
+            response = await self._send(call, body, deadline, stream=True)
+            stack.push_async_callback(response.aclose)
             if response.headers.get("content-type", "").startswith("application/json"):
                 await _refuse_json_instead_of_stream(response, deadline)
-            events = await stack.enter_async_context(contextlib.aclosing(iter_sse(response)))
+            events = iter_sse(response)
             reader = stack.enter_context(StreamEvents(events, deadline))
             while (event := await reader.next()) is not None:
                 for chunk in translator.feed(event.event, _event_json(event)):
                     yield chunk
                 if translator.finished:
-                    await _drain(events, deadline)
+                    await drain(events, response, deadline, DRAIN_SECONDS)
                     break
             for chunk in translator.finish():
                 yield chunk
@@ -88,19 +92,18 @@ class AnthropicProvider:
         """Nothing of its own to release: the shared HTTP client is the server's."""
 
     async def _send(
-        self, stack: contextlib.AsyncExitStack, call: UpstreamCall, body: dict[str, Any], deadline: Deadline,
-        *, stream: bool,
-    ) -> httpx.Response:
-        """Sends the request and returns the response with headers read (closed by stack)."""
+        self, call: UpstreamCall, body: dict[str, Any], deadline: Deadline, *, stream: bool,
+    ) -> UpstreamResponse:
+        """Sends the request and returns the response with headers read (the caller closes it)."""
         return await send_json(
-            self._http, stack, url=self._url, body=orjson.dumps(body),
+            self._http, url=self._url, body=orjson.dumps(body),
             headers=request_headers(call, stream=stream, user_agent=self._user_agent, auth=self._auth),
-            timeout=call_timeout(self._settings, deadline), deadline=deadline, map_error=_map_error,
+            timeout=call_timeout(self._settings, deadline), map_error=_map_error,
             secret=self._settings.api_key,
         )
 
 
-async def _refuse_json_instead_of_stream(response: httpx.Response, deadline: Deadline) -> None:
+async def _refuse_json_instead_of_stream(response: UpstreamResponse, deadline: Deadline) -> None:
     """A JSON body (status 200) where an event stream was asked for: raise its error."""
     raw = await read_within(response, deadline, MAX_ERROR_BODY_BYTES, truncate=True)
     try:
@@ -112,18 +115,6 @@ async def _refuse_json_instead_of_stream(response: httpx.Response, deadline: Dea
     raise malformed("a JSON body instead of an event stream")
 
 
-async def _drain(events: AsyncIterator[SseEvent], deadline: Deadline) -> None:
-    """Reads what follows message_stop (normally just the body's end), so the
-    pooled connection can be reused instead of closed; gives up quickly."""
-    remaining = deadline.remaining()
-    try:
-        async with asyncio.timeout(DRAIN_SECONDS if remaining is None else min(DRAIN_SECONDS, remaining)):
-            async for _ in events:
-                pass
-    except (httpx.HTTPError, TimeoutError, ProviderError):
-        pass  # the answer is complete; the connection just won't be reused
-
-
 def _event_json(event: SseEvent) -> Any:
     try:
         return orjson.loads(event.data)
@@ -131,5 +122,5 @@ def _event_json(event: SseEvent) -> Any:
         raise malformed("stream event data is not JSON") from None
 
 
-def _map_error(status: int, raw: bytes, headers: httpx.Headers) -> ProviderError:
+def _map_error(status: int, raw: bytes, headers: ResponseHeaders) -> ProviderError:
     return translate.map_error(status, raw, headers.get("retry-after"))

@@ -1,4 +1,4 @@
-"""Gemini API calls: URL, headers, the httpx call. I/O only.
+"""Gemini API calls: URL, headers, the HTTP call. I/O only.
 
     POST {base_url}/models/{model}:generateContent
     POST {base_url}/models/{model}:streamGenerateContent?alt=sse
@@ -17,7 +17,6 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import orjson
 
 from gateway_core.config import ProviderSettings
@@ -36,6 +35,8 @@ from gateway_core.providers.http import (
     send_json,
     user_agent,
 )
+from gateway_core.providers.http_client import UpstreamClient
+from gateway_core.providers.http_response import ResponseHeaders, UpstreamResponse
 from gateway_core.providers.sse import SseEvent, iter_sse
 
 # "gemini-2.5-flash", "models/gemini-2.5-flash" or "tunedModels/my-model": one
@@ -44,7 +45,7 @@ _MODEL = re.compile(r"(?:(models|tunedModels)/)?([A-Za-z0-9][A-Za-z0-9._-]{0,127
 class GeminiProvider:
     """A configured Gemini API upstream. Safe to share; the HTTP client is injected."""
 
-    def __init__(self, settings: ProviderSettings, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: ProviderSettings, http: UpstreamClient) -> None:
         self.name = settings.name
         self._settings = settings
         self._http = http
@@ -57,9 +58,11 @@ class GeminiProvider:
         """POSTs generateContent and translates the whole answer."""
         body = translate.to_request(call)
         deadline = Deadline.after(call.timeout_seconds)
-        async with contextlib.AsyncExitStack() as stack:
-            response = await self._send(stack, call, body, deadline, stream=False)
+        response = await self._send(call, body, deadline, stream=False)
+        try:
             parsed = await read_json(response, deadline)
+        finally:
+            await response.aclose()
         return translate.from_response(parsed, call, provider=self.name)
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
@@ -73,10 +76,11 @@ class GeminiProvider:
         deadline = Deadline.after(call.timeout_seconds)
         translator = translate.StreamTranslator(call, provider=self.name)
         async with contextlib.AsyncExitStack() as stack:
-            response = await self._send(stack, call, body, deadline, stream=True)
+            response = await self._send(call, body, deadline, stream=True)
+            stack.push_async_callback(response.aclose)
             if not response.headers.get("content-type", "").startswith("text/event-stream"):
                 await _refuse_non_stream(response, deadline)
-            events = await stack.enter_async_context(contextlib.aclosing(iter_sse(response)))
+            events = iter_sse(response)
             reader = stack.enter_context(StreamEvents(events, deadline))
             while (event := await reader.next()) is not None:
                 for chunk in translator.feed(_event_json(event)):
@@ -99,19 +103,18 @@ class GeminiProvider:
         return f"{self._base_url}/{resource}:{method}"
 
     async def _send(
-        self, stack: contextlib.AsyncExitStack, call: UpstreamCall, body: dict[str, Any], deadline: Deadline,
-        *, stream: bool,
-    ) -> httpx.Response:
-        """Sends the request and returns the response with headers read (closed by stack)."""
+        self, call: UpstreamCall, body: dict[str, Any], deadline: Deadline, *, stream: bool,
+    ) -> UpstreamResponse:
+        """Sends the request and returns the response with headers read (the caller closes it)."""
         return await send_json(
-            self._http, stack, url=self._url(call, stream=stream), body=orjson.dumps(body),
+            self._http, url=self._url(call, stream=stream), body=orjson.dumps(body),
             headers=request_headers(call, stream=stream, user_agent=self._user_agent, auth=self._auth),
-            timeout=call_timeout(self._settings, deadline), deadline=deadline, map_error=_map_error,
+            timeout=call_timeout(self._settings, deadline), map_error=_map_error,
             secret=self._settings.api_key,
         )
 
 
-async def _refuse_non_stream(response: httpx.Response, deadline: Deadline) -> None:
+async def _refuse_non_stream(response: UpstreamResponse, deadline: Deadline) -> None:
     """A 200 that is not an event stream (an error object, or a JSON array without alt=sse): raise."""
     raw = await read_within(response, deadline, MAX_ERROR_BODY_BYTES, truncate=True)
     error = translate.error_object(raw)
@@ -127,5 +130,5 @@ def _event_json(event: SseEvent) -> Any:
         raise translate.malformed("stream event data is not JSON") from None
 
 
-def _map_error(status: int, raw: bytes, headers: httpx.Headers) -> ProviderError:
+def _map_error(status: int, raw: bytes, headers: ResponseHeaders) -> ProviderError:
     return translate.map_error(status, raw, headers.get("retry-after"))

@@ -1,4 +1,4 @@
-"""OpenAI-compatible upstream calls: URL, headers, the httpx call. I/O only.
+"""OpenAI-compatible upstream calls: URL, headers, the HTTP call. I/O only.
 
 Conversion is translate's job; this module only moves bytes, bounds them
 (response size, the caller's deadline) and turns transport failures into
@@ -9,13 +9,11 @@ context passes, and only when well formed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import orjson
 
 from gateway_core.config import ProviderSettings
@@ -27,12 +25,15 @@ from gateway_core.providers.http import (
     Deadline,
     StreamEvents,
     call_timeout,
+    drain,
     read_json,
     read_within,
     request_headers,
     send_json,
     user_agent,
 )
+from gateway_core.providers.http_client import UpstreamClient
+from gateway_core.providers.http_response import ResponseHeaders, UpstreamResponse
 from gateway_core.providers.openai import translate
 from gateway_core.providers.openai.response import malformed
 from gateway_core.providers.sse import SseEvent, iter_sse
@@ -45,7 +46,7 @@ log = logging.getLogger("tollgate.providers.openai")
 class OpenAIProvider:
     """A configured OpenAI-compatible upstream. Safe to share; the HTTP client is injected."""
 
-    def __init__(self, settings: ProviderSettings, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: ProviderSettings, http: UpstreamClient) -> None:
         self.name = settings.name
         self._settings = settings
         self._http = http
@@ -59,9 +60,11 @@ class OpenAIProvider:
         """POSTs a non-streaming request and translates the whole answer."""
         body = self._body(call, stream=False)
         deadline = Deadline.after(call.timeout_seconds)
-        async with contextlib.AsyncExitStack() as stack:
-            response = await self._send(stack, call, body, deadline, stream=False)
+        response = await self._send(call, body, deadline, stream=False)
+        try:
             parsed = await read_json(response, deadline)
+        finally:
+            await response.aclose()
         return translate.from_response(parsed, call, provider=self.name)
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
@@ -74,10 +77,11 @@ class OpenAIProvider:
         deadline = Deadline.after(call.timeout_seconds)
         translator = translate.StreamTranslator(call, provider=self.name)
         async with contextlib.AsyncExitStack() as stack:
-            response = await self._send(stack, call, body, deadline, stream=True)
+            response = await self._send(call, body, deadline, stream=True)
+            stack.push_async_callback(response.aclose)
             if response.headers.get("content-type", "").startswith("application/json"):
                 await _refuse_json_instead_of_stream(response, deadline)
-            events = await stack.enter_async_context(contextlib.aclosing(iter_sse(response)))
+            events = iter_sse(response)
             reader = stack.enter_context(StreamEvents(events, deadline))
             done = False
             while (event := await reader.next()) is not None:
@@ -91,7 +95,7 @@ class OpenAIProvider:
             for chunk in translator.finish():
                 yield chunk
             if done:
-                await _drain(events, deadline)
+                await drain(events, response, deadline, DRAIN_SECONDS)
 
     async def aclose(self) -> None:
         """Nothing of its own to release: the shared HTTP client is the server's."""
@@ -105,19 +109,18 @@ class OpenAIProvider:
         return prepared.body
 
     async def _send(
-        self, stack: contextlib.AsyncExitStack, call: UpstreamCall, body: dict[str, Any], deadline: Deadline,
-        *, stream: bool,
-    ) -> httpx.Response:
-        """Sends the request and returns the response with headers read (closed by stack)."""
+        self, call: UpstreamCall, body: dict[str, Any], deadline: Deadline, *, stream: bool,
+    ) -> UpstreamResponse:
+        """Sends the request and returns the response with headers read (the caller closes it)."""
         return await send_json(
-            self._http, stack, url=self._url, body=orjson.dumps(body),
+            self._http, url=self._url, body=orjson.dumps(body),
             headers=request_headers(call, stream=stream, user_agent=self._user_agent, auth=self._auth),
-            timeout=call_timeout(self._settings, deadline), deadline=deadline, map_error=_map_error,
+            timeout=call_timeout(self._settings, deadline), map_error=_map_error,
             secret=self._settings.api_key,
         )
 
 
-async def _refuse_json_instead_of_stream(response: httpx.Response, deadline: Deadline) -> None:
+async def _refuse_json_instead_of_stream(response: UpstreamResponse, deadline: Deadline) -> None:
     """Some vendors answer a stream request with a plain JSON error (status 200): raise it."""
     raw = await read_within(response, deadline, MAX_ERROR_BODY_BYTES, truncate=True)
     try:
@@ -127,18 +130,6 @@ async def _refuse_json_instead_of_stream(response: httpx.Response, deadline: Dea
     if isinstance(parsed, dict) and parsed.get("error"):
         raise translate.error_in_body(parsed["error"])
     raise malformed("a JSON body instead of an event stream")
-
-
-async def _drain(events: AsyncIterator[SseEvent], deadline: Deadline) -> None:
-    """Reads what follows [DONE] (normally just the body's end), so the pooled
-    connection can be reused instead of closed; gives up quickly."""
-    remaining = deadline.remaining()
-    try:
-        async with asyncio.timeout(DRAIN_SECONDS if remaining is None else min(DRAIN_SECONDS, remaining)):
-            async for _ in events:
-                pass
-    except (httpx.HTTPError, TimeoutError, ProviderError):
-        pass  # the answer is complete; the connection just won't be reused
 
 
 def _event_json(event: SseEvent) -> Any:
@@ -151,5 +142,5 @@ def _event_json(event: SseEvent) -> Any:
     return data
 
 
-def _map_error(status: int, raw: bytes, headers: httpx.Headers) -> ProviderError:
+def _map_error(status: int, raw: bytes, headers: ResponseHeaders) -> ProviderError:
     return translate.map_error(status, raw, headers.get("retry-after"), retry_after_ms=headers.get("retry-after-ms"))
