@@ -26,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Generic, TypeVar
 
+from gateway_core.chat.idle_watch import IdleTimeout, IdleWatch
 from gateway_core.chat.meter import Admission, RequestMeter
 from gateway_core.chat.retry_budget import RetryBudget
 from gateway_core.chat.route_health import RouteHealth
@@ -166,21 +167,21 @@ class RouteAttempts:
         started = await self._run(meter, attempt)
         chunks, first = started.result
         route, probe = started.route, started.probe
-        idle = self._limits(route).idle_timeout_seconds
         outcome = "ok"
         try:
             if first is not None:
                 yield first
-            while first is not None:
-                try:
-                    async with asyncio.timeout(idle):
-                        chunk = await anext(chunks, None)
-                except TimeoutError:
-                    raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
-                                        upstream_body="silent past idle_timeout_seconds") from None
-                if chunk is None:
-                    break
-                yield chunk
+            # One timer for the stream's silences, not one asyncio.timeout per chunk (see idle_watch).
+            with IdleWatch(self._limits(route).idle_timeout_seconds) as watch:
+                while first is not None:
+                    try:
+                        chunk = await watch.read(anext(chunks, None))
+                    except IdleTimeout:
+                        raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
+                                            upstream_body="silent past idle_timeout_seconds") from None
+                    if chunk is None:
+                        break
+                    yield chunk
         except ProviderError as error:  # after the first chunk: in-band, no fallback
             outcome = error.reason.value
             self.health.failed(route, probe, retry_after=None, quota_exhausted=False)
