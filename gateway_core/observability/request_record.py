@@ -141,6 +141,11 @@ def observe_settlement(hold: Hold, outcome: UsageOutcome, settlement: Settlement
         logging.getLogger("tollgate.metrics").exception("recording settlement of %s failed", hold.request_id)
 
 
+def current_record() -> RequestRecord | None:
+    """The record of the chat call this code runs for, if any."""
+    return current.get()
+
+
 def add_upstream_wait(seconds: float) -> None:
     """Adds time spent awaiting the upstream to the current request, if there is one."""
     record = current.get()
