@@ -33,7 +33,7 @@ from gateway_core.chat.route_health import RouteHealth
 from gateway_core.chat.route_order import route_order
 from gateway_core.config import ModelSettings, ProviderSettings, Route, RoutingSettings
 from gateway_core.errors import GatewayError, Reason
-from gateway_core.metrics import FALLBACKS, UPSTREAM_ATTEMPTS, UPSTREAM_RETRIES
+from gateway_core.metrics import FALLBACKS, UPSTREAM_ATTEMPTS, UPSTREAM_RETRIES, CachedLabels
 from gateway_core.pb.gateway.v1 import chat_pb2
 from gateway_core.providers.base import Provider, ProviderError
 
@@ -49,6 +49,7 @@ _CALLERS_FAULT = frozenset({Reason.INVALID_REQUEST, Reason.UNSUPPORTED_PARAMETER
 # A route that failed without a Retry-After is tried again (if at all) after this, doubling.
 _BACKOFF_SECONDS = 0.1
 _BACKOFF_CAP_SECONDS = 2.0
+_UPSTREAM_ATTEMPTS = CachedLabels(UPSTREAM_ATTEMPTS)  # provider, route, outcome
 _BUSY_MESSAGE = "the upstream provider for this model is over capacity; try again later"
 
 
@@ -321,7 +322,7 @@ def _log_attempt(
     error: ProviderError | None = None, streamed: bool = False,
 ) -> None:
     """One line per attempt, as text and as `extra` fields for structured handlers; one count."""
-    UPSTREAM_ATTEMPTS.labels(route.provider, route.model, "ok" if outcome == "ok" else outcome).inc()
+    _UPSTREAM_ATTEMPTS.labels(route.provider, route.model, outcome).inc()
     fields = {
         "request_id": meter.admission.call.request_id,
         "model": meter.admission.model.name,
