@@ -140,11 +140,12 @@ async def _measure(stub: Any, kind: str, count: int, key: str) -> tuple[float, f
 
 
 async def main(args: argparse.Namespace) -> None:
-    log_sink = open(os.devnull, "w") if not args.log_to_stderr else sys.stderr  # noqa: SIM115 - lives as long as the run
+    if not args.log_to_stderr:  # the server's own log path (stderr), with stderr itself sent nowhere
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the run
     with tempfile.TemporaryDirectory() as directory:
         settings = _settings(Path(directory))
-        # JSON lines, as `tollgate serve` logs; written to /dev/null (a real write per flush) or stderr.
-        configure_logging(LoggingSettings(level="info", format="json"), stream=log_sink)
+        # JSON lines to stderr, exactly as `tollgate serve` logs.
+        configure_logging(LoggingSettings(level="info", format="json"))
         core = await start_core(settings, address="127.0.0.1:0", metrics_address="")
         try:
             created = await core.store.create_first_account(

@@ -41,7 +41,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "time": _utc_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": _message(record, self._redactor),
@@ -54,6 +54,27 @@ class JsonFormatter(logging.Formatter):
         text = orjson.dumps(line, default=str).decode()
         # Names were masked field by field above; this pass catches key shapes and configured values.
         return self._redactor.redact(text, names=False)
+
+
+_second_cache: list[tuple[int, str]] = [(-1, "")]
+
+
+def _utc_time(created: float) -> str:
+    """created as ISO 8601 UTC with milliseconds, e.g. 2026-01-02T03:04:05.678+00:00.
+
+    The same text datetime.isoformat(timespec="milliseconds") gives, with the
+    date-and-second part formatted once per second instead of once per line.
+    """
+    second = int(created)
+    # As datetime.fromtimestamp: the fraction rounded (half to even) to microseconds, then cut to ms.
+    micros = round((created - second) * 1e6)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    cached_second, prefix = _second_cache[0]
+    if cached_second != second:
+        prefix = datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_cache[0] = (second, prefix)
+    return f"{prefix}.{micros // 1000:03d}+00:00"
 
 
 def _message(record: logging.LogRecord, redactor: redaction.Redactor) -> str:

@@ -75,13 +75,17 @@ class Redactor:
         names=False skips masking values by their name (for text whose names were masked already).
         """
         pattern = self._literal_pattern
-        if pattern is not None:
+        # A substring test per value is far cheaper than the alternation regex scanning every position.
+        if pattern is not None and any(value in text for value in self._literals):
             text = pattern.sub(MASK, text)
         lowered = text.lower()
         for needles, shape in _SHAPES:
             if any(n in lowered for n in needles):
                 text = shape.sub(_keep_prefix, text)
-        return _mask_named_values(text) if names else text
+                lowered = text.lower()
+        if not names or not any(name in lowered for name in _MASKED_NAMES):
+            return text  # no masked name anywhere in the text: no `name: value` pair to mask
+        return _mask_named_values(text)
 
     def mask_names(self, name: str, value: Any) -> Any:
         """A structured field masked by its name (and nested names) only; its text is left for redact()
@@ -91,6 +95,8 @@ class Redactor:
             return MASK
         if type(value) in _PLAIN_TYPES:  # most fields (counts, flags): skip the slower ABC checks below
             return value
+        if type(value) is str:  # most other fields (ids, names): same answer as the isinstance branch below
+            return self.redact(value) if ("=" in value or ":" in value) else value
         if isinstance(value, Mapping):
             return {str(k): self.mask_names(str(k), v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
