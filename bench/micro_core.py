@@ -158,7 +158,7 @@ async def main(args: argparse.Namespace) -> None:
             inner.complete = fake.complete  # type: ignore[method-assign]
             inner.stream = fake.stream  # type: ignore[method-assign]
             stub = chat_pb2_grpc.ChatServiceStub(core.local.channel())
-            for kind in ("unary", "stream16", "stream256"):  # warm-up: caches, first-call imports
+            for kind in args.kinds.split(","):  # warm-up: caches, first-call imports
                 await _measure(stub, kind, 30, key)
             if args.profile:
                 await _profile(stub, args.profile, args.requests, key)

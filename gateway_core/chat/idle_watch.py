@@ -27,7 +27,7 @@ class IdleTimeout(Exception):
 
 
 class IdleWatch:
-    """One per stream; used by the one task that reads it; not thread-safe.
+    """One per stream, read by one task (the first to read; a stream pump's); not thread-safe.
 
         with IdleWatch(30.0) as watch:
             while ...:
@@ -58,9 +58,11 @@ class IdleWatch:
 
     async def read(self, waiting: Awaitable[T]) -> T:
         """Awaits `waiting` (an awaitable), cancelling it if it stays silent for idle_seconds."""
-        task = asyncio.current_task()
-        if task is not self._task:
-            self._task, self._cancelling = task, task.cancelling() if task is not None else 0
+        task = self._task
+        if task is None:  # the first read: the reading task is the one for the whole stream
+            task = self._task = asyncio.current_task()
+        # As asyncio.timeout at each entry: cancellations already pending are not ours.
+        self._cancelling = task.cancelling() if task is not None else 0
         self._waiting_since = self._loop.time()
         if self._handle is None:
             self._handle = self._loop.call_at(self._waiting_since + self._idle, self._check)
