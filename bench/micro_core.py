@@ -98,6 +98,33 @@ def _chunks_of(upstream_model: str) -> int:
     return int(upstream_model.removeprefix("chunks-")) if upstream_model.startswith("chunks-") else 16
 
 
+def _stub_ledger_writes(core: Any) -> None:
+    """--db-stub: the hold and settle transactions answer at once on the loop, without the DB threads.
+
+    What is left is the core's own loop work (the brief's "core loop CPU"): every
+    other step is real, auth lookups and account limits still go to SQLite (cached).
+    """
+    from types import SimpleNamespace
+
+    from gateway_core.metering.outcome import Settlement
+
+    database = core.store.db
+    real_run = database.run
+
+    async def run(fn: Any, *, write: bool = False) -> Any:
+        name = getattr(getattr(fn, "func", None), "__name__", "")
+        if name == "_create_hold":
+            request = fn.keywords["request"]
+            return SimpleNamespace(request_id=request.request_id, account_id=request.account_id,
+                                   api_key_id=request.api_key_id, amount_micros=request.amount_micros)
+        if name == "settle_hold":
+            outcome = fn.keywords["outcome"]
+            return Settlement(fn.keywords["request_id"], max(outcome.cost_micros, 0), 0, 0, False)
+        return await real_run(fn, write=write)
+
+    database.run = run
+
+
 def _settings(directory: Path) -> Any:
     routes = [("bench-model", "bench-model"), ("stream-16", "chunks-16"), ("stream-256", "chunks-256")]
     return parse_settings({
@@ -157,6 +184,8 @@ async def main(args: argparse.Namespace) -> None:
             fake = TranslatingProvider("upstream", translate.dialect_for(settings.providers["upstream"]))
             inner.complete = fake.complete  # type: ignore[method-assign]
             inner.stream = fake.stream  # type: ignore[method-assign]
+            if args.db_stub:
+                _stub_ledger_writes(core)
             stub = chat_pb2_grpc.ChatServiceStub(core.local.channel())
             for kind in args.kinds.split(","):  # warm-up: caches, first-call imports
                 await _measure(stub, kind, 30, key)
@@ -208,6 +237,8 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="measurement rounds; medians are reported")
     parser.add_argument("--requests", type=int, default=400, help="unary requests per round (streams: half)")
+    parser.add_argument("--db-stub", action="store_true",
+                        help="answer hold/settle without the database: the core's own loop CPU only")
     parser.add_argument("--kinds", default="unary,stream16,stream256", help="which calls to measure (comma-separated)")
     parser.add_argument("--profile", choices=("unary", "stream16", "stream256"),
                         help="instead of measuring, print a cProfile of the loop thread for this kind")

@@ -48,8 +48,9 @@ class RequestMeter:
         if chunk.HasField("usage"):
             self.usage = chunk.usage
         output = self._output
-        for choice in chunk.choices:
-            delta = choice.delta
+        choices = chunk.choices
+        for i in range(len(choices)):  # indexing is cheaper than iterating a upb repeated field
+            delta = choices[i].delta
             content = delta.content  # "" when unset
             if content:
                 output.append(content)
