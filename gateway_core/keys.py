@@ -15,7 +15,6 @@ low (the GitHub token design). Only HMAC-SHA256(pepper, key) is ever stored.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import secrets
@@ -87,7 +86,8 @@ def hash_key(full_key: str, pepper: str) -> str:
     enough entropy that a fast hash is safe, and the pepper means a leaked
     database alone cannot be used to check guesses offline.
     """
-    return hmac.new(pepper.encode("utf-8"), full_key.encode("utf-8"), hashlib.sha256).hexdigest()
+    # hmac.digest: the same HMAC in one C call (OpenSSL), without building an HMAC object per request.
+    return hmac.digest(pepper.encode("utf-8"), full_key.encode("utf-8"), "sha256").hex()
 
 
 def redact(full_key: str) -> str:
