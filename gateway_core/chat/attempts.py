@@ -35,7 +35,7 @@ from gateway_core.config import ModelSettings, ProviderSettings, Route, RoutingS
 from gateway_core.errors import GatewayError, Reason
 from gateway_core.metrics import FALLBACKS, UPSTREAM_ATTEMPTS, UPSTREAM_RETRIES, CachedLabels
 from gateway_core.pb.gateway.v1 import chat_pb2
-from gateway_core.providers.base import Provider, ProviderError
+from gateway_core.providers.base import Provider, ProviderError, UpstreamCall
 
 log = logging.getLogger("tollgate.routing")
 
@@ -280,8 +280,17 @@ class RouteAttempts:
         limits = self._limits(route)
         remaining = timing.remaining()
         timeout = limits.total_timeout_seconds if remaining is None else min(limits.total_timeout_seconds, remaining)
-        call = dataclasses.replace(first.call, upstream_model=route.model, timeout_seconds=max(timeout, 0.001))
-        return dataclasses.replace(first, provider=self._providers[route.provider], call=call)
+        # Built field by field: dataclasses.replace inspects the fields on every call (twice per attempt).
+        base = first.call
+        call = UpstreamCall(
+            request=base.request, upstream_model=route.model, client_model=base.client_model,
+            request_id=base.request_id, timeout_seconds=max(timeout, 0.001), forward_headers=base.forward_headers,
+        )
+        return Admission(
+            model=first.model, provider=self._providers[route.provider], call=call, hold=first.hold,
+            prompt_estimate=first.prompt_estimate, max_completion_tokens=first.max_completion_tokens,
+            started=first.started, routes=first.routes, limit_headers=first.limit_headers,
+        )
 
 
 def _route_of(admission: Admission) -> Route:
