@@ -25,11 +25,8 @@ _OURS = "_tollgate_handler"
 
 def record_fields(record: logging.LogRecord, redactor: redaction.Redactor) -> dict[str, Any]:
     """The `extra=` fields of a record, masked by name; the caller redacts the formatted line."""
-    return {
-        name: redactor.mask_names(name, value)
-        for name, value in record.__dict__.items()
-        if name not in _STANDARD_ATTRS and not name.startswith("_")
-    }
+    standard, mask = _STANDARD_ATTRS, redactor.mask_names
+    return {name: mask(name, value) for name, value in record.__dict__.items() if name not in standard and name[0] != "_"}
 
 
 class JsonFormatter(logging.Formatter):
