@@ -306,9 +306,13 @@ class UnaryStreamCall(Generic[ResponseT]):
                 produced = handler.unary_stream(request, self._context)
                 if isinstance(produced, AsyncIterator):
                     # aclosing: a cancelled call closes the handler's generator now, not at GC.
+                    messages = self._messages
                     async with contextlib.aclosing(produced):
                         async for message in produced:
-                            await self._messages.put(message)
+                            try:
+                                messages.put_nowait(message)  # room in the window: no coroutine per message
+                            except asyncio.QueueFull:
+                                await messages.put(message)  # the reader is behind: wait, as flow control does
                 else:  # a handler writing with context.write()
                     await produced
         except grpc.aio.AbortError:
@@ -335,10 +339,13 @@ class UnaryStreamCall(Generic[ResponseT]):
         if self._finished:
             return self._end()
         try:
-            message = await self._messages.get()
-        except asyncio.CancelledError:
-            self.cancel()  # as in grpc.aio: cancelling a read cancels the call
-            raise
+            message = self._messages.get_nowait()  # already there: no coroutine, nothing to cancel
+        except asyncio.QueueEmpty:
+            try:
+                message = await self._messages.get()
+            except asyncio.CancelledError:
+                self.cancel()  # as in grpc.aio: cancelling a read cancels the call
+                raise
         if message is _END:
             self._finished = True
             return self._end()

@@ -10,7 +10,11 @@ names, reason codes from `gateway_core.errors.Reason`, and small fixed words
 
 from __future__ import annotations
 
+from typing import Any, Generic, TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 # Latency buckets from 5 ms to 5 min: covers fast cached answers and long streams.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -88,3 +92,24 @@ LIMIT_STORE_FAILURES = Counter(
     "Rate-limit checks that could not reach the counter store (Redis), by the policy applied (open, closed).",
     ["policy"],
 )
+
+
+class CachedLabels(Generic[M]):
+    """A metric's labelled children, looked up once per label tuple.
+
+    `metric.labels(...)` validates and locks on every call (~5 µs); the hot path
+    asks for the same few children per request, so each is kept here after the
+    first lookup. Safe because label values come from bounded sets (see above)
+    and no code removes children (`remove`/`clear` would orphan a cached one).
+    """
+
+    def __init__(self, metric: M) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> M:
+        """The child for these label values, in the metric's label order."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child  # type: ignore[no-any-return]

@@ -6,11 +6,13 @@ characters per token, digits in groups of three, each non-ASCII character
 about one token, punctuation runs in pairs), with OpenAI's per-message
 overhead on top. Time is linear in the input and capped: a text longer than
 SAMPLE_THRESHOLD characters is estimated from evenly spaced windows, so a
-pathological multi-megabyte string costs the same as a 64 KB one.
+pathological multi-megabyte string costs the same as a 64 KB one. Counts of
+long texts are remembered by digest (see _cached_count).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 
@@ -36,6 +38,11 @@ IMAGE_TOKENS_DEFAULT = 765
 AUDIO_BYTES_PER_TOKEN = 1600
 FILE_BYTES_PER_TOKEN = 4
 
+# Texts at least this long (and at most SAMPLE_THRESHOLD) have their counts remembered by digest.
+CACHE_MIN_CHARS = 2 * 1024
+CACHE_ENTRIES = 4096
+_COUNTS: dict[bytes, int] = {}
+
 _PIECES = re.compile(r"[A-Za-z]+|[0-9]+|[^\x00-\x7f]|[!-/:-@\[-`{-~]+|\s+")
 # The kinds of piece _PIECES makes, one pattern each, for _count.
 _WORDS = re.compile(r"[A-Za-z]+")
@@ -52,12 +59,34 @@ _COUNTED_SPACES = re.compile(r"[\t-\r\x1c-\x20]\s+|[\t-\r\x1c-\x1f]")
 def estimate_text_tokens(text: str) -> int:
     """About how many tokens an OpenAI-style tokenizer makes of text."""
     if len(text) <= SAMPLE_THRESHOLD:
-        return _count(text)
+        if len(text) < CACHE_MIN_CHARS:
+            return _count(text)
+        return _cached_count(text)
     # Evenly spaced windows (not just a prefix), so a long text cannot hide
     # expensive content behind a cheap beginning.
     step = (len(text) - SAMPLE_WINDOW_CHARS) // (SAMPLE_WINDOWS - 1)
     sampled = sum(_count(text[i * step : i * step + SAMPLE_WINDOW_CHARS]) for i in range(SAMPLE_WINDOWS))
     return math.ceil(sampled * len(text) / (SAMPLE_WINDOWS * SAMPLE_WINDOW_CHARS))
+
+
+def _cached_count(text: str) -> int:
+    """_count of a long text, remembered by a digest of the text (never the text itself).
+
+    Conversations resend their history on every turn, and system prompts repeat
+    across requests: the same multi-kilobyte texts are counted again and again.
+    The key is a 128-bit BLAKE2b digest, so no prompt is kept in memory and no
+    one can make two texts share an entry; counting is deterministic, so a hit
+    returns exactly what counting would. Texts over SAMPLE_THRESHOLD are not
+    cached: hashing all of one would cost more than its sampled estimate.
+    """
+    key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    tokens = _COUNTS.get(key)
+    if tokens is None:
+        tokens = _count(text)
+        if len(_COUNTS) >= CACHE_ENTRIES:
+            _COUNTS.pop(next(iter(_COUNTS)), None)  # the oldest entry (dicts keep insertion order)
+        _COUNTS[key] = tokens
+    return tokens
 
 
 def _count(text: str) -> int:

@@ -26,15 +26,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Generic, TypeVar
 
+from gateway_core.chat.idle_watch import IdleTimeout, IdleWatch
 from gateway_core.chat.meter import Admission, RequestMeter
 from gateway_core.chat.retry_budget import RetryBudget
 from gateway_core.chat.route_health import RouteHealth
 from gateway_core.chat.route_order import route_order
 from gateway_core.config import ModelSettings, ProviderSettings, Route, RoutingSettings
 from gateway_core.errors import GatewayError, Reason
-from gateway_core.metrics import FALLBACKS, UPSTREAM_ATTEMPTS, UPSTREAM_RETRIES
+from gateway_core.metrics import FALLBACKS, UPSTREAM_ATTEMPTS, UPSTREAM_RETRIES, CachedLabels
 from gateway_core.pb.gateway.v1 import chat_pb2
-from gateway_core.providers.base import Provider, ProviderError
+from gateway_core.providers.base import Provider, ProviderError, UpstreamCall
 
 log = logging.getLogger("tollgate.routing")
 
@@ -48,6 +49,7 @@ _CALLERS_FAULT = frozenset({Reason.INVALID_REQUEST, Reason.UNSUPPORTED_PARAMETER
 # A route that failed without a Retry-After is tried again (if at all) after this, doubling.
 _BACKOFF_SECONDS = 0.1
 _BACKOFF_CAP_SECONDS = 2.0
+_UPSTREAM_ATTEMPTS = CachedLabels(UPSTREAM_ATTEMPTS)  # provider, route, outcome
 _BUSY_MESSAGE = "the upstream provider for this model is over capacity; try again later"
 
 
@@ -166,21 +168,21 @@ class RouteAttempts:
         started = await self._run(meter, attempt)
         chunks, first = started.result
         route, probe = started.route, started.probe
-        idle = self._limits(route).idle_timeout_seconds
         outcome = "ok"
         try:
             if first is not None:
                 yield first
-            while first is not None:
-                try:
-                    async with asyncio.timeout(idle):
-                        chunk = await anext(chunks, None)
-                except TimeoutError:
-                    raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
-                                        upstream_body="silent past idle_timeout_seconds") from None
-                if chunk is None:
-                    break
-                yield chunk
+            # One timer for the stream's silences, not one asyncio.timeout per chunk (see idle_watch).
+            with IdleWatch(self._limits(route).idle_timeout_seconds) as watch:
+                while first is not None:
+                    try:
+                        chunk = await watch.read(anext(chunks, None))
+                    except IdleTimeout:
+                        raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
+                                            upstream_body="silent past idle_timeout_seconds") from None
+                    if chunk is None:
+                        break
+                    yield chunk
         except ProviderError as error:  # after the first chunk: in-band, no fallback
             outcome = error.reason.value
             self.health.failed(route, probe, retry_after=None, quota_exhausted=False)
@@ -278,8 +280,17 @@ class RouteAttempts:
         limits = self._limits(route)
         remaining = timing.remaining()
         timeout = limits.total_timeout_seconds if remaining is None else min(limits.total_timeout_seconds, remaining)
-        call = dataclasses.replace(first.call, upstream_model=route.model, timeout_seconds=max(timeout, 0.001))
-        return dataclasses.replace(first, provider=self._providers[route.provider], call=call)
+        # Built field by field: dataclasses.replace inspects the fields on every call (twice per attempt).
+        base = first.call
+        call = UpstreamCall(
+            request=base.request, upstream_model=route.model, client_model=base.client_model,
+            request_id=base.request_id, timeout_seconds=max(timeout, 0.001), forward_headers=base.forward_headers,
+        )
+        return Admission(
+            model=first.model, provider=self._providers[route.provider], call=call, hold=first.hold,
+            prompt_estimate=first.prompt_estimate, max_completion_tokens=first.max_completion_tokens,
+            started=first.started, routes=first.routes, limit_headers=first.limit_headers,
+        )
 
 
 def _route_of(admission: Admission) -> Route:
@@ -320,7 +331,7 @@ def _log_attempt(
     error: ProviderError | None = None, streamed: bool = False,
 ) -> None:
     """One line per attempt, as text and as `extra` fields for structured handlers; one count."""
-    UPSTREAM_ATTEMPTS.labels(route.provider, route.model, "ok" if outcome == "ok" else outcome).inc()
+    _UPSTREAM_ATTEMPTS.labels(route.provider, route.model, outcome).inc()
     fields = {
         "request_id": meter.admission.call.request_id,
         "model": meter.admission.model.name,

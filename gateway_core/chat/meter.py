@@ -47,15 +47,18 @@ class RequestMeter:
             self.template = chunk
         if chunk.HasField("usage"):
             self.usage = chunk.usage
-        for choice in chunk.choices:
-            delta = choice.delta
-            if delta.HasField("content") and delta.content:
-                self._output.append(delta.content)
+        output = self._output
+        choices = chunk.choices
+        for i in range(len(choices)):  # indexing is cheaper than iterating a upb repeated field
+            delta = choices[i].delta
+            content = delta.content  # "" when unset
+            if content:
+                output.append(content)
             elif delta.HasField("refusal"):
-                self._output.append(delta.refusal)
-            for call in delta.tool_calls:
-                self._output.append(call.function.name + call.function.arguments)
-            if self.first_token_at is None and self._output:
+                output.append(delta.refusal)
+            if delta.tool_calls:
+                output.extend(call.function.name + call.function.arguments for call in delta.tool_calls)
+            if self.first_token_at is None and output:
                 self.first_token_at = time.monotonic()
 
     def observe_response(self, response: chat_pb2.CreateChatCompletionResponse) -> None:

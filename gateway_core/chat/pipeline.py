@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -29,6 +28,7 @@ from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome, UsageS
 from gateway_core.metering.usage import apply_output_limit, hold_micros
 from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
 from gateway_core.providers.base import ChatRequest, Provider, UpstreamCall
+from gateway_core.request_ids import new_request_id
 from gateway_core.routing import Router
 from gateway_core.tokens import estimate_prompt_tokens
 
@@ -282,4 +282,4 @@ def _trace_headers(metadata: Metadata) -> tuple[tuple[str, str], ...]:
 
 
 def _new_request_id() -> str:
-    return "req_" + secrets.token_hex(16)
+    return new_request_id()

@@ -34,11 +34,15 @@ class StreamPump:
 
     async def _run(self) -> None:
         try:
+            queue = self._queue
             async with contextlib.aclosing(self._chunks) as chunks:
                 async for chunk in chunks:
                     self._observe(chunk)
                     if not self._detached:
-                        await self._queue.put(chunk)
+                        try:
+                            queue.put_nowait(chunk)  # the usual case: room in the queue, no coroutine
+                        except asyncio.QueueFull:
+                            await queue.put(chunk)  # a slow reader: wait for room (backpressure)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001 - handed to the reader, who decides
@@ -48,7 +52,14 @@ class StreamPump:
                 await self._queue.put(_END)
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
-        while (item := await self._queue.get()) is not _END:
+        queue = self._queue
+        while True:
+            try:
+                item = queue.get_nowait()  # the usual case when chunks queue up: no coroutine
+            except asyncio.QueueEmpty:
+                item = await queue.get()
+            if item is _END:
+                break
             yield item  # type: ignore[misc]
         if self.error is not None:
             raise self.error

@@ -62,10 +62,12 @@ class RouteHealth:
     def __init__(self, settings: RoutingSettings, clock: Clock = time.monotonic) -> None:
         self._settings = settings
         self._clock = clock
-        self._breakers: dict[RouteKey, _Breaker] = {}
+        # Keyed by (provider, model), RouteKey's fields: a plain tuple hashes in C, and this runs
+        # several times per request (a frozen dataclass key cost more than the lookup).
+        self._breakers: dict[tuple[str, str], _Breaker] = {}
 
     def _get(self, route: Route) -> _Breaker:
-        key = RouteKey.of(route)
+        key = (route.provider, route.model)
         breaker = self._breakers.get(key)
         if breaker is None:
             breaker = self._breakers[key] = _Breaker()

@@ -8,8 +8,6 @@ slots and replaces the up-front token estimate with the real usage.
 from __future__ import annotations
 
 import logging
-import secrets
-
 from dataclasses import dataclass, field
 
 from gateway_core.errors import GatewayError, Reason
@@ -17,6 +15,7 @@ from gateway_core.limits.accounts import AccountLimits, AccountLimitsCache
 from gateway_core.limits.base import Limiter, LimiterUnavailable, RateCheck, SlotCheck
 from gateway_core.limits.headers import rate_headers
 from gateway_core.metrics import LIMIT_STORE_FAILURES
+from gateway_core.request_ids import random_hex
 
 log = logging.getLogger("tollgate.limits")
 
@@ -82,7 +81,7 @@ class LimitEnforcer:
             return Lease(None, request_id)
         _refuse_if_never_admissible(plan)
         # Unique per admission: a client reusing a request id must not share (or free) another's slot.
-        lease_id = f"{request_id}:{secrets.token_hex(6)}"
+        lease_id = f"{request_id}:{random_hex(48)}"
         try:
             verdict = await self._limiter.admit(plan.requests + plan.tokens, plan.slots, lease_id)
         except LimiterUnavailable as exc:

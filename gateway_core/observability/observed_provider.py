@@ -16,7 +16,7 @@ from opentelemetry import trace
 
 from gateway_core.errors import GatewayError
 from gateway_core.observability import tracing
-from gateway_core.observability.request_record import add_upstream_wait
+from gateway_core.observability.request_record import add_upstream_wait, current_record
 from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
 from gateway_core.providers.base import Provider, UpstreamCall
 
@@ -52,24 +52,31 @@ class ObservedProvider:
         with self._span(call) as span:
             call = _with_span_context(call, span)
             chunks = self._inner.stream(call)
+            # Looked up once: this generator runs in one task, whose context holds one record.
+            record = current_record()
             model, response_id, usage, finishes = "", "", None, []
+            monotonic = time.monotonic
+            # Time spent waiting for the upstream: from each resumption to the next chunk (not the
+            # time the consumer holds a chunk), summed here and added to the record once at the end.
+            waited, waiting, resumed = 0.0, True, monotonic()
             try:
-                while True:
-                    started = time.monotonic()
-                    try:
-                        chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        break
-                    finally:
-                        add_upstream_wait(time.monotonic() - started)
-                    model, response_id = chunk.model or model, chunk.id or response_id
-                    usage = chunk.usage if chunk.HasField("usage") else usage
-                    finishes.extend(c.finish_reason for c in chunk.choices if c.finish_reason)
+                async for chunk in chunks:
+                    waited += monotonic() - resumed
+                    waiting = False
+                    if span is not None:  # what the span reports at the end; nobody else needs it
+                        model, response_id = chunk.model or model, chunk.id or response_id
+                        usage = chunk.usage if chunk.HasField("usage") else usage
+                        finishes.extend(c.finish_reason for c in chunk.choices if c.finish_reason)
                     yield chunk
+                    waiting, resumed = True, monotonic()
             except BaseException as exc:
                 _record_error(span, exc)
                 raise
             finally:
+                if waiting:  # the last wait: for the end, a failure, or a cancellation
+                    waited += monotonic() - resumed
+                if record is not None:
+                    record.upstream_wait_seconds += waited
                 await _aclose(chunks)
             if span is not None:
                 _record_response(span, model, response_id, usage, finishes)

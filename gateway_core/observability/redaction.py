@@ -74,14 +74,27 @@ class Redactor:
 
         names=False skips masking values by their name (for text whose names were masked already).
         """
+        # Every pass below first asks whether it can match at all (substring tests, plain loops
+        # rather than any() over generators): this runs on every log line, most of which hold nothing.
         pattern = self._literal_pattern
         if pattern is not None:
-            text = pattern.sub(MASK, text)
+            for value in self._literals:  # a substring test beats the alternation regex at every position
+                if value in text:
+                    text = pattern.sub(MASK, text)
+                    break
         lowered = text.lower()
         for needles, shape in _SHAPES:
-            if any(n in lowered for n in needles):
-                text = shape.sub(_keep_prefix, text)
-        return _mask_named_values(text) if names else text
+            for needle in needles:
+                if needle in lowered:
+                    text = shape.sub(_keep_prefix, text)
+                    lowered = text.lower()
+                    break
+        if not names or ("=" not in text and ":" not in text):
+            return text  # a `name: value` pair needs its `:` or `=`
+        for name in _MASKED_NAMES:
+            if name in lowered:
+                return _mask_named_values(text)
+        return text  # no masked name anywhere in the text
 
     def mask_names(self, name: str, value: Any) -> Any:
         """A structured field masked by its name (and nested names) only; its text is left for redact()
@@ -91,6 +104,8 @@ class Redactor:
             return MASK
         if type(value) in _PLAIN_TYPES:  # most fields (counts, flags): skip the slower ABC checks below
             return value
+        if type(value) is str:  # most other fields (ids, names): same answer as the isinstance branch below
+            return self.redact(value) if ("=" in value or ":" in value) else value
         if isinstance(value, Mapping):
             return {str(k): self.mask_names(str(k), v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):

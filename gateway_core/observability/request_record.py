@@ -25,6 +25,15 @@ CANCELLED = "cancelled"
 # Model label of requests for a model that is not configured: bounded, unlike what clients send.
 UNKNOWN_MODEL = "unknown"
 
+# Children per label tuple, in each metric's label order (metrics.py).
+_REQUESTS = metrics.CachedLabels(metrics.REQUESTS)  # model, provider, route, status
+_REQUEST_DURATION = metrics.CachedLabels(metrics.REQUEST_DURATION)  # model, provider, mode
+_GATEWAY_OVERHEAD = metrics.CachedLabels(metrics.GATEWAY_OVERHEAD)  # mode
+_TIME_TO_FIRST_TOKEN = metrics.CachedLabels(metrics.TIME_TO_FIRST_TOKEN)  # model, provider
+_TOKENS = metrics.CachedLabels(metrics.TOKENS)  # model, provider, direction
+_COST_MICROS = metrics.CachedLabels(metrics.COST_MICROS)  # model, provider
+_REJECTIONS = metrics.CachedLabels(metrics.REJECTIONS)  # reason
+
 current: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar("tollgate_request", default=None)
 
 
@@ -63,7 +72,7 @@ class RequestRecord:
     def reject(self, reason: str) -> None:
         """Refused before any upstream call (bad key, no balance, rate limit, bad request...)."""
         self.status = reason
-        metrics.REJECTIONS.labels(reason=reason).inc()
+        _REJECTIONS.labels(reason).inc()
 
     def fail(self, status: str) -> None:
         self.status = status
@@ -92,14 +101,13 @@ class RequestRecord:
         self.written = True
         ended = self.ended_at if self.ended_at is not None else time.monotonic()
         duration = max(ended - self.started, 0.0)
-        labels = {"model": self.model, "provider": self.provider, "route": self.route, "status": self.status}
-        metrics.REQUESTS.labels(**labels).inc()
+        _REQUESTS.labels(self.model, self.provider, self.route, self.status).inc()
         ttft_ms = self.outcome.time_to_first_token_ms if self.outcome else None
         if self.admitted:
-            metrics.REQUEST_DURATION.labels(model=self.model, provider=self.provider, mode=self.mode).observe(duration)
-            metrics.GATEWAY_OVERHEAD.labels(mode=self.mode).observe(max(duration - self.upstream_wait_seconds, 0.0))
+            _REQUEST_DURATION.labels(self.model, self.provider, self.mode).observe(duration)
+            _GATEWAY_OVERHEAD.labels(self.mode).observe(max(duration - self.upstream_wait_seconds, 0.0))
             if self.mode == "stream" and ttft_ms is not None:
-                metrics.TIME_TO_FIRST_TOKEN.labels(model=self.model, provider=self.provider).observe(ttft_ms / 1000)
+                _TIME_TO_FIRST_TOKEN.labels(self.model, self.provider).observe(ttft_ms / 1000)
         access_log.info("chat request", extra=self._fields(duration, ttft_ms))
 
     def _fields(self, duration: float, ttft_ms: int | None) -> dict[str, object]:
@@ -129,16 +137,21 @@ def observe_settlement(hold: Hold, outcome: UsageOutcome, settlement: Settlement
     """
     try:
         if not settlement.replayed:
-            labels = {"model": outcome.model, "provider": outcome.provider}
+            model, provider = outcome.model, outcome.provider
             # The ledger stores out-of-range counts as zero; so do the counters (which cannot go down).
-            metrics.TOKENS.labels(direction="prompt", **labels).inc(max(outcome.prompt_tokens, 0))
-            metrics.TOKENS.labels(direction="completion", **labels).inc(max(outcome.completion_tokens, 0))
-            metrics.COST_MICROS.labels(**labels).inc(max(settlement.charged_micros, 0))
+            _TOKENS.labels(model, provider, "prompt").inc(max(outcome.prompt_tokens, 0))
+            _TOKENS.labels(model, provider, "completion").inc(max(outcome.completion_tokens, 0))
+            _COST_MICROS.labels(model, provider).inc(max(settlement.charged_micros, 0))
         record = current.get()
         if record is not None and record.admitted and record.request_id == hold.request_id:
             record.settle(outcome, settlement)
     except Exception:  # noqa: BLE001 - observation only; logged, never propagated into the money path
         logging.getLogger("tollgate.metrics").exception("recording settlement of %s failed", hold.request_id)
+
+
+def current_record() -> RequestRecord | None:
+    """The record of the chat call this code runs for, if any."""
+    return current.get()
 
 
 def add_upstream_wait(seconds: float) -> None:

@@ -62,12 +62,12 @@ def from_response(body: Any, call: UpstreamCall, *, provider: str = "") -> chat_
     for position, choice in enumerate(choices):
         if not isinstance(choice, dict):
             raise malformed("choice is not an object")
-        response.choices.add(
+        added = response.choices.add(
             index=_integer(choice.get("index", position)),
-            message=_message(choice.get("message")),
             finish_reason=openai_to_finish_reason(choice.get("finish_reason")),
             logprobs_json=_json_or_empty(choice.get("logprobs")),
         )
+        _fill_message(added.message, choice.get("message"))  # in place: no submessage copy
     if body.get("usage") is not None:
         response.usage.CopyFrom(usage_from(body["usage"]))
     return response
@@ -92,10 +92,10 @@ def usage_from(data: Any) -> types_pb2.Usage:
     )
 
 
-def _message(data: Any) -> chat_pb2.Message:
+def _fill_message(message: chat_pb2.Message, data: Any) -> None:
     if not isinstance(data, dict):
         raise malformed("choice has no message")
-    message = chat_pb2.Message(role=openai_to_role(data.get("role", "assistant")))
+    message.role = openai_to_role(data.get("role", "assistant"))
     content = data.get("content")
     if isinstance(content, str):
         message.content = content
@@ -119,7 +119,6 @@ def _message(data: Any) -> chat_pb2.Message:
             ),
         )
     message.extra_json = extra_fields(data, _MESSAGE_FIELDS)
-    return message
 
 
 def _part(data: Any) -> chat_pb2.ContentPart:
@@ -187,7 +186,8 @@ class StreamTranslator:
         out = []
         if choices:
             chunk = self._base()
-            chunk.choices.extend(self._choice(c) for c in choices)
+            for choice in choices:
+                self._fill_choice(chunk.choices.add(), choice)
             out.append(chunk)
         if data.get("usage"):
             self._usage, self._usage_sent = usage_from(data["usage"]), False
@@ -204,44 +204,57 @@ class StreamTranslator:
         chunk.usage.CopyFrom(self._usage)
         return [chunk]
 
-    def _base(self) -> chat_pb2.StreamChatCompletionResponse:
-        return chat_pb2.StreamChatCompletionResponse(
-            id=self._id or "", created=self._created, model=self._call.client_model, provider=self._provider,
-            system_fingerprint=_string(self._last.get("system_fingerprint")),
-            service_tier=_string(self._last.get("service_tier")),
-        )
+    # Messages are filled in place and only with non-default values: with upb, a nested
+    # constructor copies each submessage and every field set costs, even to its default
+    # (which for these fields is the same as unset). A chunk so built is about 4x cheaper.
 
-    def _choice(self, data: Any) -> chat_pb2.ChoiceDelta:
+    def _base(self) -> chat_pb2.StreamChatCompletionResponse:
+        chunk = chat_pb2.StreamChatCompletionResponse(
+            id=self._id or "", created=self._created, model=self._call.client_model, provider=self._provider
+        )
+        fingerprint, tier = _string(self._last.get("system_fingerprint")), _string(self._last.get("service_tier"))
+        if fingerprint:
+            chunk.system_fingerprint = fingerprint
+        if tier:
+            chunk.service_tier = tier
+        return chunk
+
+    def _fill_choice(self, out: chat_pb2.ChoiceDelta, data: Any) -> None:
         if not isinstance(data, dict):
             raise malformed("stream choice is not an object")
         index = _integer(data.get("index", 0))
         delta = data.get("delta") or {}
         if not isinstance(delta, dict):
             raise malformed("stream delta is not an object")
-        out = chat_pb2.ChoiceDelta(
-            index=index, delta=self._delta(index, delta),
-            finish_reason=openai_to_finish_reason(data.get("finish_reason")),
-            logprobs_json=_json_or_empty(data.get("logprobs")),
-        )
-        if out.finish_reason:
+        if index:
+            out.index = index
+        self._fill_delta(out.delta, index, delta)
+        finish_reason = openai_to_finish_reason(data.get("finish_reason"))
+        if finish_reason:
+            out.finish_reason = finish_reason
             self._finished.add(index)
-        return out
+        logprobs = data.get("logprobs")
+        if logprobs is not None:
+            out.logprobs_json = dump(logprobs)
 
-    def _delta(self, index: int, data: dict[str, Any]) -> chat_pb2.Delta:
-        delta = chat_pb2.Delta()
+    def _fill_delta(self, delta: chat_pb2.Delta, index: int, data: dict[str, Any]) -> None:
         if index not in self._started:
             # The role goes on a choice's first delta only, even when the
             # upstream repeats or omits it.
             self._started.add(index)
             delta.role = openai_to_role(data.get("role", "assistant") or "assistant")
-        if isinstance(data.get("content"), str):
-            delta.content = data["content"]
-        if isinstance(data.get("refusal"), str):
-            delta.refusal = data["refusal"]
+        content = data.get("content")
+        if isinstance(content, str):
+            delta.content = content  # optional: set even when empty, as the upstream sent it
+        refusal = data.get("refusal")
+        if isinstance(refusal, str):
+            delta.refusal = refusal
         for call in data.get("tool_calls") or ():
             delta.tool_calls.append(self._tool_call(index, call))
-        delta.extra_json = extra_fields(data, _MESSAGE_FIELDS)
-        return delta
+        extra = extra_fields(data, _MESSAGE_FIELDS)
+        if extra:
+            delta.extra_json = extra
+        delta.SetInParent()  # present even when empty (a finish chunk's `delta: {}`), as before
 
     def _tool_call(self, choice: int, data: Any) -> chat_pb2.ToolCallDelta:
         if not isinstance(data, dict):
@@ -272,6 +285,8 @@ class StreamTranslator:
 
 def extra_fields(data: Mapping[str, Any], known: frozenset[str]) -> str:
     """The non-null fields of data the gateway does not model, as JSON ("" if none)."""
+    if data.keys() <= known:  # the usual case: nothing unknown, no dict to build
+        return ""
     extra = {k: v for k, v in data.items() if k not in known and v is not None}
     return dump(extra) if extra else ""
 
@@ -297,6 +312,8 @@ def _string(value: Any) -> str:
 
 
 def _integer(value: Any) -> int:
+    if type(value) is int and -_INT64_MAX <= value <= _INT64_MAX:  # the usual case, decided at once
+        return value
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not is_number or not math.isfinite(value) or value != int(value) or abs(value) > _INT64_MAX:
         raise malformed(f"expected an integer, got {str(value)[:40]!r}")

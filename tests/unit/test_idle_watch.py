@@ -1,0 +1,73 @@
+"""IdleWatch: the silence limit between stream chunks, one timer per stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from gateway_core.chat.idle_watch import IdleTimeout, IdleWatch
+
+
+async def _after(seconds: float, value: str = "chunk") -> str:
+    await asyncio.sleep(seconds)
+    return value
+
+
+async def test_a_read_silent_past_the_limit_times_out_near_the_limit() -> None:
+    started = time.monotonic()
+    with IdleWatch(0.1) as watch, pytest.raises(IdleTimeout):
+        await watch.read(_after(5))
+    assert 0.09 <= time.monotonic() - started < 1.0
+
+
+async def test_only_each_wait_counts_not_the_whole_stream_nor_the_time_between_reads() -> None:
+    with IdleWatch(0.15) as watch:
+        for _ in range(6):  # 6 x 0.08 s of waiting: well past the limit in total, never in one read
+            assert await watch.read(_after(0.08)) == "chunk"
+            await asyncio.sleep(0.2)  # the reader is slow (a slow client): not the upstream's silence
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_a_timeout_leaves_the_task_uncancelled_and_the_watch_usable_for_nothing_else() -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    with IdleWatch(0.05) as watch:
+        with pytest.raises(IdleTimeout):
+            await watch.read(_after(1))
+        assert task.cancelling() == 0, "the watch took its own cancellation back"
+        await asyncio.sleep(0.01)  # no stray cancellation arrives later
+
+
+async def test_someone_elses_cancellation_is_a_cancellation_not_a_timeout() -> None:
+    async def reader() -> None:
+        with IdleWatch(10) as watch:
+            await watch.read(_after(5))
+
+    task = asyncio.create_task(reader())
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_cancellation_that_races_the_timeout_still_propagates() -> None:
+    async def reader() -> None:
+        with IdleWatch(0.05) as watch:
+            await watch.read(_after(5))
+
+    task = asyncio.create_task(reader())
+    await asyncio.sleep(0.05)  # about when the watch fires
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_leaving_the_watch_cancels_its_timer() -> None:
+    loop = asyncio.get_running_loop()
+    before = len(loop._scheduled)  # type: ignore[attr-defined]
+    with IdleWatch(30) as watch:
+        await watch.read(_after(0))
+        assert len(loop._scheduled) == before + 1  # type: ignore[attr-defined]
+    assert all(h.cancelled() for h in loop._scheduled[before:])  # type: ignore[attr-defined]
