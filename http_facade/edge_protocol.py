@@ -19,6 +19,9 @@ have no size limit at all. This subclass adds, per connection:
 Responses written here bypass the app, so they build their own OpenAI-shaped
 body and x-request-id.
 
+Writes made in one event-loop step are coalesced into one socket write (see
+_EdgeTransport): a small response is one send(), not a head and a body.
+
 Closing lingers (as nginx's lingering_close does): a connection closed while
 the client is still sending (a 413 to an oversized body, say) first shuts down
 only our side, then reads and discards for up to LINGER_SECONDS. Closing a
@@ -80,21 +83,56 @@ def _no_delay(transport: asyncio.Transport) -> None:
             pass
 
 
-class _LingeringTransport:
-    """The connection's transport, whose close() first half-closes and drains; see the module doc."""
+class _EdgeTransport:
+    """The connection's transport, writing coalesced and closing lingering; see the module doc.
+
+    Coalescing: writes made in one event-loop step go out as one socket write
+    at the end of that step (a callback queued at the first). uvicorn writes a
+    response's head and its body separately, and a stream's messages that
+    arrive together are written one by one; each write is a send() system
+    call, which costs more than everything else the server does for a small
+    response. Anything that must follow the data (closing, EOF) flushes first.
+    """
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
+        self._pending: list[bytes] = []
         self.lingering = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        """Writes what is pending now."""
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
     def is_closing(self) -> bool:
         return self.lingering or self._transport.is_closing()
 
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
     def close(self) -> None:
+        self.flush()
         if self.lingering or self._transport.is_closing():
             return
         if not self._transport.can_write_eof():
@@ -126,7 +164,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         _no_delay(transport)
-        super().connection_made(_LingeringTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
+        super().connection_made(_EdgeTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
         self._arm_header_timer()
 
     def eof_received(self) -> bool | None:

@@ -43,7 +43,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     try:
         body = await read_body(receive, headers.get(b"content-length"), facade.max_body_bytes)
         payload = parse_json_object(body)
-        check_bounds(payload, facade.limits)
+        check_bounds(payload, facade.limits, body)
         chat = to_chat_request(payload, request_id)
         metadata = core_metadata(scope, headers, request_id)
         if chat.stream:
