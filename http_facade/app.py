@@ -26,11 +26,11 @@ from gateway_core.pb.gateway.v1 import chat_pb2_grpc, metering_pb2_grpc
 from http_facade import hot_routes
 from http_facade.billing import router as billing_router
 from http_facade.dispatch import HotRouteDispatch
-from http_facade.drain import Drain, DrainMiddleware
+from http_facade.drain import Drain
+from http_facade.edge import EdgeMiddleware
 from http_facade.edge_limits import EdgeLimits
 from http_facade.errors import ApiError, invalid_request
-from http_facade.middleware import RequestIdMiddleware
-from http_facade.observe import ObserveMiddleware, metrics_router
+from http_facade.observe import metrics_router
 from http_facade.routes import Facade, router
 
 DEFAULT_MAX_BODY_BYTES = EdgeLimits.max_body_bytes
@@ -116,14 +116,9 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     tracer = None if tracer_provider is None else tracer_provider.get_tracer("tollgate")
     drain = drain or Drain()
-    app.add_middleware(ObserveMiddleware, tracer=tracer)
-    app.add_middleware(DrainMiddleware, drain=drain)
-    app.add_middleware(RequestIdMiddleware)
-    # The same edge, in the same order, in front of the hot endpoints.
-    hot = {
-        key: RequestIdMiddleware(DrainMiddleware(ObserveMiddleware(endpoint, tracer=tracer), drain=drain))
-        for key, endpoint in _HOT_ENDPOINTS.items()
-    }
+    app.add_middleware(EdgeMiddleware, drain=drain, tracer=tracer)
+    # The same edge in front of the hot endpoints, which skip the rest of FastAPI.
+    hot = {key: EdgeMiddleware(endpoint, drain=drain, tracer=tracer) for key, endpoint in _HOT_ENDPOINTS.items()}
     return HotRouteDispatch(app, hot)
 
 

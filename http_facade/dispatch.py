@@ -1,8 +1,8 @@
 """The facade's outermost ASGI app: the hot routes straight to their endpoints, the rest to FastAPI.
 
-POST /v1/chat/completions and GET /v1/models go through the same edge
-middlewares as every request (request id, drain, observe: one instance of each,
-shared with the FastAPI app) and then straight to hot_routes, skipping
+POST /v1/chat/completions and GET /v1/models go through the same
+EdgeMiddleware as every request (request id, drain, observe; the same Drain and
+tracer as the FastAPI app's) and then straight to hot_routes, skipping
 FastAPI's per-request machinery. Everything else (other paths, other methods
 on these paths, lifespan) is the FastAPI app's, which also mounts the hot
 endpoints, so a wrong method still gets its 405 and a path its 404.
