@@ -19,8 +19,8 @@ have no size limit at all. This subclass adds, per connection:
 Responses written here bypass the app, so they build their own OpenAI-shaped
 body and x-request-id.
 
-Writes made in one event-loop step are coalesced into one socket write (see
-_EdgeTransport): a small response is one send(), not a head and a body.
+A response's head and what follows it in the same event-loop step go out in
+one socket write (see _EdgeTransport): a small response is one send(), not two.
 
 Closing lingers (as nginx's lingering_close does): a connection closed while
 the client is still sending (a 413 to an oversized body, say) first shuts down
@@ -84,29 +84,41 @@ def _no_delay(transport: asyncio.Transport) -> None:
 
 
 class _EdgeTransport:
-    """The connection's transport, writing coalesced and closing lingering; see the module doc.
+    """The connection's transport, writing a response's start coalesced and closing lingering.
 
-    Coalescing: writes made in one event-loop step go out as one socket write
-    at the end of that step (a callback queued at the first). uvicorn writes a
-    response's head and its body separately, and a stream's messages that
-    arrive together are written one by one; each write is a send() system
-    call, which costs more than everything else the server does for a small
-    response. Anything that must follow the data (closing, EOF) flushes first.
+    Coalescing: uvicorn writes a response's head and its body separately, and
+    each write is a send() system call, which costs more than everything else
+    the server does for a small response. So the first write after hold() (a
+    request's headers are in) waits for the end of its event-loop step, and
+    what else is written in that step (the body, a stream's first event) goes
+    out with it in one send(). Later writes go straight through: a queued
+    callback per streamed chunk would cost more than it saves. Anything that
+    must follow the data (closing, EOF) flushes first.
     """
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
+        self._hold = False
         self.lingering = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
+    def hold(self) -> None:
+        """Coalesces the next write with the others of its event-loop step."""
+        self._hold = True
+
     def write(self, data: bytes) -> None:
-        if not self._pending:
+        if self._pending:
+            self._pending.append(data)
+        elif self._hold:
+            self._hold = False
+            self._pending.append(data)
             self._loop.call_soon(self.flush)
-        self._pending.append(data)
+        else:
+            self._transport.write(data)
 
     def flush(self) -> None:
         """Writes what is pending now."""
@@ -209,6 +221,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._cancel(self._header_timer)
         self._header_timer = None
         self._body_timer = self.loop.call_later(self.edge_limits.body_timeout_seconds, self._body_timed_out)
+        self.transport.hold()  # the response's head and first body write: one send()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
