@@ -6,7 +6,7 @@ Measures process CPU time (all threads, so gRPC's own threads count), not
 wall time, so it stays comparable on a busy machine:
 - the same trivial ChatService servicer called over loopback gRPC and over the
   in-process channel (`tollgate serve`): unary, and a 16-message stream;
-- the facade's SSE path (chat_events + EventStreamResponse) per streamed chunk,
+- the facade's SSE path (event_stream.stream_chat) per streamed chunk,
   against a core call whose every read really waits once on the event loop.
 """
 
@@ -21,7 +21,7 @@ import grpc
 
 from gateway_core.in_process import InProcessServices
 from gateway_core.pb.gateway.v1 import chat_pb2, chat_pb2_grpc
-from http_facade import sse
+from http_facade import event_stream
 
 
 class _Chat(chat_pb2_grpc.ChatServiceServicer):
@@ -97,9 +97,8 @@ async def sse_path() -> None:
 
     async def one(count: int) -> None:
         call = _SilentCall(chunk, count)
-        events = sse.chat_events(call, chunk, include_usage=False)  # type: ignore[arg-type]
-        response = sse.EventStreamResponse(events, on_close=call.cancel, heartbeat_seconds=15.0)
-        await response({"type": "http"}, receive, send)
+        await event_stream.stream_chat(call, chunk, include_usage=False, heartbeat_seconds=15.0,  # type: ignore[arg-type]
+                                       headers={}, receive=receive, send=send)
 
     await one(10)
     streams, chunks = 200, 256

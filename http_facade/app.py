@@ -18,15 +18,19 @@ from fastapi.exceptions import RequestValidationError
 from grpc_health.v1 import health_pb2_grpc
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway_core.in_process import InProcessChannel
 from gateway_core.pb.gateway.v1 import chat_pb2_grpc, metering_pb2_grpc
+from http_facade import hot_routes
 from http_facade.billing import router as billing_router
-from http_facade.drain import Drain, DrainMiddleware
+from http_facade.dispatch import HotRouteDispatch
+from http_facade.drain import Drain
+from http_facade.edge import EdgeMiddleware
 from http_facade.edge_limits import EdgeLimits
 from http_facade.errors import ApiError, invalid_request
-from http_facade.middleware import RequestIdMiddleware
-from http_facade.observe import ObserveMiddleware, metrics_router
+from http_facade.observe import metrics_router
 from http_facade.routes import Facade, router
 
 DEFAULT_MAX_BODY_BYTES = EdgeLimits.max_body_bytes
@@ -50,7 +54,7 @@ def create_app(
     metrics_token: str = "",
     tracer_provider: Any = None,
     limits: EdgeLimits | None = None,
-) -> FastAPI:
+) -> ASGIApp:
     """The facade app, calling the core's gRPC API at core_target ("host:port"), or
     in-process through an InProcessChannel when it runs next to the core.
 
@@ -60,6 +64,8 @@ def create_app(
     SDK TracerProvider) turns on the facade's spans. heartbeat_seconds is how long a stream may stay silent before a
     `: ping`; limits bound each request's size and shape (the `[http]`
     section), and max_body_bytes, when given, overrides limits.max_body_bytes.
+
+    The result is an ASGI app: the FastAPI app behind HotRouteDispatch (dispatch.py).
     """
     limits = limits or EdgeLimits()
     if max_body_bytes is not None:
@@ -102,14 +108,35 @@ def create_app(
     app.include_router(router)
     app.include_router(billing_router)
     app.include_router(metrics_router)
+    for (method, path), endpoint in _HOT_ENDPOINTS.items():
+        app.router.routes.append(Route(path, _Endpoint(endpoint), methods=[method]))
     app.state.metrics_token = metrics_token
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_middleware(ObserveMiddleware, tracer=None if tracer_provider is None else tracer_provider.get_tracer("tollgate"))
-    app.add_middleware(DrainMiddleware, drain=drain or Drain())
-    app.add_middleware(RequestIdMiddleware)
-    return app
+    tracer = None if tracer_provider is None else tracer_provider.get_tracer("tollgate")
+    drain = drain or Drain()
+    app.add_middleware(EdgeMiddleware, drain=drain, tracer=tracer)
+    # The same edge in front of the hot endpoints, which skip the rest of FastAPI.
+    hot = {key: EdgeMiddleware(endpoint, drain=drain, tracer=tracer) for key, endpoint in _HOT_ENDPOINTS.items()}
+    return HotRouteDispatch(app, hot)
+
+
+_HOT_ENDPOINTS: dict[tuple[str, str], ASGIApp] = {
+    ("POST", "/v1/chat/completions"): hot_routes.chat_completions,
+    ("GET", "/v1/models"): hot_routes.list_models,
+}
+
+
+class _Endpoint:
+    """A plain ASGI endpoint as an object, which Starlette's Route mounts as-is (a function it would
+    wrap as a request -> response handler)."""
+
+    def __init__(self, endpoint: ASGIApp) -> None:
+        self._endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._endpoint(scope, receive, send)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

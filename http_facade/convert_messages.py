@@ -82,8 +82,8 @@ def _message(value: Any, param: str) -> pb.Message:
         message.tool_call_id = string(tool_call_id, f"{param}.tool_call_id")
     elif role == types_pb2.ROLE_TOOL:
         raise missing(f"{param}.tool_call_id")
-    extra = {k: v for k, v in fields.items() if k not in _MESSAGE_FIELDS}
-    if extra:  # e.g. DeepSeek's reasoning_content, which must round-trip
+    if not fields.keys() <= _MESSAGE_FIELDS:  # e.g. DeepSeek's reasoning_content, which must round-trip
+        extra = {k: v for k, v in fields.items() if k not in _MESSAGE_FIELDS}
         message.extra_json = orjson.dumps(extra).decode()
     return message
 

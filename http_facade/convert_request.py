@@ -116,12 +116,11 @@ def to_chat_request(payload: dict[str, Any], request_id: str) -> ChatCall:
     include_usage = _stream_options(request, payload.get("stream_options"), stream)
     extra: dict[str, Any] = {}
     for key, value in payload.items():
-        if key in _HANDLED_FIRST or _denied(key):
-            continue
-        if key not in _MODELLED:
+        if key in _MODELLED:  # never a denied name (a unit test checks), so no spelling check
+            if value is not None:  # null means "not given", as OpenAI treats it
+                _set_field(request, key, value)
+        elif key not in _HANDLED_FIRST and not _denied(key):
             extra[key] = value  # a field newer than us: OpenAI-compatible upstreams get it as is
-        elif value is not None:  # null means "not given", as OpenAI treats it
-            _set_field(request, key, value)
     if extra:
         request.extra_json = orjson.dumps(extra).decode()
     return ChatCall(request, stream, include_usage)

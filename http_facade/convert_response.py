@@ -88,6 +88,19 @@ class ChunkEncoder:
         if first.system_fingerprint:
             self._head["system_fingerprint"] = first.system_fingerprint
         self._include_usage = include_usage
+        # The head's bytes are the same in every chunk: serialized once, and each chunk
+        # only serializes its choices. Same bytes as orjson.dumps of the whole dict.
+        self._prefix = b"data: " + orjson.dumps(self._head)[:-1] + b',"choices":'
+        self._choices_end = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+
+    def encode(self, message: pb.StreamChatCompletionResponse) -> bytes:
+        """The SSE events for one gRPC message as one byte string (b"" for none); see events()."""
+        data = b""
+        if message.choices:
+            data = self._prefix + orjson.dumps([_choice_delta(c) for c in message.choices]) + self._choices_end
+        if self._include_usage and message.HasField("usage"):
+            data += self._prefix + b'[],"usage":' + orjson.dumps(usage_json(message.usage)) + b"}\n\n"
+        return data
 
     def events(self, message: pb.StreamChatCompletionResponse) -> list[bytes]:
         """The SSE events for one gRPC message: zero, one or two."""

@@ -32,25 +32,51 @@ async def wait_for_disconnect(receive: Receive) -> None:
 async def unless_disconnected(awaitable: Awaitable[T], receive: Receive, cancel: Callable[[], object]) -> T:
     """awaitable's result, or ClientDisconnected after calling cancel() if the client leaves first.
 
-    cancel() also runs if this coroutine itself is cancelled, so the gRPC call
-    never outlives the HTTP request that started it.
+    cancel() must make awaitable raise CancelledError (a gRPC call's, or a read of
+    it, does). cancel() also runs if this coroutine itself is cancelled, so the
+    gRPC call never outlives the HTTP request that started it. awaitable runs in
+    the caller's task; only the watch has a task of its own.
     """
-    work = asyncio.ensure_future(awaitable)
-    watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+    watch = DisconnectWatch(receive, cancel)
     try:
-        await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
+        return await awaitable
+    except BaseException as exc:
         cancel()
+        if isinstance(exc, asyncio.CancelledError) and cancelled_by_disconnect(watch):
+            raise ClientDisconnected() from None
         raise
     finally:
-        watcher.cancel()
-        if not work.done():
-            cancel()
-            work.cancel()
-        # Retrieve outcomes so no "exception was never retrieved" is logged.
-        await asyncio.gather(work, watcher, return_exceptions=True)
-    if work.done() and not work.cancelled() and work.exception() is None:
-        return work.result()
-    if watcher.done() and not watcher.cancelled():
-        raise ClientDisconnected()
-    return work.result()  # re-raises the call's own error
+        watch.stop()
+
+
+class DisconnectWatch:
+    """Cancels a core call when the HTTP client disconnects: one task per request, nothing per chunk.
+
+    The request's own task keeps awaiting the call (or reading its stream);
+    when the client leaves, this cancels the call, so that await raises
+    CancelledError, and `seen` tells the caller why. Start it only once the
+    request body is read; stop() it when the response is done.
+    """
+
+    __slots__ = ("seen", "_task", "_cancel")
+
+    def __init__(self, receive: Receive, cancel: Callable[[], object]) -> None:
+        self.seen = False
+        self._cancel = cancel
+        self._task = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        await wait_for_disconnect(receive)
+        self.seen = True
+        self._cancel()
+
+    def stop(self) -> None:
+        """Stops watching (a no-op after a disconnect was seen)."""
+        self._task.cancel()
+
+
+def cancelled_by_disconnect(watch: DisconnectWatch) -> bool:
+    """Whether a CancelledError just caught came from watch (the client left), not from this task
+    itself being cancelled (a shutdown cut, the server), which must propagate."""
+    task = asyncio.current_task()
+    return watch.seen and (task is None or task.cancelling() == 0)

@@ -19,6 +19,9 @@ have no size limit at all. This subclass adds, per connection:
 Responses written here bypass the app, so they build their own OpenAI-shaped
 body and x-request-id.
 
+A response's head and what follows it in the same event-loop step go out in
+one socket write (see _EdgeTransport): a small response is one send(), not two.
+
 Closing lingers (as nginx's lingering_close does): a connection closed while
 the client is still sending (a 413 to an oversized body, say) first shuts down
 only our side, then reads and discards for up to LINGER_SECONDS. Closing a
@@ -80,21 +83,68 @@ def _no_delay(transport: asyncio.Transport) -> None:
             pass
 
 
-class _LingeringTransport:
-    """The connection's transport, whose close() first half-closes and drains; see the module doc."""
+class _EdgeTransport:
+    """The connection's transport, writing a response's start coalesced and closing lingering.
+
+    Coalescing: uvicorn writes a response's head and its body separately, and
+    each write is a send() system call, which costs more than everything else
+    the server does for a small response. So the first write after hold() (a
+    request's headers are in) waits for the end of its event-loop step, and
+    what else is written in that step (the body, a stream's first event) goes
+    out with it in one send(). Later writes go straight through: a queued
+    callback per streamed chunk would cost more than it saves. Anything that
+    must follow the data (closing, EOF) flushes first.
+    """
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
+        self._pending: list[bytes] = []
+        self._hold = False
         self.lingering = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
+    def hold(self) -> None:
+        """Coalesces the next write with the others of its event-loop step."""
+        self._hold = True
+
+    def write(self, data: bytes) -> None:
+        if self._pending:
+            self._pending.append(data)
+        elif self._hold:
+            self._hold = False
+            self._pending.append(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Writes what is pending now."""
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
     def is_closing(self) -> bool:
         return self.lingering or self._transport.is_closing()
 
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
     def close(self) -> None:
+        self.flush()
         if self.lingering or self._transport.is_closing():
             return
         if not self._transport.can_write_eof():
@@ -126,7 +176,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         _no_delay(transport)
-        super().connection_made(_LingeringTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
+        super().connection_made(_EdgeTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
         self._arm_header_timer()
 
     def eof_received(self) -> bool | None:
@@ -171,6 +221,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._cancel(self._header_timer)
         self._header_timer = None
         self._body_timer = self.loop.call_later(self.edge_limits.body_timeout_seconds, self._body_timed_out)
+        self.transport.hold()  # the response's head and first body write: one send()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

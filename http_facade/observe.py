@@ -4,7 +4,8 @@ The core writes the access-log line of every request that reaches it; the
 facade writes one only for requests it answered alone (a 413, unparseable
 JSON, an unknown path) — `call_metadata` marks a request as sent to the core.
 With a tracer, every /v1 request gets a server span continuing the client's
-traceparent, and the core call carries that span's context instead.
+traceparent, and the core call carries that span's context instead. The
+EdgeMiddleware (edge.py) applies both to every request.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from http_facade.errors import ApiError
 
@@ -61,55 +63,31 @@ def with_trace_context(metadata: list[tuple[str, str]]) -> list[tuple[str, str]]
     return [(k, v) for k, v in metadata if k not in _TRACE_HEADERS] + sorted(carrier.items())
 
 
-class ObserveMiddleware:
-    """Opens the /v1 server span and logs requests the facade answered without the core.
+async def traced(tracer: trace.Tracer, app: ASGIApp, scope: Scope, receive: Receive, send: Send,
+                 status: Callable[[], int]) -> None:
+    """Runs app inside the request's server span, continuing the client's traceparent.
 
-    Pure ASGI (BaseHTTPMiddleware would buffer streams); it sits inside
-    RequestIdMiddleware, so the request id is already in the scope.
+    status() is the response status so far, read when the app is done.
     """
-
-    def __init__(self, app: ASGIApp, tracer: trace.Tracer | None = None) -> None:
-        self.app = app
-        self._tracer = tracer
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.monotonic()
-        status = 500
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ()) if k.decode("latin-1") in _TRACE_HEADERS}
+    route = scope["path"]
+    attributes = {"http.request.method": scope["method"], "url.path": route}
+    with tracer.start_as_current_span(
+        f"{scope['method']} {route}", context=_PROPAGATOR.extract(headers), kind=trace.SpanKind.SERVER,
+        attributes=attributes,
+    ) as span:
         try:
-            if self._tracer is not None and scope["path"].startswith("/v1/"):
-                await self._traced(scope, receive, send_observed, lambda: status)
-            else:
-                await self.app(scope, receive, send_observed)
+            await app(scope, receive, send)
         finally:
-            if status >= 400 and not scope.get(CORE_REACHED_SCOPE_KEY):
-                access_log.info("http request", extra=_line(scope, status, started))
+            code = status()
+            span.set_attribute("http.response.status_code", code)
+            if code >= 500:
+                span.set_status(trace.Status(trace.StatusCode.ERROR))
 
-    async def _traced(self, scope: Scope, receive: Receive, send: Send, status: Any) -> None:
-        assert self._tracer is not None
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ()) if k.decode("latin-1") in _TRACE_HEADERS}
-        route = scope["path"]
-        attributes = {"http.request.method": scope["method"], "url.path": route}
-        with self._tracer.start_as_current_span(
-            f"{scope['method']} {route}", context=_PROPAGATOR.extract(headers), kind=trace.SpanKind.SERVER,
-            attributes=attributes,
-        ) as span:
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                code = status()
-                span.set_attribute("http.response.status_code", code)
-                if code >= 500:
-                    span.set_status(trace.Status(trace.StatusCode.ERROR))
+
+def access_line(scope: Scope, status: int, started: float) -> None:
+    """Logs the facade's access line for a request it answered without the core (see module doc)."""
+    access_log.info("http request", extra=_line(scope, status, started))
 
 
 def _line(scope: Scope, status: int, started: float) -> dict[str, Any]:

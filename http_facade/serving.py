@@ -20,5 +20,9 @@ def uvicorn_config(app: Any, limits: EdgeLimits, **options: Any) -> uvicorn.Conf
         http=edge_http_protocol(limits),
         timeout_keep_alive=limits.keep_alive_seconds,  # type: ignore[arg-type]  # float works; the hint says int
         ws="none",  # no WebSocket routes: an Upgrade is an ordinary request, under the same deadlines
+        # Per-request work nothing uses: the facade never reads the client's address or scheme
+        # (X-Forwarded-* rewriting), and a `server: uvicorn` header only tells scanners what runs here.
+        proxy_headers=False,
+        server_header=False,
         **options,
     )

@@ -1,4 +1,4 @@
-"""DrainMiddleware on a tiny ASGI app: what draining and cutting do to requests in each state."""
+"""Draining in EdgeMiddleware, on a tiny ASGI app: what draining and cutting do to requests in each state."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import asyncio
 import httpx
 from starlette.types import Receive, Scope, Send
 
-from http_facade.drain import Drain, DrainMiddleware
+from http_facade.drain import Drain
+from http_facade.edge import EdgeMiddleware
 
 SSE = [(b"content-type", b"text/event-stream")]
 
@@ -25,7 +26,7 @@ async def _app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def _client(drain: Drain) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=DrainMiddleware(_app, drain)), base_url="http://t")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=EdgeMiddleware(_app, drain)), base_url="http://t")
 
 
 async def test_draining_refuses_new_requests_but_not_liveness() -> None:
@@ -35,6 +36,7 @@ async def test_draining_refuses_new_requests_but_not_liveness() -> None:
         drain.begin()
         refused = await client.get("/ok")
         assert refused.status_code == 503 and refused.headers["connection"] == "close"
+        assert refused.headers["x-request-id"].startswith("req_")
         assert refused.json()["error"] == {
             "message": "The server is shutting down. Please retry your request.",
             "type": "server_error", "param": None, "code": "server_shutting_down",
@@ -53,6 +55,7 @@ async def test_cut_answers_a_request_that_had_not_answered_yet_with_503() -> Non
         assert drain.cut() == 1
         response = await asyncio.wait_for(pending, 5)
     assert response.status_code == 503 and response.json()["error"]["code"] == "server_shutting_down"
+    assert response.headers["x-request-id"].startswith("req_")
     assert drain.in_flight == 0
     await asyncio.wait_for(drain.wait_idle(), 1)
 

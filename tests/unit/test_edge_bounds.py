@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, fields
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway_core.config import ConfigError, parse_settings
 from gateway_core.config_http import HttpSettings
@@ -100,3 +103,50 @@ def test_edge_limits_refuse_nonsense() -> None:
         EdgeLimits(max_body_bytes=0)
     with pytest.raises(ValueError):
         EdgeLimits(max_json_depth=10_000)
+
+
+# --- The walk is skipped for bodies too small to break a bound: same answers either way ---------
+
+_JSON_LEAVES = st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=40)
+_JSON = st.recursive(
+    _JSON_LEAVES,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=35), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+def _outcome(payload: dict[str, Any], limits: EdgeLimits, body: bytes | None) -> tuple[Any, ...] | None:
+    try:
+        check_bounds(payload, limits, body)
+    except ApiError as error:
+        return (error.status, error.message, error.param, error.code)
+    return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(payload=st.dictionaries(st.text(max_size=35), _JSON, max_size=5))
+def test_checking_with_the_body_answers_as_the_full_walk(payload: dict[str, Any]) -> None:
+    body = orjson.dumps(payload)
+    for limits in (SMALL, EdgeLimits(max_json_depth=3, max_array_items=4, max_string_chars=12), EdgeLimits()):
+        assert _outcome(payload, limits, body) == _outcome(payload, limits, None)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"messages": [{"role": "user", "content": "x" * 31}]},
+        {"messages": HI, "stop": [1, 2, 3, 4]},
+        {"messages": HI, "tools": [{"function": {"parameters": {"p": {}}}}]},
+        {"k" * 31: 1, "messages": HI},
+    ],
+)
+def test_a_body_that_breaks_a_bound_is_still_walked(payload: dict[str, Any]) -> None:
+    body = orjson.dumps(payload)
+    assert _outcome(payload, SMALL, body) == _outcome(payload, SMALL, None) is not None
+
+
+def test_escaped_text_never_hides_a_long_string() -> None:
+    # Six bytes of JSON per character: the decoded string is still measured against the limit.
+    body = b'{"messages":[{"role":"user","content":"' + b"\\u0041" * 31 + b'"}]}'
+    payload = orjson.loads(body)
+    assert _outcome(payload, SMALL, body) == _outcome(payload, SMALL, None) is not None

@@ -672,3 +672,29 @@ def test_message_with_choices_and_usage_becomes_two_chunks() -> None:
     chunks = decode(ChunkEncoder(message, include_usage=True).events(message))
     assert [len(c["choices"]) for c in chunks] == [1, 0]
     assert chunks[0]["usage"] is None and chunks[1]["usage"] == USAGE_JSON
+
+
+def test_no_modelled_field_is_a_denied_one() -> None:
+    # to_chat_request checks the denied spellings only for fields it does not model.
+    from http_facade.convert_request import _MODELLED, _denied
+
+    assert not [key for key in _MODELLED if _denied(key)]
+
+
+def test_chunk_encoder_encode_is_the_events_joined() -> None:
+    first = pb.StreamChatCompletionResponse(
+        id="c1", created=5, model="m", system_fingerprint="fp", service_tier="default",
+        choices=[pb.ChoiceDelta(index=0, delta=pb.Delta(role=types_pb2.ROLE_ASSISTANT, content=""))],
+    )
+    tool = pb.StreamChatCompletionResponse(choices=[pb.ChoiceDelta(index=0, logprobs_json='{"content":[]}', delta=pb.Delta(
+        tool_calls=[pb.ToolCallDelta(index=1, id="call_1", type="function",
+                                     function=pb.FunctionCallDelta(name="f", arguments="{"))]))])
+    last = pb.StreamChatCompletionResponse(
+        choices=[pb.ChoiceDelta(index=0, delta=pb.Delta(), finish_reason=types_pb2.FINISH_REASON_STOP)],
+        usage=types_pb2.Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3),
+    )
+    only_usage = pb.StreamChatCompletionResponse(usage=types_pb2.Usage(prompt_tokens=1, total_tokens=1))
+    for include_usage in (False, True):
+        encoder = ChunkEncoder(first, include_usage=include_usage)
+        for message in (first, tool, last, only_usage, pb.StreamChatCompletionResponse()):
+            assert encoder.encode(message) == b"".join(encoder.events(message))

@@ -1,0 +1,142 @@
+"""Writing one streamed completion as server-sent events, in the request's own task.
+
+The core call is read and each message written straight to ASGI `send` by a
+plain loop: no async generator, no task per stream for the writing, no timer
+work per chunk. Around it, one DisconnectWatch task cancels the call when the
+client leaves (the pending read then raises CancelledError), and one loop
+timer writes a `: ping` comment while the core is silent for heartbeat_seconds,
+so proxies and clients keep the connection.
+
+Everything here happens after the 200 has been decided (routes wait for the
+core's first message): a failure becomes an in-band `data: {"error": ...}`
+event, then the stream ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, cast
+
+import grpc
+from starlette.types import Message, Receive, Send
+
+from gateway_core.pb.gateway.v1 import chat_pb2 as pb
+from http_facade.convert_response import ChunkEncoder
+from http_facade.disconnect import DisconnectWatch, cancelled_by_disconnect
+from http_facade.errors import ApiError, from_rpc_error
+from http_facade.sse import DONE, PING, SSE_HEADERS, StreamCall
+
+_SERVER_ERROR = ApiError(500, "The server had an error while processing your request.", type="server_error")
+EVENT_STREAM_HEADERS: list[tuple[bytes, bytes]] = [
+    *((k.encode(), v.encode()) for k, v in SSE_HEADERS.items()),
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+]
+
+
+class _Heartbeat:
+    """One loop timer per stream writing `: ping` after heartbeat_seconds of silence.
+
+    The writer only records the time of its last write (`last_write`); the
+    timer, when it fires, re-arms itself from that time if something was
+    written meanwhile, so a busy stream costs nothing per chunk. A ping is
+    written by a short-lived task, and never while a write is waiting on a
+    slow client (the connection is not idle then).
+    """
+
+    def __init__(self, send: Send, seconds: float) -> None:
+        self._send = send
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self.last_write = self._loop.time()
+        self.writing = False
+        self._pinging: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = self._loop.call_at(self.last_write + seconds, self._fire)
+
+    def _fire(self) -> None:
+        now = self._loop.time()
+        due = self.last_write + self._seconds
+        if now >= due and not self.writing and self._pinging is None:
+            self._pinging = self._loop.create_task(self._ping())
+            due = now + self._seconds
+        elif now >= due:  # a write waits on a slow client: look again a period later
+            due = now + self._seconds
+        self._timer = self._loop.call_at(due, self._fire)
+
+    async def _ping(self) -> None:
+        self.writing = True
+        try:
+            await self._send({"type": "http.response.body", "body": PING, "more_body": True})
+        except OSError:
+            pass  # the client is gone; the disconnect watch ends the stream
+        finally:
+            self.writing = False
+            self.last_write = self._loop.time()
+            self._pinging = None
+
+    async def stop(self) -> None:
+        """No ping after this returns (one being written is waited for, so nothing follows the end)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pinging is not None:
+            await asyncio.gather(self._pinging, return_exceptions=True)
+
+
+async def stream_chat(call: StreamCall, first: pb.StreamChatCompletionResponse, *, include_usage: bool,
+                      heartbeat_seconds: float, headers: Mapping[str, str], receive: Receive, send: Send) -> None:
+    """Sends the 200 and every event of call (first already read), ending with [DONE] or an in-band error.
+
+    Owns the call: however the stream ends (done, error, client gone, this task
+    cancelled by a shutdown cut), the call is cancelled, a no-op once finished.
+    A client that disconnects ends it quietly; the response is then left
+    unfinished, which the server expects of a gone client.
+    """
+    watch = DisconnectWatch(receive, call.cancel)
+    start_headers = list(EVENT_STREAM_HEADERS)
+    start_headers += ((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
+    start: Message = {"type": "http.response.start", "status": 200, "headers": start_headers}
+    heartbeat: _Heartbeat | None = None
+    try:
+        await send(start)
+        heartbeat = _Heartbeat(send, heartbeat_seconds)
+        last = await _events(call, first, include_usage, send, heartbeat)
+        await heartbeat.stop()
+        await send({"type": "http.response.body", "body": last, "more_body": False})
+    except asyncio.CancelledError:
+        if not cancelled_by_disconnect(watch):
+            raise
+    except OSError:
+        pass  # some servers raise on writing to a closed connection: the client is gone
+    finally:
+        watch.stop()
+        call.cancel()
+        if heartbeat is not None:
+            await heartbeat.stop()
+
+
+async def _events(call: StreamCall, first: pb.StreamChatCompletionResponse, include_usage: bool,
+                  send: Send, heartbeat: _Heartbeat) -> bytes:
+    """Writes the stream's events; returns the last one ([DONE] or an error) for the final write."""
+    encoder = ChunkEncoder(first, include_usage=include_usage)
+    loop = asyncio.get_running_loop()
+    message: Any = first
+    while True:
+        try:
+            data = encoder.encode(cast(pb.StreamChatCompletionResponse, message))
+        except Exception:
+            # A chunk we could not encode: the client still gets a well-formed end.
+            return b"data: " + _SERVER_ERROR.body() + b"\n\n"
+        if data:
+            heartbeat.writing = True
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            heartbeat.writing = False
+            heartbeat.last_write = loop.time()
+        try:
+            message = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            return b"data: " + from_rpc_error(exc).body() + b"\n\n"
+        except Exception:
+            return b"data: " + _SERVER_ERROR.body() + b"\n\n"
+        if message is grpc.aio.EOF:
+            return DONE

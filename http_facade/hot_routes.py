@@ -1,0 +1,125 @@
+"""The facade's busiest routes as plain ASGI endpoints: POST /v1/chat/completions and GET /v1/models.
+
+They answer exactly as the FastAPI routes did (same status, headers, bodies
+and errors) but read the scope and write ASGI messages directly: FastAPI's
+routing, dependency solving, Request and Response objects cost more per
+request than everything else the facade does. dispatch.py sends these paths
+here; the FastAPI app mounts the same endpoints, so a request takes one code
+path whichever way it arrives.
+
+No policy lives here either: the core authenticates, limits, routes and meters.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import grpc
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from gateway_core.pb.gateway.v1 import chat_pb2 as pb
+from http_facade.asgi_io import raw_headers, read_body, send_body, send_error, wanted_headers
+from http_facade.bounds import check_bounds
+from http_facade.convert_request import parse_json_object, to_chat_request
+from http_facade.convert_response import completion_json
+from http_facade.disconnect import ClientDisconnected, unless_disconnected
+from http_facade.errors import ApiError, from_rpc_error, rate_limit_headers
+from http_facade.event_stream import stream_chat
+from http_facade.middleware import REQUEST_ID_SCOPE_KEY
+from http_facade.observe import mark_core_reached, with_trace_context
+from http_facade.routes import CLIENT_CLOSED_REQUEST, TRACE_HEADERS, Facade, model_json
+from http_facade.sse import DONE, SSE_HEADERS
+
+_TRACE_HEADER_NAMES = tuple(name.encode() for name in TRACE_HEADERS)
+_DONE_CONTENT_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
+
+
+async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
+    """OpenAI chat completions, streamed (SSE) or whole."""
+    facade: Facade = scope["state"]["facade"]
+    request_id: str = scope[REQUEST_ID_SCOPE_KEY]
+    headers = wanted_headers(scope)
+    try:
+        body = await read_body(receive, headers.get(b"content-length"), facade.max_body_bytes)
+        payload = parse_json_object(body)
+        check_bounds(payload, facade.limits, body)
+        chat = to_chat_request(payload, request_id)
+        metadata = core_metadata(scope, headers, request_id)
+        if chat.stream:
+            await _stream(facade, chat.request, chat.include_usage, metadata, receive, send)
+            return
+        call = facade.chat.CreateChatCompletion(chat.request, metadata=metadata, timeout=facade.call_timeout_seconds)
+        response = await unless_disconnected(call, receive, call.cancel)
+        limits = rate_limit_headers(await call.initial_metadata() or ())
+    except grpc.aio.AioRpcError as exc:
+        await send_error(send, from_rpc_error(exc))
+        return
+    except ApiError as exc:
+        await send_error(send, exc)
+        return
+    except ClientDisconnected:
+        await send_body(send, CLIENT_CLOSED_REQUEST, b"", [], content_type=None)
+        return
+    await send_body(send, 200, completion_json(response), raw_headers(limits) if limits else [])
+
+
+async def _stream(facade: Facade, request: pb.StreamChatCompletionRequest | pb.CreateChatCompletionRequest,
+                  include_usage: bool, metadata: list[tuple[str, str]], receive: Receive, send: Send) -> None:
+    """Starts the stream, waiting for the core's first message before committing to a 200.
+
+    Until that message arrives the core may still refuse (bad key, no balance,
+    unknown model), and such refusals must be real HTTP errors, not SSE events.
+    """
+    call = facade.chat.StreamChatCompletion(request, metadata=metadata, timeout=facade.call_timeout_seconds)
+    first = await unless_disconnected(call.read(), receive, call.cancel)
+    if first is grpc.aio.EOF:  # the core ended the stream without a single message
+        headers = [(k.encode(), v.encode()) for k, v in SSE_HEADERS.items()]
+        await send_body(send, 200, DONE, headers, content_type=_DONE_CONTENT_TYPE)
+        return
+    limits = rate_limit_headers(await call.initial_metadata() or ())
+    await stream_chat(
+        call,
+        cast(pb.StreamChatCompletionResponse, first),
+        include_usage=include_usage,
+        heartbeat_seconds=facade.heartbeat_seconds,
+        headers=limits,
+        receive=receive,
+        send=send,
+    )
+
+
+async def list_models(scope: Scope, receive: Receive, send: Send) -> None:
+    """The models the caller's key may use."""
+    facade: Facade = scope["state"]["facade"]
+    metadata = core_metadata(scope, wanted_headers(scope), scope[REQUEST_ID_SCOPE_KEY])
+    try:
+        reply = await facade.chat.ListModels(
+            pb.ListModelsRequest(), metadata=metadata, timeout=facade.call_timeout_seconds
+        )
+    except grpc.aio.AioRpcError as exc:
+        await send_error(send, from_rpc_error(exc))
+        return
+    body = {"object": "list", "data": [model_json(model) for model in reply.models]}
+    await send_body(send, 200, orjson.dumps(body), [])
+
+
+def core_metadata(scope: Scope, headers: dict[bytes, str], request_id: str) -> list[tuple[str, str]]:
+    """gRPC metadata for a core call: the caller's Authorization as-is, and the request id.
+
+    The same rules as routes.call_metadata, on headers already picked out of the scope.
+    """
+    metadata = [("x-request-id", request_id)]
+    authorization = headers.get(b"authorization")
+    # gRPC metadata must be printable ASCII; anything else cannot be a key of
+    # ours, so it is left out and the core answers 401 as for a missing key.
+    if authorization and authorization.isascii() and authorization.isprintable():
+        metadata.append(("authorization", authorization))
+    # W3C trace context is the only client header that may travel on to the upstream.
+    for name in _TRACE_HEADER_NAMES:
+        value = headers.get(name)
+        if value and len(value) <= 512 and value.isascii() and value.isprintable():
+            metadata.append((name.decode(), value))
+    mark_core_reached(scope)
+    return with_trace_context(metadata)
+
