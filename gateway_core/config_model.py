@@ -60,7 +60,7 @@ class ProviderSettings:
     base_url: str = ""
     api_key: str = field(default="", repr=False)
     connect_timeout_seconds: float = 10.0
-    # The longest silence between two bytes of an answer (httpx's read timeout).
+    # The longest silence between two bytes of an answer (the upstream client's read timeout).
     read_timeout_seconds: float = 600.0
     # Routing's limits per attempt: until the first stream chunk, between two chunks,
     # and for the whole attempt (also capped by the caller's deadline).
