@@ -182,19 +182,9 @@ def accounts_update(
       tollgate admin accounts update acct_123 --rpm 120 --concurrency 4 --monthly-budget-usd 50
     """
     request = pb.UpdateAccountRequest(account_id=account_id)
-    if name is not None:
-        request.display_name = name
-    if rpm is not None:
-        request.rpm_limit = rpm
-    if tpm is not None:
-        request.tpm_limit = tpm
-    if concurrency is not None:
-        request.concurrency_limit = concurrency
+    _set_shared_updates(request, name=name, models=models, rpm=rpm, tpm=tpm, concurrency=concurrency)
     if monthly_budget_usd is not None:
         request.monthly_budget_micros = parse_usd(monthly_budget_usd, positive=False)
-    if models is not None:
-        request.allowed_models.models.extend(m.strip() for m in models.split(",") if m.strip())
-        request.allowed_models.SetInParent()  # an empty list still means "set": every model
     reply = _client().call("UpdateAccount", request)
     show(reply, account_pairs(reply.account))
 
@@ -339,17 +329,7 @@ def keys_update(
     if expires is not None and no_expiry:
         raise click.UsageError("--expires and --no-expiry contradict each other")
     request = pb.UpdateApiKeyRequest(api_key_id=key_id, clear_expire_time=no_expiry)
-    if name is not None:
-        request.display_name = name
-    if models is not None:
-        request.allowed_models.models.extend(m.strip() for m in models.split(",") if m.strip())
-        request.allowed_models.SetInParent()  # an empty list still means "set": every model
-    if rpm is not None:
-        request.rpm_limit = rpm
-    if tpm is not None:
-        request.tpm_limit = tpm
-    if concurrency is not None:
-        request.concurrency_limit = concurrency
+    _set_shared_updates(request, name=name, models=models, rpm=rpm, tpm=tpm, concurrency=concurrency)
     if spend_limit_usd is not None:
         request.spend_limit_micros = parse_usd(spend_limit_usd, positive=False)
     if expires is not None:
@@ -500,6 +480,24 @@ def prices() -> None:
 admin_group.add_command(accounts_ledger, name="ledger")
 
 
+def _set_shared_updates(
+    request: pb.UpdateAccountRequest | pb.UpdateApiKeyRequest,
+    *, name: str | None, models: str | None, rpm: int | None, tpm: int | None, concurrency: int | None,
+) -> None:
+    """Sets the fields accounts and keys share, for the options given (the others stay as they are)."""
+    if name is not None:
+        request.display_name = name
+    if models is not None:
+        request.allowed_models.models.extend(m.strip() for m in models.split(",") if m.strip())
+        request.allowed_models.SetInParent()  # an empty list still means "set": every model
+    if rpm is not None:
+        request.rpm_limit = rpm
+    if tpm is not None:
+        request.tpm_limit = tpm
+    if concurrency is not None:
+        request.concurrency_limit = concurrency
+
+
 def _json_flag(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value:
         ctx.obj["json"] = True
@@ -518,3 +516,4 @@ def _accept_json_everywhere(group: click.Group) -> None:
 
 
 _accept_json_everywhere(admin_group)
+
