@@ -214,6 +214,19 @@ def _unimplemented() -> grpc.aio.AioRpcError:
     return _rpc_error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
 
 
+def _call_error(exc: Exception, context: _Context, deadline: asyncio.Timeout | None) -> grpc.aio.AioRpcError:
+    """What a handler's exception reaches the caller as, the way grpc.aio's server reports it."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc
+    if isinstance(exc, grpc.aio.AbortError):
+        return context.error()
+    if isinstance(exc, TimeoutError):
+        return _deadline_exceeded() if deadline is not None and deadline.expired() else _unexpected(exc)
+    if context.code() != grpc.StatusCode.OK:  # set_code() and raise, as generated stubs do
+        return context.error()
+    return _unexpected(exc)
+
+
 class _UnaryUnaryMethod:
     def __init__(self, services: InProcessServices, method: str) -> None:
         self._services = services
@@ -235,19 +248,14 @@ class UnaryUnaryCall(Generic[ResponseT]):
     async def _run(self, handler: grpc.RpcMethodHandler | None, request: Any, timeout: float | None) -> ResponseT:
         if handler is None or handler.unary_unary is None:
             raise _unimplemented()
+        deadline: asyncio.Timeout | None = None
         try:
             async with asyncio.timeout(timeout) as deadline:
                 response: ResponseT = await handler.unary_unary(request, self._context)
-        except grpc.aio.AbortError:
-            raise self._context.error() from None
-        except TimeoutError as exc:
-            raise (_deadline_exceeded() if deadline.expired() else _unexpected(exc)) from None
         except grpc.aio.AioRpcError:
             raise
         except Exception as exc:
-            if self._context.code() != grpc.StatusCode.OK:  # set_code() and raise, as generated stubs do
-                raise self._context.error() from None
-            raise _unexpected(exc) from None
+            raise _call_error(exc, self._context, deadline) from None
         return response
 
     def __await__(self) -> Any:
@@ -299,6 +307,7 @@ class UnaryStreamCall(Generic[ResponseT]):
         self._task = services.spawn(self._run(handler, request, timeout))
 
     async def _run(self, handler: grpc.RpcMethodHandler | None, request: Any, timeout: float | None) -> None:
+        deadline: asyncio.Timeout | None = None
         try:
             if handler is None or handler.unary_stream is None:
                 raise _unimplemented()
@@ -315,19 +324,11 @@ class UnaryStreamCall(Generic[ResponseT]):
                                 await messages.put(message)  # the reader is behind: wait, as flow control does
                 else:  # a handler writing with context.write()
                     await produced
-        except grpc.aio.AbortError:
-            self._outcome = self._context.error()
-        except TimeoutError as exc:
-            self._outcome = _deadline_exceeded() if deadline.expired() else _unexpected(exc)
-        except grpc.aio.AioRpcError as exc:
-            self._outcome = exc
         except asyncio.CancelledError:
             self._outcome = _rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
             return  # cancelled by cancel(): nobody reads any more
         except Exception as exc:
-            self._outcome = (
-                self._context.error() if self._context.code() != grpc.StatusCode.OK else _unexpected(exc)
-            )
+            self._outcome = _call_error(exc, self._context, deadline)
         # The end marker may wait for queue space; a cancel() then ends this task.
         with contextlib.suppress(asyncio.CancelledError):
             await self._messages.put(_END)
