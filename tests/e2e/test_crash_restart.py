@@ -4,9 +4,6 @@ and every hold the dead process left is released by the reconciler."""
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,15 +14,10 @@ import httpx
 from gateway_core.pb.gateway.admin.v1 import admin_pb2, admin_pb2_grpc
 from gateway_core.pb.gateway.v1 import metering_pb2, metering_pb2_grpc
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
+from tests.process_support import free_port, start_serve
 
 ADMIN = "crash-test-admin-token-0123456789"
 META = (("authorization", f"Bearer {ADMIN}"),)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _config(tmp_path: Path, upstream: FakeOpenAIUpstream, http_port: int, grpc_port: int) -> Path:
@@ -54,20 +46,6 @@ output_price = 5
     return path
 
 
-def _start(config: Path, http_port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([sys.executable, "-c", "from gateway_core.cli import main; main()",
-                                "serve", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError("gateway did not start")
-
-
 def _stream(url: str, key: str, done: list[str], broken: list[str]) -> None:
     try:
         with httpx.stream("POST", f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
@@ -81,11 +59,11 @@ def _stream(url: str, key: str, done: list[str], broken: list[str]) -> None:
 
 
 def test_kill_9_under_load_then_restart_keeps_the_books(tmp_path: Path) -> None:
-    http_port, grpc_port = _free_port(), _free_port()
+    http_port, grpc_port = free_port(), free_port()
     url = f"http://127.0.0.1:{http_port}"
     with FakeOpenAIUpstream(slow_chunks=15, slow_interval=0.1) as upstream:
         config = _config(tmp_path, upstream, http_port, grpc_port)
-        process = _start(config, http_port)
+        process = start_serve(config, http_port)
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             admin = admin_pb2_grpc.AdminServiceStub(channel)
             account = admin.CreateAccount(admin_pb2.CreateAccountRequest(display_name="crash"), metadata=META).account
@@ -109,7 +87,7 @@ def test_kill_9_under_load_then_restart_keeps_the_books(tmp_path: Path) -> None:
             thread.join(timeout=30)
         assert len(done) >= 1 and broken, (done, broken)
 
-        process = _start(config, http_port)
+        process = start_serve(config, http_port)
         try:
             with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
                 admin = admin_pb2_grpc.AdminServiceStub(channel)

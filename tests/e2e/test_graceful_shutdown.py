@@ -12,7 +12,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,16 +25,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway_core.pb.gateway.admin.v1 import admin_pb2, admin_pb2_grpc
 from gateway_core.pb.gateway.v1 import chat_pb2, chat_pb2_grpc, metering_pb2, metering_pb2_grpc, types_pb2
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
+from tests.process_support import TOLLGATE, free_port
 
 ADMIN = "drain-test-admin-token-0123456789"
 META = (("authorization", f"Bearer {ADMIN}"),)
-TOLLGATE = [sys.executable, "-c", "from gateway_core.cli import main; main()"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -88,7 +81,7 @@ def _serving(node: Node, command: str) -> bool:
 
 
 def _node(tmp_path: Path, upstream: FakeOpenAIUpstream, name: str, grace: float) -> Node:
-    http_port, grpc_port = _free_port(), _free_port()
+    http_port, grpc_port = free_port(), free_port()
     config = tmp_path / f"{name}.toml"
     config.write_text(f"""
 [server]

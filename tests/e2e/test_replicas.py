@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -31,6 +29,7 @@ import openai
 from gateway_core.pb.gateway.admin.v1 import admin_pb2, admin_pb2_grpc
 from gateway_core.store.engine import make_engine
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
+from tests.process_support import TOLLGATE, free_port, wait_ready
 from tests.ledger_support import check_invariants
 from tests.postgres_support import PostgresServer
 from tests.redis_support import running_redis
@@ -41,12 +40,6 @@ CACHE_SECONDS = 1.0
 # Each stream holds max_output_tokens x $5/1M = $0.25: the balance covers only a few at once.
 BALANCE_MICROS = 1_000_000
 HOLD_TOKENS = 50_000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -113,22 +106,10 @@ output_price = 5
     return path
 
 
-def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for process in processes:
-            assert process.poll() is None, f"{process.args} exited with {process.returncode}"
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not become ready")
-
-
 def _tollgate(*args: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as sink:
         return subprocess.Popen(
-            [sys.executable, "-c", "from gateway_core.cli import main; main()", *args],
+            [*TOLLGATE, *args],
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
@@ -146,7 +127,7 @@ def _replicas(tmp_path: Path, database_url: str, upstream: FakeOpenAIUpstream, r
     started: list[Replica] = []
     try:
         for name in ("a", "b"):
-            grpc_port, http_port = _free_port(), _free_port()
+            grpc_port, http_port = free_port(), free_port()
             config = _config(tmp_path, name, database_url, upstream, grpc_port, redis_url)
             core = _tollgate("core", "--config", str(config), log=tmp_path / f"core-{name}.log")
             facade = _tollgate(
@@ -155,7 +136,7 @@ def _replicas(tmp_path: Path, database_url: str, upstream: FakeOpenAIUpstream, r
             )
             started.append(Replica(name, grpc_port, http_port, core, facade))
         for replica in started:
-            _wait_ready(replica.http_url, [replica.core, replica.facade])
+            wait_ready(replica.http_url, [replica.core, replica.facade], timeout=60)
         yield started
     finally:
         for replica in started:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,15 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from gateway_core.cli import main
+from tests.process_support import TOLLGATE, free_port
 
-TOLLGATE = [sys.executable, "-c", "from gateway_core.cli import main; main()"]
 KEY = re.compile(r"sk-tg-[0-9A-Za-z]{12}_[0-9A-Za-z]{36}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start(cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -55,7 +47,7 @@ def _stop(process: subprocess.Popen[str]) -> str:
 
 
 def test_serve_on_embedded_defaults_prints_a_working_demo_key(tmp_path: Path) -> None:
-    http_port, grpc_port = _free_port(), _free_port()
+    http_port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("TOLLGATE_")}
     env |= {"TOLLGATE_HTTP_ADDRESS": f"127.0.0.1:{http_port}", "TOLLGATE_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}"}
     url = f"http://127.0.0.1:{http_port}"

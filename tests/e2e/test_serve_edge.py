@@ -5,23 +5,16 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
+from tests.process_support import TOLLGATE, free_port
 
-TOLLGATE = [sys.executable, "-c", "from gateway_core.cli import main; main()"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_serve_applies_the_http_section(tmp_path: Path) -> None:
-    http_port, grpc_port = _free_port(), _free_port()
+    http_port, grpc_port = free_port(), free_port()
     config = tmp_path / "tollgate.toml"
     config.write_text(f"""
 [server]

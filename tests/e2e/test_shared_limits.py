@@ -4,7 +4,6 @@ with Redis gone, the fail-open process admits and the fail-closed one answers 50
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,8 @@ import pytest
 
 from gateway_core.pb.gateway.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
-from tests.redis_support import RedisServer, free_port, running_redis
+from tests.process_support import free_port, start_serve
+from tests.redis_support import RedisServer, running_redis
 
 ADMIN = "shared-limits-admin-token-0123456789"
 META = (("authorization", f"Bearer {ADMIN}"),)
@@ -54,20 +54,6 @@ output_price = 5
     return path
 
 
-def _start(config: Path, http_port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([sys.executable, "-c", "from gateway_core.cli import main; main()",
-                                "serve", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError("gateway did not start")
-
-
 class Pair:
     """Two gateways (fail-open A, fail-closed B), their URLs and admin access through A."""
 
@@ -98,7 +84,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
             for name, policy in (("a", "open"), ("b", "closed")):
                 http_port, grpc_port = free_port(), free_port()
                 config = _config(tmp_path, name, upstream, redis.url, policy, http_port, grpc_port)
-                processes.append(_start(config, http_port))  # one at a time: the first one migrates
+                processes.append(start_serve(config, http_port))  # one at a time: the first one migrates
                 urls.append(f"http://127.0.0.1:{http_port}")
                 grpc_ports.append(grpc_port)
             yield Pair(urls, f"127.0.0.1:{grpc_ports[0]}", redis, upstream)

@@ -12,7 +12,8 @@ import pytest
 
 from gateway_core.limits.base import LimiterUnavailable, RateCheck, SlotCheck
 from gateway_core.limits.redis_limiter import RedisLimiter
-from tests.redis_support import RedisServer, free_port, running_redis
+from tests.process_support import free_port
+from tests.redis_support import RedisServer, running_redis
 
 
 @pytest.fixture(scope="module")
