@@ -83,7 +83,7 @@ class ChatPipeline:
             request=request,
             upstream_model=route.model,
             client_model=request.model,
-            request_id=request.request_id or _metadata_value(metadata, "x-request-id") or _new_request_id(),
+            request_id=request.request_id or _metadata_value(metadata, "x-request-id") or new_request_id(),
             timeout_seconds=None if time_remaining is None else max(time_remaining - _DEADLINE_MARGIN_SECONDS, 0.001),
             forward_headers=_trace_headers(metadata),
         )
@@ -279,7 +279,3 @@ def _trace_headers(metadata: Metadata) -> tuple[tuple[str, str], ...]:
         for name, value in metadata
         if name in _TRACE_HEADERS and isinstance(value, str) and len(value) <= 512 and value.isprintable()
     )
-
-
-def _new_request_id() -> str:
-    return new_request_id()
