@@ -27,11 +27,9 @@ from http_facade.disconnect import ClientDisconnected, unless_disconnected
 from http_facade.errors import ApiError, from_rpc_error, rate_limit_headers
 from http_facade.event_stream import stream_chat
 from http_facade.middleware import REQUEST_ID_SCOPE_KEY
-from http_facade.observe import mark_core_reached, with_trace_context
-from http_facade.routes import CLIENT_CLOSED_REQUEST, TRACE_HEADERS, Facade, model_json
+from http_facade.routes import CLIENT_CLOSED_REQUEST, Facade, core_metadata, model_json
 from http_facade.sse import DONE, SSE_HEADERS
 
-_TRACE_HEADER_NAMES = tuple(name.encode() for name in TRACE_HEADERS)
 _DONE_CONTENT_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
 
 
@@ -102,24 +100,4 @@ async def list_models(scope: Scope, receive: Receive, send: Send) -> None:
         return
     body = {"object": "list", "data": [model_json(model) for model in reply.models]}
     await send_body(send, 200, orjson.dumps(body), [])
-
-
-def core_metadata(scope: Scope, headers: dict[bytes, str], request_id: str) -> list[tuple[str, str]]:
-    """gRPC metadata for a core call: the caller's Authorization as-is, and the request id.
-
-    The same rules as routes.call_metadata, on headers already picked out of the scope.
-    """
-    metadata = [("x-request-id", request_id)]
-    authorization = headers.get(b"authorization")
-    # gRPC metadata must be printable ASCII; anything else cannot be a key of
-    # ours, so it is left out and the core answers 401 as for a missing key.
-    if authorization and authorization.isascii() and authorization.isprintable():
-        metadata.append(("authorization", authorization))
-    # W3C trace context is the only client header that may travel on to the upstream.
-    for name in _TRACE_HEADER_NAMES:
-        value = headers.get(name)
-        if value and len(value) <= 512 and value.isascii() and value.isprintable():
-            metadata.append((name.decode(), value))
-    mark_core_reached(scope)
-    return with_trace_context(metadata)
 

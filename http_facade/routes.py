@@ -10,6 +10,7 @@ and translates JSON <-> protobuf both ways.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +19,11 @@ import orjson
 from fastapi import APIRouter, Request
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.responses import Response
+from starlette.types import Scope
 
 from gateway_core.pb.gateway.v1 import chat_pb2 as pb
 from gateway_core.pb.gateway.v1 import chat_pb2_grpc, metering_pb2_grpc
+from http_facade.asgi_io import wanted_headers
 from http_facade.edge_limits import EdgeLimits
 from http_facade.errors import ApiError, from_rpc_error
 from http_facade.middleware import request_id_of
@@ -28,6 +31,7 @@ from http_facade.observe import mark_core_reached, with_trace_context
 
 JSON = "application/json"
 TRACE_HEADERS = ("traceparent", "tracestate")
+_TRACE_HEADER_NAMES = tuple(name.encode() for name in TRACE_HEADERS)
 # Readiness must answer quickly even when the core hangs.
 READY_TIMEOUT_SECONDS = 2.0
 # 499 is nginx's "client closed request"; nobody reads it, but access logs do.
@@ -85,19 +89,27 @@ async def readyz(request: Request) -> Response:
 
 
 def call_metadata(request: Request, request_id: str) -> list[tuple[str, str]]:
-    """gRPC metadata for a core call: the caller's Authorization as-is, and the request id."""
+    """gRPC metadata for a core call from a FastAPI route (see core_metadata)."""
+    return core_metadata(request.scope, wanted_headers(request.scope), request_id)
+
+
+def core_metadata(scope: Scope, headers: Mapping[bytes, str], request_id: str) -> list[tuple[str, str]]:
+    """gRPC metadata for a core call: the caller's Authorization as-is, and the request id.
+
+    headers are the ones asgi_io.wanted_headers picked out of the scope.
+    """
     metadata = [("x-request-id", request_id)]
-    authorization = request.headers.get("authorization")
+    authorization = headers.get(b"authorization")
     # gRPC metadata must be printable ASCII; anything else cannot be a key of
     # ours, so it is left out and the core answers 401 as for a missing key.
     if authorization and authorization.isascii() and authorization.isprintable():
         metadata.append(("authorization", authorization))
     # W3C trace context is the only client header that may travel on to the upstream.
-    for name in TRACE_HEADERS:
-        value = request.headers.get(name)
+    for name in _TRACE_HEADER_NAMES:
+        value = headers.get(name)
         if value and len(value) <= 512 and value.isascii() and value.isprintable():
-            metadata.append((name, value))
-    mark_core_reached(request.scope)
+            metadata.append((name.decode(), value))
+    mark_core_reached(scope)
     return with_trace_context(metadata)
 
 
