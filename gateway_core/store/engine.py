@@ -9,6 +9,7 @@ without waiting for the busy timeout. PostgreSQL runs through the same code.
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url
@@ -25,14 +26,32 @@ def _on_sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> No
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _enter_wal_mode(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         # Money: under WAL with synchronous=NORMAL a commit can be lost on power failure.
         # Only hold-only transactions relax this, for their commit alone (store/db.py).
         cursor.execute("PRAGMA synchronous=FULL")
     finally:
         cursor.close()
+
+
+def _enter_wal_mode(cursor: sqlite3.Cursor) -> None:
+    # Two connections switching a new file to WAL at once deadlock on its locks, and
+    # SQLite fails one at once with "database is locked" rather than call the busy
+    # handler: replicas starting together on a new database crashed ~1 start in 20.
+    # Retry within the busy timeout instead.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _on_sqlite_begin(connection: Any) -> None:

@@ -19,6 +19,7 @@ from sqlmodel import SQLModel
 from gateway_core.errors import GatewayError, Reason
 from gateway_core.keys import hash_key, parse_key
 from gateway_core.store import Database, LedgerKind, Store, migrate, open_store, paging
+from gateway_core.store.engine import make_engine
 from tests.store_support import PEPPER, sqlite_url
 
 
@@ -99,6 +100,32 @@ async def test_every_connection_gets_the_sqlite_pragmas(sqlite_store: Store) -> 
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_replicas_opening_a_new_file_together_all_get_wal(tmp_path: Path) -> None:
+    """Two connections switching a new file to WAL at once deadlock on its locks, and
+    SQLite fails one at once ("database is locked") without calling the busy handler.
+    One engine per thread, like replicas: an engine runs its first connect alone."""
+    for round_number in range(40):
+        url = sqlite_url(tmp_path, f"round{round_number}.db")
+        start = threading.Barrier(6)
+        modes: list[object] = []
+
+        def connect() -> None:
+            engine = make_engine(url, pool_size=1)
+            try:
+                start.wait()
+                with engine.connect() as connection:
+                    modes.append(connection.exec_driver_sql("PRAGMA journal_mode").scalar())
+            finally:
+                engine.dispose()
+
+        threads = [threading.Thread(target=connect) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert modes == ["wal"] * 6, f"round {round_number}"
 
 
 async def test_reopening_keeps_data(database_url: str) -> None:
