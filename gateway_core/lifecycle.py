@@ -94,10 +94,10 @@ async def stop_core(core: Core, *, grace_seconds: float, drain_seconds: float, h
     await core.health.enter_graceful_shutdown()
     # gRPC calls and calls from an in-process facade (`serve`) drain alike.
     stopping = asyncio.ensure_future(
-        asyncio.gather(core.server.stop(grace_seconds), core.local.stop(grace_seconds))
+        asyncio.gather(core.stop_calls(grace_seconds), core.local.stop(grace_seconds))
     )
     if not await _until(asyncio.shield(stopping), timeout=grace_seconds + 1.0, hurried=hurried):
-        # A second stop with no grace cancels every call still running.
+        # A stop with no grace cancels every call still running.
         await asyncio.gather(core.server.stop(0), core.local.stop(0))
     await stopping
     hurried_settle = drain_seconds + _HURRIED_SETTLE_MARGIN_SECONDS

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from admin.servicer import AdminServicer
 from gateway_core.auth import Authenticator
 from gateway_core.background import BackgroundTasks
+from gateway_core.call_gate import CallGate, GatedServer
 from gateway_core.chat.attempts import RouteAttempts
 from gateway_core.chat.pipeline import ChatPipeline
 from gateway_core.chat.servicer import ChatServicer
@@ -44,6 +45,9 @@ from gateway_core.store import Store, open_store
 from gateway_core.store.leader import LeaderLock
 
 log = logging.getLogger("tollgate.core")
+
+# Once no call runs, the server's own stop still gets this long for a call the gate is refusing.
+_REFUSING_GRACE_SECONDS = 1.0
 
 SERVICE_NAMES = (
     chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
@@ -72,6 +76,8 @@ class Core:
     limits: LimitEnforcer | None = None
     # The same services, callable without a socket (the facade in `tollgate serve`).
     local: InProcessServices = field(default_factory=InProcessServices)
+    # Refuses new gRPC calls (UNAVAILABLE) and counts running ones while the core drains.
+    gate: CallGate = field(default_factory=CallGate)
 
     async def stop(self, grace_seconds: float | None = 5.0, *, settle_seconds: float | None = None) -> None:
         """Turns health NOT_SERVING, lets in-flight calls finish (up to grace), lets
@@ -79,7 +85,7 @@ class Core:
         default max(grace, 10)), gives up the hold lease, closes everything."""
         await self.health.enter_graceful_shutdown()
         # Calls from an in-process facade (`serve`) finish under the same grace as gRPC ones.
-        await asyncio.gather(self.server.stop(grace_seconds), self.local.stop(grace_seconds))
+        await asyncio.gather(self.stop_calls(grace_seconds), self.local.stop(grace_seconds))
         if settle_seconds is None:
             settle_seconds = max(grace_seconds or 0.0, 10.0)
         await self.background.wait(timeout_seconds=settle_seconds)
@@ -94,6 +100,18 @@ class Core:
             await self.metrics_listener.stop()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
+
+    async def stop_calls(self, grace_seconds: float | None) -> None:
+        """Refuses new gRPC calls (UNAVAILABLE, see call_gate), lets running ones finish for up
+        to grace_seconds (None: no limit), then stops the server, cancelling what still runs."""
+        self.gate.close()
+        try:
+            await asyncio.wait_for(self.gate.wait_idle(), timeout=grace_seconds)
+        except TimeoutError:
+            await self.server.stop(0)
+            return
+        # Nothing counted runs any more; a call arriving now is refused by the gate at once.
+        await self.server.stop(_REFUSING_GRACE_SECONDS)
 
 
 async def start_core(
@@ -156,7 +174,9 @@ async def start_core(
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ]
         )
-        services = InProcessServices(server)  # registers on the server and keeps them for in-process calls
+        gate = CallGate()
+        # Registers on the server (gated) and keeps the handlers for in-process calls.
+        services = InProcessServices(GatedServer(server, gate))
         chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(
             pipeline, authenticator, router, tracer=tracer, known_models=frozenset(settings.models)
         ), services)
@@ -195,4 +215,5 @@ async def start_core(
         tracer_provider=owned_tracer_provider,
         limits=limits,
         local=services,
+        gate=gate,
     )
