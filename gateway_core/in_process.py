@@ -32,6 +32,8 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
+from gateway_core.handoff import Handoff
+
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 MetadataPairs = Sequence[tuple[str, str | bytes]]
@@ -133,7 +135,7 @@ class _Context:
         self._trailing: tuple[tuple[str, str | bytes], ...] = ()
         self._initial: tuple[tuple[str, str | bytes], ...] = ()
         self._cancelled = False
-        self.queue: asyncio.Queue[Any] | None = None  # set for streams, for write()
+        self.queue: Handoff[Any] | None = None  # set for streams, for write()
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self._metadata
@@ -299,7 +301,7 @@ class UnaryStreamCall(Generic[ResponseT]):
     def __init__(self, services: InProcessServices, handler: grpc.RpcMethodHandler | None, request: Any,
                  metadata: MetadataPairs | None, timeout: float | None) -> None:
         self._context = _Context(metadata, timeout)
-        self._messages: asyncio.Queue[Any] = asyncio.Queue(maxsize=STREAM_WINDOW_MESSAGES)
+        self._messages: Handoff[Any] = Handoff(STREAM_WINDOW_MESSAGES)
         self._context.queue = self._messages
         self._outcome: grpc.aio.AioRpcError | None = None
         self._finished = False
@@ -354,6 +356,29 @@ class UnaryStreamCall(Generic[ResponseT]):
             raise asyncio.CancelledError()
         return message
 
+    def read_nowait(self) -> Any:
+        """The next message if the handler has already produced it, else None; never waits.
+
+        Not part of grpc.aio's API: a reader that finds it (the facade) takes
+        every message already produced in one go, so chunks that arrived
+        together leave together (one socket write, not one per chunk). Returns
+        grpc.aio.EOF after the last message and raises as read() does.
+        """
+        if self._cancelled:
+            raise asyncio.CancelledError()
+        if self._finished:
+            return self._end()
+        try:
+            message = self._messages.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        if message is _END:
+            self._finished = True
+            return self._end()
+        if message is _CANCELLED:
+            raise asyncio.CancelledError()
+        return message
+
     def _end(self) -> Any:
         if self._outcome is not None:
             raise self._outcome
@@ -372,8 +397,7 @@ class UnaryStreamCall(Generic[ResponseT]):
         self._cancelled = True
         self._context._cancelled = True
         # Wake a reader waiting for a message: in grpc.aio its read() raises CancelledError.
-        while not self._messages.empty():
-            self._messages.get_nowait()
+        self._messages.clear()
         self._messages.put_nowait(_CANCELLED)
         self._task.cancel()
         return True

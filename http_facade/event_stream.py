@@ -15,7 +15,7 @@ event, then the stream ends.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import grpc
@@ -28,6 +28,9 @@ from http_facade.errors import ApiError, from_rpc_error
 from http_facade.sse import DONE, PING, SSE_HEADERS, StreamCall
 
 _SERVER_ERROR = ApiError(500, "The server had an error while processing your request.", type="server_error")
+_SERVER_ERROR_EVENT = b"data: " + _SERVER_ERROR.body() + b"\n\n"
+# Events already produced are written together up to about this many bytes; the rest go in the next write.
+BATCH_BYTES = 64 * 1024
 EVENT_STREAM_HEADERS: list[tuple[bytes, bytes]] = [
     *((k.encode(), v.encode()) for k, v in SSE_HEADERS.items()),
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -117,8 +120,16 @@ async def stream_chat(call: StreamCall, first: pb.StreamChatCompletionResponse, 
 
 async def _events(call: StreamCall, first: pb.StreamChatCompletionResponse, include_usage: bool,
                   send: Send, heartbeat: _Heartbeat) -> bytes:
-    """Writes the stream's events; returns the last one ([DONE] or an error) for the final write."""
+    """Writes the stream's events; returns what is left for the final write (pending events,
+    then [DONE] or an error).
+
+    Messages the core has already produced when one is written (an in-process
+    call's read_nowait) go out with it in one write: chunks that arrived
+    together from the upstream leave together, and a message that is not
+    there yet is never waited for, so nothing is held back.
+    """
     encoder = ChunkEncoder(first, include_usage=include_usage)
+    read_ready: Callable[[], Any] | None = getattr(call, "read_nowait", None)
     loop = asyncio.get_running_loop()
     message: Any = first
     while True:
@@ -126,7 +137,30 @@ async def _events(call: StreamCall, first: pb.StreamChatCompletionResponse, incl
             data = encoder.encode(cast(pb.StreamChatCompletionResponse, message))
         except Exception:
             # A chunk we could not encode: the client still gets a well-formed end.
-            return b"data: " + _SERVER_ERROR.body() + b"\n\n"
+            return _SERVER_ERROR_EVENT
+        if read_ready is not None:
+            parts = [data]
+            size = len(data)
+            while size < BATCH_BYTES:
+                try:
+                    message = read_ready()
+                except grpc.aio.AioRpcError as exc:
+                    return b"".join(parts) + b"data: " + from_rpc_error(exc).body() + b"\n\n"
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    return b"".join(parts) + _SERVER_ERROR_EVENT
+                if message is None:
+                    break
+                if message is grpc.aio.EOF:
+                    return b"".join(parts) + DONE
+                try:
+                    data = encoder.encode(cast(pb.StreamChatCompletionResponse, message))
+                except Exception:
+                    return b"".join(parts) + _SERVER_ERROR_EVENT
+                parts.append(data)
+                size += len(data)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
         if data:
             heartbeat.writing = True
             await send({"type": "http.response.body", "body": data, "more_body": True})
@@ -137,6 +171,6 @@ async def _events(call: StreamCall, first: pb.StreamChatCompletionResponse, incl
         except grpc.aio.AioRpcError as exc:
             return b"data: " + from_rpc_error(exc).body() + b"\n\n"
         except Exception:
-            return b"data: " + _SERVER_ERROR.body() + b"\n\n"
+            return _SERVER_ERROR_EVENT
         if message is grpc.aio.EOF:
             return DONE
