@@ -196,6 +196,17 @@ class SseStream:
         self._next += 1
         return event
 
+    def ready(self) -> SseEvent | None:
+        """The next event if it is already decoded (reading it cannot wait), else None.
+
+        Events of one network chunk are decoded together: a reader takes all
+        but the first without the machinery a wait needs (StreamEvents)."""
+        pending, index = self._pending, self._next
+        if index < len(pending):
+            self._next = index + 1
+            return pending[index]
+        return None
+
     async def aclose(self) -> None:
         """Stops handing out events (the body is closed by its owner)."""
         self._ended = True
