@@ -295,7 +295,8 @@ class UnaryStreamCall(Generic[ResponseT]):
 
     The handler runs in its own task and stays at most STREAM_WINDOW_MESSAGES
     ahead of the reader; read() returns grpc.aio.EOF after the last message
-    and raises the call's AioRpcError if it failed.
+    and raises the call's AioRpcError if it failed. read_nowait() (not in
+    grpc.aio) takes a message only if it is already there.
     """
 
     def __init__(self, services: InProcessServices, handler: grpc.RpcMethodHandler | None, request: Any,
