@@ -90,15 +90,19 @@ class _Heartbeat:
 
 
 async def stream_chat(call: StreamCall, first: pb.StreamChatCompletionResponse, *, include_usage: bool,
-                      heartbeat_seconds: float, headers: Mapping[str, str], receive: Receive, send: Send) -> None:
+                      heartbeat_seconds: float, headers: Mapping[str, str], receive: Receive, send: Send,
+                      watch: DisconnectWatch | None = None) -> None:
     """Sends the 200 and every event of call (first already read), ending with [DONE] or an in-band error.
 
     Owns the call: however the stream ends (done, error, client gone, this task
     cancelled by a shutdown cut), the call is cancelled, a no-op once finished.
     A client that disconnects ends it quietly; the response is then left
-    unfinished, which the server expects of a gone client.
+    unfinished, which the server expects of a gone client. `watch`, if given,
+    is the caller's DisconnectWatch for this call (cancelling it), used
+    instead of starting another; it is stopped here either way.
     """
-    watch = DisconnectWatch(receive, call.cancel)
+    if watch is None:
+        watch = DisconnectWatch(receive, call.cancel)
     start_headers = list(EVENT_STREAM_HEADERS)
     start_headers += ((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
     start: Message = {"type": "http.response.start", "status": 200, "headers": start_headers}
