@@ -17,6 +17,9 @@ from collections import deque
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+# What poll() returns when there is no item: a reader that often finds the queue empty (a
+# stream waiting for its next token) pays no raised-and-caught QueueEmpty for it.
+EMPTY: object = object()
 
 
 class Handoff(Generic[T]):
@@ -69,6 +72,12 @@ class Handoff(Generic[T]):
                 putter.set_result(None)
                 break
         return item
+
+    def poll(self) -> T | object:
+        """get_nowait, but EMPTY instead of raising when there is no item."""
+        if not self._items:
+            return EMPTY
+        return self.get_nowait()
 
     async def put(self, item: T) -> None:
         """Adds item, waiting for room first."""

@@ -32,7 +32,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from gateway_core.handoff import Handoff
+from gateway_core.handoff import EMPTY, Handoff
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -342,9 +342,8 @@ class UnaryStreamCall(Generic[ResponseT]):
             raise asyncio.CancelledError()
         if self._finished:
             return self._end()
-        try:
-            message = self._messages.get_nowait()  # already there: no coroutine, nothing to cancel
-        except asyncio.QueueEmpty:
+        message = self._messages.poll()  # already there: no coroutine, nothing to cancel
+        if message is EMPTY:
             try:
                 message = await self._messages.get()
             except asyncio.CancelledError:
@@ -369,9 +368,8 @@ class UnaryStreamCall(Generic[ResponseT]):
             raise asyncio.CancelledError()
         if self._finished:
             return self._end()
-        try:
-            message = self._messages.get_nowait()
-        except asyncio.QueueEmpty:
+        message = self._messages.poll()
+        if message is EMPTY:
             return None
         if message is _END:
             self._finished = True

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from gateway_core.handoff import Handoff
+from gateway_core.handoff import EMPTY, Handoff
 from gateway_core.pb.gateway.v1 import chat_pb2
 
 Chunk = chat_pb2.StreamChatCompletionResponse
@@ -55,9 +55,8 @@ class StreamPump:
     async def __aiter__(self) -> AsyncIterator[Chunk]:
         queue = self._queue
         while True:
-            try:
-                item = queue.get_nowait()  # the usual case when chunks queue up: no coroutine
-            except asyncio.QueueEmpty:
+            item = queue.poll()  # the usual case when chunks queue up: no coroutine
+            if item is EMPTY:
                 item = await queue.get()
             if item is _END:
                 break

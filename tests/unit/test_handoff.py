@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway_core.handoff import Handoff
+from gateway_core.handoff import EMPTY, Handoff
 
 
 async def test_items_come_out_in_order_and_the_bound_holds() -> None:
@@ -87,3 +87,15 @@ async def test_clear_drops_the_items_and_frees_waiting_putters() -> None:
     queue.clear()
     await asyncio.wait_for(putter, 1)
     assert queue.get_nowait() == 3 and queue.empty()
+
+
+async def test_poll_takes_an_item_or_says_empty_without_raising() -> None:
+    queue: Handoff[int | None] = Handoff(2)
+    assert queue.poll() is EMPTY
+    queue.put_nowait(None)  # any item, None included, is an item
+    queue.put_nowait(1)
+    putter = asyncio.ensure_future(queue.put(2))
+    await asyncio.sleep(0)
+    assert queue.poll() is None
+    await asyncio.wait_for(putter, 1)  # taking one made room for the waiting putter
+    assert [queue.poll(), queue.poll(), queue.poll()] == [1, 2, EMPTY]
