@@ -153,9 +153,7 @@ async def _events(call: StreamCall, first: pb.StreamChatCompletionResponse, incl
                     message = read_ready()
                 except grpc.aio.AioRpcError as exc:
                     return b"".join(parts) + b"data: " + from_rpc_error(exc).body() + b"\n\n"
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
+                except Exception:  # not CancelledError (a BaseException): the client left, see stream_chat
                     return b"".join(parts) + _SERVER_ERROR_EVENT
                 if message is None:
                     break

@@ -118,7 +118,9 @@ async def gateway(tmp_path: Path) -> AsyncIterator[tuple[Core, AsgiClient, str, 
             tmp_path,
             providers=[{"name": "up", "type": "openai", "base_url": upstream.base_url}],
             models=[{"name": "m", "routes": [{"provider": "up", "model": "fake-text"}],
-                     "input_price": 1, "output_price": 1, "max_output_tokens": 4096}],
+                     "input_price": 1, "output_price": 1, "max_output_tokens": 4096},
+                    {"name": "broken", "routes": [{"provider": "up", "model": "fake-midstream-error"}],
+                     "input_price": 1, "output_price": 1}],
         )
         core = await start_core(settings, address="127.0.0.1:0", metrics_address="")
         try:
@@ -183,6 +185,24 @@ async def test_a_client_that_does_not_read_holds_the_core_back(
     chunks = [orjson.loads(event[6:]) for event in events[:-1]]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == REPLY
     assert all("usage" not in chunk for chunk in chunks)  # not asked for: never sent
+
+
+async def test_an_error_ready_with_the_chunks_before_it_ends_the_same_write_after_them(
+    gateway: tuple[Core, AsgiClient, str, FakeOpenAIUpstream],
+) -> None:
+    core, client, key, _ = gateway
+    writes: list[bytes] = []
+    gate = asyncio.Event()
+    request = asyncio.ensure_future(client.stream(key, {
+        "model": "broken", "messages": [{"role": "user", "content": "hi"}], "stream": True}, writes, gate))
+    await asyncio.sleep(0.5)  # the two chunks and the in-band failure are all produced meanwhile
+    gate.set()
+    assert await asyncio.wait_for(request, 30) == 200
+    events = _events(writes)
+    chunks = [orjson.loads(event[6:]) for event in events]
+    assert [c["choices"][0]["delta"].get("content") is not None for c in chunks[:-1]] == [True, True]
+    assert set(chunks[-1]) == {"error"}  # the in-band error, last, and no [DONE] after it
+    assert b"[DONE]" not in b"".join(writes)
 
 
 def _count_chunks(core: Core) -> list[int]:
