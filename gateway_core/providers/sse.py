@@ -173,7 +173,7 @@ class SseDecoder:
         self._data_size = 0
         event = self._event.decode("utf-8", "replace") if self._event else "message"
         self._event = b""
-        return SseEvent(raw.decode("utf-8", "replace"), event, self._last_id)
+        return _new_tuple(SseEvent, (raw.decode("utf-8", "replace"), event, self._last_id))
 
 
 class SseStream:
