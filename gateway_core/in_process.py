@@ -32,6 +32,8 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
+from gateway_core.handoff import EMPTY, Handoff
+
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 MetadataPairs = Sequence[tuple[str, str | bytes]]
@@ -133,7 +135,7 @@ class _Context:
         self._trailing: tuple[tuple[str, str | bytes], ...] = ()
         self._initial: tuple[tuple[str, str | bytes], ...] = ()
         self._cancelled = False
-        self.queue: asyncio.Queue[Any] | None = None  # set for streams, for write()
+        self.queue: Handoff[Any] | None = None  # set for streams, for write()
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self._metadata
@@ -293,13 +295,14 @@ class UnaryStreamCall(Generic[ResponseT]):
 
     The handler runs in its own task and stays at most STREAM_WINDOW_MESSAGES
     ahead of the reader; read() returns grpc.aio.EOF after the last message
-    and raises the call's AioRpcError if it failed.
+    and raises the call's AioRpcError if it failed. read_nowait() (not in
+    grpc.aio) takes a message only if it is already there.
     """
 
     def __init__(self, services: InProcessServices, handler: grpc.RpcMethodHandler | None, request: Any,
                  metadata: MetadataPairs | None, timeout: float | None) -> None:
         self._context = _Context(metadata, timeout)
-        self._messages: asyncio.Queue[Any] = asyncio.Queue(maxsize=STREAM_WINDOW_MESSAGES)
+        self._messages: Handoff[Any] = Handoff(STREAM_WINDOW_MESSAGES)
         self._context.queue = self._messages
         self._outcome: grpc.aio.AioRpcError | None = None
         self._finished = False
@@ -339,14 +342,35 @@ class UnaryStreamCall(Generic[ResponseT]):
             raise asyncio.CancelledError()
         if self._finished:
             return self._end()
-        try:
-            message = self._messages.get_nowait()  # already there: no coroutine, nothing to cancel
-        except asyncio.QueueEmpty:
+        message = self._messages.poll()  # already there: no coroutine, nothing to cancel
+        if message is EMPTY:
             try:
                 message = await self._messages.get()
             except asyncio.CancelledError:
                 self.cancel()  # as in grpc.aio: cancelling a read cancels the call
                 raise
+        if message is _END:
+            self._finished = True
+            return self._end()
+        if message is _CANCELLED:
+            raise asyncio.CancelledError()
+        return message
+
+    def read_nowait(self) -> Any:
+        """The next message if the handler has already produced it, else None; never waits.
+
+        Not part of grpc.aio's API: a reader that finds it (the facade) takes
+        every message already produced in one go, so chunks that arrived
+        together leave together (one socket write, not one per chunk). Returns
+        grpc.aio.EOF after the last message and raises as read() does.
+        """
+        if self._cancelled:
+            raise asyncio.CancelledError()
+        if self._finished:
+            return self._end()
+        message = self._messages.poll()
+        if message is EMPTY:
+            return None
         if message is _END:
             self._finished = True
             return self._end()
@@ -372,8 +396,7 @@ class UnaryStreamCall(Generic[ResponseT]):
         self._cancelled = True
         self._context._cancelled = True
         # Wake a reader waiting for a message: in grpc.aio its read() raises CancelledError.
-        while not self._messages.empty():
-            self._messages.get_nowait()
+        self._messages.clear()
         self._messages.put_nowait(_CANCELLED)
         self._task.cancel()
         return True

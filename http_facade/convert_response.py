@@ -96,8 +96,12 @@ class ChunkEncoder:
     def encode(self, message: pb.StreamChatCompletionResponse) -> bytes:
         """The SSE events for one gRPC message as one byte string (b"" for none); see events()."""
         data = b""
-        if message.choices:
-            data = self._prefix + orjson.dumps([_choice_delta(c) for c in message.choices]) + self._choices_end
+        choices = message.choices
+        if choices:
+            body = _content_only_choices(choices[0]) if len(choices) == 1 else None
+            if body is None:
+                body = orjson.dumps([_choice_delta(c) for c in choices])
+            data = self._prefix + body + self._choices_end
         if self._include_usage and message.HasField("usage"):
             data += self._prefix + b'[],"usage":' + orjson.dumps(usage_json(message.usage)) + b"}\n\n"
         return data
@@ -146,6 +150,21 @@ def _content(message: pb.Message) -> str | None:
         return message.content
     texts = [part.text for part in message.parts if part.WhichOneof("part") == "text"]
     return "".join(texts) if texts else None
+
+
+def _content_only_choices(choice: pb.ChoiceDelta) -> bytes | None:
+    """The choices JSON of a chunk whose one choice carries only text (most of a stream), or None.
+
+    The same bytes as orjson.dumps([_choice_delta(choice)]) for such a choice,
+    without building the dicts; any other shape takes that general path.
+    """
+    if choice.finish_reason or choice.logprobs_json:
+        return None
+    delta = choice.delta
+    if delta.role or delta.extra_json or delta.tool_calls or delta.HasField("refusal") or not delta.HasField("content"):
+        return None
+    return b'[{"index":%d,"delta":{"content":%b},"logprobs":null,"finish_reason":null}]' % (
+        choice.index, orjson.dumps(delta.content))
 
 
 def _choice_delta(choice: pb.ChoiceDelta) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """Writing one streamed completion as server-sent events, in the request's own task.
 
-The core call is read and each message written straight to ASGI `send` by a
+The core call is read and its messages written straight to ASGI `send` by a
 plain loop: no async generator, no task per stream for the writing, no timer
-work per chunk. Around it, one DisconnectWatch task cancels the call when the
+work per chunk. Messages the in-process core has already produced when one
+is written (chunks that came in one upstream read) go out with it in one
+write, so a burst costs one socket write, not one per chunk; nothing that
+has not arrived yet is ever waited for. Around it, one DisconnectWatch task cancels the call when the
 client leaves (the pending read then raises CancelledError), and one loop
 timer writes a `: ping` comment while the core is silent for heartbeat_seconds,
 so proxies and clients keep the connection.
@@ -15,8 +18,8 @@ event, then the stream ends.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import grpc
 from starlette.types import Message, Receive, Send
@@ -28,6 +31,9 @@ from http_facade.errors import ApiError, from_rpc_error
 from http_facade.sse import DONE, PING, SSE_HEADERS, StreamCall
 
 _SERVER_ERROR = ApiError(500, "The server had an error while processing your request.", type="server_error")
+_SERVER_ERROR_EVENT = b"data: " + _SERVER_ERROR.body() + b"\n\n"
+# Events already produced are written together up to about this many bytes; the rest go in the next write.
+BATCH_BYTES = 64 * 1024
 EVENT_STREAM_HEADERS: list[tuple[bytes, bytes]] = [
     *((k.encode(), v.encode()) for k, v in SSE_HEADERS.items()),
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -84,15 +90,19 @@ class _Heartbeat:
 
 
 async def stream_chat(call: StreamCall, first: pb.StreamChatCompletionResponse, *, include_usage: bool,
-                      heartbeat_seconds: float, headers: Mapping[str, str], receive: Receive, send: Send) -> None:
+                      heartbeat_seconds: float, headers: Mapping[str, str], receive: Receive, send: Send,
+                      watch: DisconnectWatch | None = None) -> None:
     """Sends the 200 and every event of call (first already read), ending with [DONE] or an in-band error.
 
     Owns the call: however the stream ends (done, error, client gone, this task
     cancelled by a shutdown cut), the call is cancelled, a no-op once finished.
     A client that disconnects ends it quietly; the response is then left
-    unfinished, which the server expects of a gone client.
+    unfinished, which the server expects of a gone client. `watch`, if given,
+    is the caller's DisconnectWatch for this call (cancelling it), used
+    instead of starting another; it is stopped here either way.
     """
-    watch = DisconnectWatch(receive, call.cancel)
+    if watch is None:
+        watch = DisconnectWatch(receive, call.cancel)
     start_headers = list(EVENT_STREAM_HEADERS)
     start_headers += ((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
     start: Message = {"type": "http.response.start", "status": 200, "headers": start_headers}
@@ -117,16 +127,45 @@ async def stream_chat(call: StreamCall, first: pb.StreamChatCompletionResponse, 
 
 async def _events(call: StreamCall, first: pb.StreamChatCompletionResponse, include_usage: bool,
                   send: Send, heartbeat: _Heartbeat) -> bytes:
-    """Writes the stream's events; returns the last one ([DONE] or an error) for the final write."""
+    """Writes the stream's events; returns what is left for the final write (pending events,
+    then [DONE] or an error).
+
+    Messages the core has already produced when one is written (an in-process
+    call's read_nowait) go out with it in one write: chunks that arrived
+    together from the upstream leave together, and a message that is not
+    there yet is never waited for, so nothing is held back.
+    """
     encoder = ChunkEncoder(first, include_usage=include_usage)
+    read_ready: Callable[[], Any] | None = getattr(call, "read_nowait", None)
     loop = asyncio.get_running_loop()
     message: Any = first
     while True:
         try:
-            data = encoder.encode(cast(pb.StreamChatCompletionResponse, message))
+            data = encoder.encode(message)  # Any: no cast() call per chunk
         except Exception:
             # A chunk we could not encode: the client still gets a well-formed end.
-            return b"data: " + _SERVER_ERROR.body() + b"\n\n"
+            return _SERVER_ERROR_EVENT
+        if read_ready is not None:
+            parts = [data]
+            size = len(data)
+            while size < BATCH_BYTES:
+                try:
+                    message = read_ready()
+                except grpc.aio.AioRpcError as exc:
+                    return b"".join(parts) + b"data: " + from_rpc_error(exc).body() + b"\n\n"
+                except Exception:  # not CancelledError (a BaseException): the client left, see stream_chat
+                    return b"".join(parts) + _SERVER_ERROR_EVENT
+                if message is None:
+                    break
+                if message is grpc.aio.EOF:
+                    return b"".join(parts) + DONE
+                try:
+                    data = encoder.encode(message)  # Any: no cast() call per chunk
+                except Exception:
+                    return b"".join(parts) + _SERVER_ERROR_EVENT
+                parts.append(data)
+                size += len(data)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
         if data:
             heartbeat.writing = True
             await send({"type": "http.response.body", "body": data, "more_body": True})
@@ -137,6 +176,6 @@ async def _events(call: StreamCall, first: pb.StreamChatCompletionResponse, incl
         except grpc.aio.AioRpcError as exc:
             return b"data: " + from_rpc_error(exc).body() + b"\n\n"
         except Exception:
-            return b"data: " + _SERVER_ERROR.body() + b"\n\n"
+            return _SERVER_ERROR_EVENT
         if message is grpc.aio.EOF:
             return DONE

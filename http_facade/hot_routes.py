@@ -12,6 +12,7 @@ No policy lives here either: the core authenticates, limits, routes and meters.
 
 from __future__ import annotations
 
+import asyncio
 from typing import cast
 
 import grpc
@@ -23,7 +24,7 @@ from http_facade.asgi_io import raw_headers, read_body, send_body, send_error, w
 from http_facade.bounds import check_bounds
 from http_facade.convert_request import parse_json_object, to_chat_request
 from http_facade.convert_response import completion_json
-from http_facade.disconnect import ClientDisconnected, unless_disconnected
+from http_facade.disconnect import ClientDisconnected, DisconnectWatch, cancelled_by_disconnect, unless_disconnected
 from http_facade.errors import ApiError, from_rpc_error, rate_limit_headers
 from http_facade.event_stream import stream_chat
 from http_facade.middleware import REQUEST_ID_SCOPE_KEY
@@ -70,21 +71,33 @@ async def _stream(facade: Facade, request: pb.StreamChatCompletionRequest | pb.C
     unknown model), and such refusals must be real HTTP errors, not SSE events.
     """
     call = facade.chat.StreamChatCompletion(request, metadata=metadata, timeout=facade.call_timeout_seconds)
-    first = await unless_disconnected(call.read(), receive, call.cancel)
-    if first is grpc.aio.EOF:  # the core ended the stream without a single message
-        headers = [(k.encode(), v.encode()) for k, v in SSE_HEADERS.items()]
-        await send_body(send, 200, DONE, headers, content_type=_DONE_CONTENT_TYPE)
-        return
-    limits = rate_limit_headers(await call.initial_metadata() or ())
-    await stream_chat(
-        call,
-        cast(pb.StreamChatCompletionResponse, first),
-        include_usage=include_usage,
-        heartbeat_seconds=facade.heartbeat_seconds,
-        headers=limits,
-        receive=receive,
-        send=send,
-    )
+    # One watch for the whole stream, the wait for the first message included (one task, not two).
+    watch = DisconnectWatch(receive, call.cancel)
+    try:
+        try:
+            first = await call.read()
+        except BaseException as exc:  # as unless_disconnected: the call never outlives the request
+            call.cancel()
+            if isinstance(exc, asyncio.CancelledError) and cancelled_by_disconnect(watch):
+                raise ClientDisconnected() from None
+            raise
+        if first is grpc.aio.EOF:  # the core ended the stream without a single message
+            headers = [(k.encode(), v.encode()) for k, v in SSE_HEADERS.items()]
+            await send_body(send, 200, DONE, headers, content_type=_DONE_CONTENT_TYPE)
+            return
+        limits = rate_limit_headers(await call.initial_metadata() or ())
+        await stream_chat(
+            call,
+            cast(pb.StreamChatCompletionResponse, first),
+            include_usage=include_usage,
+            heartbeat_seconds=facade.heartbeat_seconds,
+            headers=limits,
+            receive=receive,
+            send=send,
+            watch=watch,
+        )
+    finally:
+        watch.stop()
 
 
 async def list_models(scope: Scope, receive: Receive, send: Send) -> None:

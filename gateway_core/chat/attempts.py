@@ -176,11 +176,12 @@ class RouteAttempts:
             with IdleWatch(self._limits(route).idle_timeout_seconds) as watch:
                 while first is not None:
                     try:
-                        chunk = await watch.read(anext(chunks, None))
+                        # __anext__ itself, not anext(chunks, None): no wrapper object per chunk.
+                        chunk = await watch.read(chunks.__anext__())
                     except IdleTimeout:
                         raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
                                             upstream_body="silent past idle_timeout_seconds") from None
-                    if chunk is None:
+                    except StopAsyncIteration:
                         break
                     yield chunk
         except ProviderError as error:  # after the first chunk: in-band, no fallback

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
+from gateway_core.handoff import EMPTY, Handoff
 from gateway_core.pb.gateway.v1 import chat_pb2
 
 Chunk = chat_pb2.StreamChatCompletionResponse
@@ -27,7 +28,7 @@ class StreamPump:
     def __init__(self, chunks: AsyncIterator[Chunk], observe: Callable[[Chunk], None]) -> None:
         self._chunks = chunks
         self._observe = observe
-        self._queue: asyncio.Queue[object] = asyncio.Queue(QUEUE_DEPTH)
+        self._queue: Handoff[object] = Handoff(QUEUE_DEPTH)
         self._detached = False
         self.error: BaseException | None = None
         self.task = asyncio.get_running_loop().create_task(self._run(), name="stream-pump")
@@ -54,9 +55,8 @@ class StreamPump:
     async def __aiter__(self) -> AsyncIterator[Chunk]:
         queue = self._queue
         while True:
-            try:
-                item = queue.get_nowait()  # the usual case when chunks queue up: no coroutine
-            except asyncio.QueueEmpty:
+            item = queue.poll()  # the usual case when chunks queue up: no coroutine
+            if item is EMPTY:
                 item = await queue.get()
             if item is _END:
                 break
@@ -67,5 +67,4 @@ class StreamPump:
     def detach(self) -> None:
         """The client is gone: stop queueing, and free a pump blocked on a full queue."""
         self._detached = True
-        while not self._queue.empty():
-            self._queue.get_nowait()
+        self._queue.clear()

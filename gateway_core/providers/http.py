@@ -138,10 +138,12 @@ class StreamEvents:
     the timer is dropped with the stream.
     """
 
-    __slots__ = ("_events", "_deadline", "_timer", "_reader", "_expired", "_cancelled_reader")
+    __slots__ = ("_events", "_ready", "_deadline", "_timer", "_reader", "_expired", "_cancelled_reader")
 
     def __init__(self, events: AsyncIterator[SseEvent], deadline: Deadline) -> None:
         self._events = events
+        # An SseStream hands out events already decoded without waiting: nothing to time or cancel then.
+        self._ready: Callable[[], SseEvent | None] | None = getattr(events, "ready", None)
         self._deadline = deadline
         self._timer: asyncio.TimerHandle | None = None
         self._reader: asyncio.Task[Any] | None = None
@@ -164,6 +166,8 @@ class StreamEvents:
             self._timer = asyncio.get_running_loop().call_at(when, self._expire)
         if self._expired:
             raise transport_error(TimeoutError(), responded=True)
+        if self._ready is not None and (event := self._ready()) is not None:
+            return event
         task = asyncio.current_task()
         assert task is not None
         cancelling = task.cancelling()

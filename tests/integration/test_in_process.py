@@ -187,6 +187,40 @@ async def test_a_stream_deadline_ends_it_with_deadline_exceeded_both_ways() -> N
             await asyncio.wait_for(servicer.cancelled.wait(), 5)
 
 
+@pytest.mark.parametrize("model", ["ok", "refuse-midway"])
+async def test_read_nowait_takes_only_what_is_already_produced_and_ends_as_read_does(model: str) -> None:
+    async with chat_stub("in_process") as (stub, _):
+        call = stub.StreamChatCompletion(chat_pb2.StreamChatCompletionRequest(model=model))
+        assert call.read_nowait() is None  # the handler has not run yet: nothing is waited for
+        first = await call.read()
+        taken, end = [first.id], None
+        while end is None:  # nothing awaited in this loop: the handler ran ahead before it
+            try:
+                message = call.read_nowait()
+            except grpc.aio.AioRpcError as error:
+                end = error.code()
+                break
+            if message is None:
+                await asyncio.sleep(0.01)
+            elif message is grpc.aio.EOF:
+                end = "EOF"
+            else:
+                taken.append(message.id)
+        assert taken == ["chunk-0", "chunk-1", "chunk-2"]
+        assert end == ("EOF" if model == "ok" else grpc.StatusCode.UNAVAILABLE)
+        if model == "ok":
+            assert call.read_nowait() is grpc.aio.EOF  # and stays at the end
+
+
+async def test_read_nowait_after_cancel_raises_cancelled() -> None:
+    async with chat_stub("in_process") as (stub, _):
+        call = stub.StreamChatCompletion(chat_pb2.StreamChatCompletionRequest(model="hang"))
+        await call.read()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            call.read_nowait()
+
+
 async def test_an_unknown_method_is_unimplemented() -> None:
     services = InProcessServices()
     stub = chat_pb2_grpc.ChatServiceStub(services.channel())  # nothing registered

@@ -698,3 +698,23 @@ def test_chunk_encoder_encode_is_the_events_joined() -> None:
         encoder = ChunkEncoder(first, include_usage=include_usage)
         for message in (first, tool, last, only_usage, pb.StreamChatCompletionResponse()):
             assert encoder.encode(message) == b"".join(encoder.events(message))
+
+
+@pytest.mark.parametrize("choice", [
+    pb.ChoiceDelta(index=0, delta=pb.Delta(content="plain")),
+    pb.ChoiceDelta(index=3, delta=pb.Delta(content='quotes " and \\ and \n and \u00e9 and \U0001f600')),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(content="")),
+    pb.ChoiceDelta(index=0, delta=pb.Delta()),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(role=types_pb2.ROLE_ASSISTANT, content="first")),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(content="x", refusal="")),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(content="x", extra_json='{"reasoning_content":"r"}')),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(content="x"), finish_reason=types_pb2.FINISH_REASON_STOP),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(content="x"), logprobs_json='{"content":[]}'),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(content="x", tool_calls=[pb.ToolCallDelta(index=0, id="c")])),
+])
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_encode_gives_the_bytes_of_the_general_path(choice: pb.ChoiceDelta, include_usage: bool) -> None:
+    """encode's short path for text-only chunks writes exactly what events() (dicts + orjson) writes."""
+    message = stream_message(choice)
+    encoder = ChunkEncoder(message, include_usage=include_usage)
+    assert encoder.encode(message) == b"".join(encoder.events(message))

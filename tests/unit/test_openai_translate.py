@@ -401,3 +401,33 @@ def test_translator_modules_are_pure() -> None:
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert not {m for m in imported if m.split(".")[0] in {"httpx", "grpc", "logging", "asyncio"}}, name
+
+
+@pytest.mark.parametrize("choice", [
+    {"index": 0, "delta": {"content": "plain"}, "finish_reason": None},
+    {"index": 0, "delta": {"content": ""}, "logprobs": None},
+    {"index": 2, "delta": {"content": "second choice"}},
+    {"delta": {"content": "no index"}},
+    {"index": 0, "delta": {"content": "finishing"}, "finish_reason": "stop"},
+    {"index": 0, "delta": {"content": "with logprobs"}, "logprobs": {"content": []}},
+    {"index": 0, "delta": {"content": "x", "refusal": None}},
+    {"index": 0, "delta": {"content": "x", "reasoning_content": "why"}},
+    {"index": 0, "delta": {"role": "assistant", "content": "repeated role"}},
+    {"index": 5, "delta": {"content": "a choice not started yet"}},
+    {"index": True, "delta": {"content": "a bool index"}},
+    {"index": 0, "delta": {"content": None}},
+])
+def test_stream_text_only_short_path_builds_what_the_general_path_builds(choice: dict[str, Any]) -> None:
+    """A later chunk whose choice is text alone takes a short path: same message, same errors."""
+    def run(general: bool) -> Any:
+        translator = translate.StreamTranslator(call_for(user_request(stream=True)), provider=PROVIDER)
+        if general:
+            translator._text_only = lambda choice: None  # type: ignore[method-assign]
+        head = {"id": "c1", "created": 3, "system_fingerprint": "fp"}
+        translator.feed({**head, "choices": [{"index": i, "delta": {"role": "assistant"}} for i in range(3)]})
+        try:
+            return as_dicts(translator.feed({**head, "choices": [choice]}))
+        except ProviderError as error:
+            return error.reason, error.message
+
+    assert run(general=False) == run(general=True)

@@ -106,3 +106,14 @@ def test_one_event_per_chunk_agrees_with_the_text_reference(events: list[list[by
     reference, decoder = ReferenceDecoder(), SseDecoder()
     expected = [event for chunk in chunks for event in reference.feed(chunk)] + reference.feed(b"", final=True)
     assert [event for chunk in chunks for event in decoder.feed(chunk)] + decoder.close() == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.lists(st.sampled_from(PIECES[:18] + PIECES[18:20]), max_size=5), min_size=1, max_size=5),
+                max_size=10))
+def test_several_whole_events_per_chunk_agree_with_the_text_reference(bursts: list[list[list[bytes]]]) -> None:
+    """Each chunk several whole `data: ...` events that arrived together (the decoder's burst path)."""
+    chunks = [b"".join(b"data: " + b"".join(parts) + b"\n\n" for parts in burst) for burst in bursts]
+    reference, decoder = ReferenceDecoder(), SseDecoder()
+    expected = [event for chunk in chunks for event in reference.feed(chunk)] + reference.feed(b"", final=True)
+    assert [event for chunk in chunks for event in decoder.feed(chunk)] + decoder.close() == expected

@@ -96,3 +96,34 @@ async def test_an_outside_cancellation_at_the_deadline_is_not_swallowed() -> Non
         loop.call_at(reader._timer.when(), task.cancel)  # type: ignore[union-attr]
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def body(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        await asyncio.sleep(0)
+        yield chunk
+
+
+async def test_events_of_one_network_chunk_are_read_in_order_without_waiting() -> None:
+    from gateway_core.providers.sse import iter_sse
+
+    events = iter_sse(body(b"data: a\n\ndata: b\n\nevent: x\ndata: c\n\n", b"data: d\n\n"))
+    with StreamEvents(events, Deadline.after(5.0)) as reader:
+        first = await reader.next()
+        assert first is not None and first.data == "a"
+        ready = events.ready()  # b was decoded with a: it is handed out without a wait
+        assert ready is not None and ready.data == "b"
+        rest = await read_all(reader)
+    assert rest == ["c", "d"]
+    assert events.ready() is None
+
+
+async def test_a_passed_deadline_fails_the_next_read_even_if_its_event_is_already_decoded() -> None:
+    from gateway_core.providers.sse import iter_sse
+
+    with StreamEvents(iter_sse(body(b"data: a\n\ndata: b\n\n")), Deadline.after(0.1)) as reader:
+        assert (await reader.next()).data == "a"
+        await asyncio.sleep(0.3)
+        with pytest.raises(ProviderError) as caught:
+            await reader.next()
+    assert caught.value.reason == Reason.UPSTREAM_TIMEOUT

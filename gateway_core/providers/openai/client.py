@@ -85,7 +85,8 @@ class OpenAIProvider:
             reader = stack.enter_context(StreamEvents(events, deadline))
             done = False
             while (event := await reader.next()) is not None:
-                if event.data.strip() == "[DONE]":
+                data = event.data
+                if data[:1] != "{" and data.strip() == "[DONE]":  # a JSON chunk is never the end marker
                     done = True
                     break
                 for chunk in translator.feed(_event_json(event)):

@@ -160,6 +160,7 @@ class StreamTranslator:
         self._usage: types_pb2.Usage | None = None
         self._usage_sent = False
         self._last: dict[str, Any] = {}
+        self._head: bytes | None = None  # the encoded id/created/model/provider every chunk repeats
 
     @property
     def usage(self) -> types_pb2.Usage | None:
@@ -186,8 +187,16 @@ class StreamTranslator:
         out = []
         if choices:
             chunk = self._base()
-            for choice in choices:
-                self._fill_choice(chunk.choices.add(), choice)
+            text = self._text_only(choices[0]) if len(choices) == 1 else None
+            if text is not None:  # the bulk of a stream: one choice, a delta of text alone
+                choice = chunk.choices.add()
+                index = choices[0].get("index", 0)
+                if index:
+                    choice.index = index
+                choice.delta.content = text
+            else:
+                for choice in choices:
+                    self._fill_choice(chunk.choices.add(), choice)
             out.append(chunk)
         if data.get("usage"):
             self._usage, self._usage_sent = usage_from(data["usage"]), False
@@ -209,15 +218,41 @@ class StreamTranslator:
     # (which for these fields is the same as unset). A chunk so built is about 4x cheaper.
 
     def _base(self) -> chat_pb2.StreamChatCompletionResponse:
-        chunk = chat_pb2.StreamChatCompletionResponse(
-            id=self._id or "", created=self._created, model=self._call.client_model, provider=self._provider
-        )
-        fingerprint, tier = _string(self._last.get("system_fingerprint")), _string(self._last.get("service_tier"))
-        if fingerprint:
+        head = self._head
+        if head is None:  # id, created, model and provider are the stream's: encoded once, parsed per chunk (cheaper)
+            head = self._head = chat_pb2.StreamChatCompletionResponse(
+                id=self._id or "", created=self._created, model=self._call.client_model, provider=self._provider
+            ).SerializeToString()
+        chunk = chat_pb2.StreamChatCompletionResponse.FromString(head)
+        last = self._last
+        fingerprint, tier = last.get("system_fingerprint"), last.get("service_tier")
+        if fingerprint and isinstance(fingerprint, str):
             chunk.system_fingerprint = fingerprint
-        if tier:
+        if tier and isinstance(tier, str):
             chunk.service_tier = tier
         return chunk
+
+    def _text_only(self, choice: Any) -> str | None:
+        """The content of a choice that carries nothing else, past its first delta, else None.
+
+        Such a choice fills exactly what _fill_choice would (content, and a
+        non-zero index), without the general path's checks: most chunks of a
+        stream are these. Anything else (role not yet sent, finish, logprobs,
+        tool calls, refusal, extra fields, odd types) takes _fill_choice.
+        """
+        if type(choice) is not dict:
+            return None
+        delta = choice.get("delta")
+        if type(delta) is not dict or len(delta) != 1:
+            return None
+        content = delta.get("content")
+        if type(content) is not str or choice.get("finish_reason") is not None or choice.get("logprobs") is not None:
+            return None
+        index = choice.get("index", 0)
+        # An index already started was checked then (an int in range); bool is not int here.
+        if type(index) is not int or index not in self._started:
+            return None
+        return content
 
     def _fill_choice(self, out: chat_pb2.ChoiceDelta, data: Any) -> None:
         if not isinstance(data, dict):
