@@ -34,6 +34,7 @@ from gateway_core.chat.route_order import route_order
 from gateway_core.config import ModelSettings, ProviderSettings, Route, RoutingSettings
 from gateway_core.errors import GatewayError, Reason
 from gateway_core.metrics import FALLBACKS, UPSTREAM_ATTEMPTS, UPSTREAM_RETRIES, CachedLabels
+from gateway_core.observability import json_lines
 from gateway_core.pb.gateway.v1 import chat_pb2
 from gateway_core.providers.base import Provider, ProviderError, UpstreamCall
 
@@ -50,6 +51,10 @@ _CALLERS_FAULT = frozenset({Reason.INVALID_REQUEST, Reason.UNSUPPORTED_PARAMETER
 _BACKOFF_SECONDS = 0.1
 _BACKOFF_CAP_SECONDS = 2.0
 _UPSTREAM_ATTEMPTS = CachedLabels(UPSTREAM_ATTEMPTS)  # provider, route, outcome
+_ATTEMPT_MESSAGE = (
+    "upstream_attempt request_id=%(request_id)s model=%(model)s provider=%(provider)s route=%(route)s "
+    "attempt=%(attempt)d outcome=%(outcome)s latency_ms=%(latency_ms)d upstream_status=%(upstream_status)s"
+)
 _BUSY_MESSAGE = "the upstream provider for this model is over capacity; try again later"
 
 
@@ -343,8 +348,6 @@ def _log_attempt(
         "upstream_status": None if error is None else error.upstream_status,
         "streamed": streamed,
     }
-    log.info(
-        "upstream_attempt request_id=%(request_id)s model=%(model)s provider=%(provider)s route=%(route)s "
-        "attempt=%(attempt)d outcome=%(outcome)s latency_ms=%(latency_ms)d upstream_status=%(upstream_status)s",
-        fields, extra={"upstream_attempt": fields},
-    )
+    if json_lines.info_line(log, _ATTEMPT_MESSAGE % fields, {"upstream_attempt": fields}):
+        return
+    log.info(_ATTEMPT_MESSAGE, fields, extra={"upstream_attempt": fields})

@@ -48,6 +48,24 @@ class JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             line["exception"] = self._redactor.redact(record.exc_text)
+        return self._dump(line)
+
+    def format_info(self, created: float, logger: str, message: str, fields: Mapping[str, Any]) -> str:
+        """The line format() gives an INFO record of logger with this message and these `extra=` fields,
+        built without a LogRecord (see json_lines); message is redacted here, as the record factory would."""
+        redactor = self._redactor
+        mask = redactor.mask_names
+        line: dict[str, Any] = {
+            "time": _utc_time(created),
+            "level": "info",
+            "logger": logger,
+            "message": redactor.redact(message),
+        }
+        for name, value in fields.items():
+            line[name] = mask(name, value)
+        return self._dump(line)
+
+    def _dump(self, line: dict[str, Any]) -> str:
         text = orjson.dumps(line, default=str).decode()
         # Names were masked field by field above; this pass catches key shapes and configured values.
         return self._redactor.redact(text, names=False)

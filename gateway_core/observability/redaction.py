@@ -202,6 +202,8 @@ def _block_end(text: str, start: int) -> int:
 REDACTED_MARK = "_tollgate_redacted"
 
 _installed: Redactor | None = None
+# The installed factory when it wraps logging.LogRecord itself (no other factory adds attributes).
+_plain_factory: Any = None
 _install_lock = threading.Lock()
 
 
@@ -221,7 +223,15 @@ def install() -> Redactor:
 
         logging.setLogRecordFactory(redacting_factory)
         _installed = redactor
+        if previous is logging.LogRecord:  # records carry nothing but the standard attributes and extras
+            global _plain_factory
+            _plain_factory = redacting_factory
         return redactor
+
+
+def plain_factory_installed() -> bool:
+    """Whether records are made by this module's factory around the plain LogRecord, and nothing else."""
+    return _plain_factory is not None and logging.getLogRecordFactory() is _plain_factory
 
 
 def protect(values: Iterable[str]) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from gateway_core import metrics
 from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome, UsageStatus
+from gateway_core.observability import json_lines
 
 access_log = logging.getLogger("tollgate.access")
 
@@ -108,7 +109,9 @@ class RequestRecord:
             _GATEWAY_OVERHEAD.labels(self.mode).observe(max(duration - self.upstream_wait_seconds, 0.0))
             if self.mode == "stream" and ttft_ms is not None:
                 _TIME_TO_FIRST_TOKEN.labels(self.model, self.provider).observe(ttft_ms / 1000)
-        access_log.info("chat request", extra=self._fields(duration, ttft_ms))
+        fields = self._fields(duration, ttft_ms)
+        if not json_lines.info_line(access_log, "chat request", fields):
+            access_log.info("chat request", extra=fields)
 
     def _fields(self, duration: float, ttft_ms: int | None) -> dict[str, object]:
         outcome = self.outcome
