@@ -214,7 +214,7 @@ async def _profile(stub: Any, kind: str, count: int, key: str) -> None:
     profiler.enable()
     await _measure(stub, kind, count, key)
     profiler.disable()
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(45)
+    pstats.Stats(profiler).sort_stats(os.environ.get("MICRO_SORT", "tottime")).print_stats(int(os.environ.get("MICRO_ROWS", "45")))
 
 
 def _report(results: dict[str, list[tuple[float, float]]], best: bool = False) -> None:

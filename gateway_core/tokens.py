@@ -58,6 +58,8 @@ _COUNTED_SPACES = re.compile(r"[\t-\r\x1c-\x20]\s+|[\t-\r\x1c-\x1f]")
 
 def estimate_text_tokens(text: str) -> int:
     """About how many tokens an OpenAI-style tokenizer makes of text."""
+    if not text:  # most optional fields of a message are empty: no regex passes for them
+        return 0
     if len(text) <= SAMPLE_THRESHOLD:
         if len(text) < CACHE_MIN_CHARS:
             return _count(text)
@@ -132,15 +134,18 @@ def estimate_prompt_tokens(request: ChatRequest) -> int:
 
 def _message_tokens(message: chat_pb2.Message) -> int:
     tokens = estimate_text_tokens(message.content) if message.HasField("content") else 0
-    tokens += sum(_part_tokens(part) for part in message.parts)
+    if message.parts:
+        tokens += sum(_part_tokens(part) for part in message.parts)
     if message.name:
         tokens += TOKENS_PER_NAME + estimate_text_tokens(message.name)
     for call in message.tool_calls:
         tokens += TOKENS_PER_TOOL_CALL + estimate_text_tokens(
             f"{call.id} {call.function.name} {call.function.arguments}"
         )
-    rest = (message.tool_call_id, message.refusal, message.extra_json)
-    return tokens + sum(estimate_text_tokens(text) for text in rest)
+    return (
+        tokens + estimate_text_tokens(message.tool_call_id) + estimate_text_tokens(message.refusal)
+        + estimate_text_tokens(message.extra_json)
+    )
 
 
 def _part_tokens(part: chat_pb2.ContentPart) -> int:

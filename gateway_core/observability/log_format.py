@@ -54,7 +54,6 @@ class JsonFormatter(logging.Formatter):
         """The line format() gives an INFO record of logger with this message and these `extra=` fields,
         built without a LogRecord (see json_lines); message is redacted here, as the record factory would."""
         redactor = self._redactor
-        mask = redactor.mask_names
         line: dict[str, Any] = {
             "time": _utc_time(created),
             "level": "info",
@@ -62,7 +61,7 @@ class JsonFormatter(logging.Formatter):
             "message": redactor.redact(message),
         }
         for name, value in fields.items():
-            line[name] = mask(name, value)
+            line[name] = _masked(redactor, name, value)
         return self._dump(line)
 
     def _dump(self, line: dict[str, Any]) -> str:
@@ -70,6 +69,28 @@ class JsonFormatter(logging.Formatter):
         # Names were masked field by field above; this pass catches key shapes and configured values.
         return self._redactor.redact(text, names=False)
 
+
+def _masked(redactor: redaction.Redactor, name: str, value: Any) -> Any:
+    """redactor.mask_names(name, value), with its answer for the common fields of a hot line
+    (a name that is not masked, a number or None or a plain string, a flat dict of those) given
+    without the calls; anything else goes to mask_names itself."""
+    kind = type(value)
+    if name in _UNMASKED_NAMES:
+        if kind is int or value is None or kind is bool or kind is float:
+            return value
+        if kind is str:
+            return value if ("=" not in value and ":" not in value) else redactor.mask_names(name, value)
+        if kind is dict:
+            return {str(k): _masked(redactor, str(k), v) for k, v in value.items()}
+    return redactor.mask_names(name, value)
+
+
+# Field names of the access and upstream_attempt lines; none is a name redaction masks.
+_UNMASKED_NAMES = frozenset({
+    "request_id", "account_id", "key_id", "model", "provider", "route", "mode", "status", "prompt_tokens",
+    "completion_tokens", "cost_micros", "latency_ms", "ttft_ms", "upstream_ms", "upstream_attempt", "attempt",
+    "outcome", "upstream_status", "streamed",
+}) - redaction.masked_names()
 
 _second_cache: list[tuple[int, str]] = [(-1, "")]
 

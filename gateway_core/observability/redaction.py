@@ -44,6 +44,13 @@ _NAMED_VALUE = re.compile(r"([\"']?)\b([A-Za-z][A-Za-z0-9_\-]*)\1\s*[:=]\s*")
 _SECRET_NAME_SET = frozenset(SECRET_NAMES)
 _PROMPT_NAME_SET = frozenset(PROMPT_NAMES)
 _MASKED_NAMES = _SECRET_NAME_SET | _PROMPT_NAME_SET
+
+
+def masked_names() -> frozenset[str]:
+    """The lower-case field names whose values are always masked (secrets and prompts)."""
+    return _MASKED_NAMES
+
+
 # Field values with no text inside, returned as they are once their name is not a masked one.
 _PLAIN_TYPES = frozenset({int, float, bool, type(None)})
 # Literal values shorter than this would mask ordinary words; they are still masked by shape or name.
