@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gateway_core.auth import Authenticator, Principal
@@ -20,7 +21,7 @@ from gateway_core.background import BackgroundTasks
 from gateway_core.chat.meter import Admission, RequestMeter, billed_usage
 from gateway_core.chat.pump import StreamPump
 from gateway_core.chat.validate import validate_request
-from gateway_core.config import MeteringSettings, RoutingSettings
+from gateway_core.config import MeteringSettings, ModelSettings, Route, RoutingSettings
 from gateway_core.errors import GatewayError
 from gateway_core.limits.enforcer import LimitEnforcer, Lease
 from gateway_core.metering.ledger import Ledger
@@ -70,6 +71,16 @@ class ChatPipeline:
 
     async def admit(self, request: ChatRequest, metadata: Metadata, time_remaining: float | None) -> Admission:
         """Checks the caller and the request, then holds the worst-case cost."""
+        prepared = await self._prepare(request, metadata, time_remaining)
+        try:
+            hold = await self._hold_shielded(prepared.hold_args)
+        except BaseException:
+            self._drop_lease(prepared)
+            raise
+        return prepared.admission(hold)
+
+    async def _prepare(self, request: ChatRequest, metadata: Metadata, time_remaining: float | None) -> _Prepared:
+        """Everything of admission but the hold: auth, validation, route, estimate, limits (lease taken)."""
         started = time.monotonic()
         principal = await self._auth.authenticate(metadata)
         validate_request(request)
@@ -85,7 +96,7 @@ class ChatPipeline:
             client_model=request.model,
             request_id=request.request_id or _metadata_value(metadata, "x-request-id") or new_request_id(),
             timeout_seconds=None if time_remaining is None else max(time_remaining - _DEADLINE_MARGIN_SECONDS, 0.001),
-            forward_headers=_trace_headers(metadata),
+            forward_headers=_trace_headers(metadata) if metadata else (),
         )
         hold_args = dict(
             request_id=call.request_id,
@@ -97,17 +108,34 @@ class ChatPipeline:
             upstream_model=route.model,
         )
         lease = await self._take_limits(principal, call.request_id, prompt_estimate)
-        try:
-            hold = await self._hold_shielded(hold_args)
-        except BaseException:
-            if self._leases.get(call.request_id) is lease:
-                del self._leases[call.request_id]
-            self._background.spawn(lease.finish(None), name=f"limits-{call.request_id}")
-            raise
         choices = request.n if request.HasField("n") else 1
-        return Admission(
-            model, provider, call, hold, prompt_estimate, choices * limit, started, routes, limit_headers=lease.headers
-        )
+        return _Prepared(model, provider, call, prompt_estimate, choices * limit, started, routes, lease, hold_args)
+
+    def _drop_lease(self, prepared: _Prepared) -> None:
+        """The hold failed or its caller left while it was written: the limits go back now."""
+        request_id, lease = prepared.call.request_id, prepared.lease
+        if self._leases.get(request_id) is lease:
+            del self._leases[request_id]
+        self._background.spawn(lease.finish(None), name=f"limits-{request_id}")
+
+    async def unary(
+        self, request: ChatRequest, metadata: Metadata, time_remaining: float | None,
+        admitted: Callable[[Admission], None],
+    ) -> chat_pb2.CreateChatCompletionResponse:
+        """admit() then complete(), with one shielded task for hold, upstream and settle instead of one each.
+
+        admitted(admission) is called once the hold is written, before the upstream call. The
+        guarantees are complete()'s and admit()'s: if the caller is cancelled at any point after
+        the limits were taken, the request is still settled exactly once (see _UnaryRun).
+        """
+        prepared = await self._prepare(request, metadata, time_remaining)
+        run = _UnaryRun(self, prepared, admitted)
+        work = asyncio.ensure_future(run.run())
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            run.abandon(work)
+            raise
 
     async def _take_limits(self, principal: Principal, request_id: str, prompt_estimate: int) -> Lease:
         """Spends the caller's rate and concurrency limits (429 if over); remembered until settle."""
@@ -182,12 +210,7 @@ class ChatPipeline:
             hold = await writing
         except GatewayError:
             return
-        outcome = UsageOutcome(
-            model=hold_args["model"], provider=hold_args["provider"], upstream_model=hold_args["upstream_model"],
-            prompt_tokens=0, completion_tokens=0, cached_tokens=0, reasoning_tokens=0, cost_micros=0,
-            status=UsageStatus.CANCELLED, latency_ms=0, time_to_first_token_ms=None, estimated=True,
-        )
-        await self._settle_with_retries(hold, outcome)
+        await self._settle_with_retries(hold, _cancelled_before_upstream(hold_args))
 
     async def _settle_shielded(self, hold: Hold, outcome: UsageOutcome) -> Settlement:
         """Settles even if the caller is cancelled meanwhile: the write must land."""
@@ -250,6 +273,120 @@ class ChatPipeline:
 
 async def _await(future: asyncio.Future[Any]) -> Any:
     return await future
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A request admitted up to its hold: checked, routed, estimated, its limits taken."""
+
+    model: ModelSettings
+    provider: Provider
+    call: UpstreamCall
+    prompt_estimate: int
+    max_completion_tokens: int
+    started: float
+    routes: tuple[Route, ...]
+    lease: Lease
+    hold_args: dict[str, Any]
+
+    def admission(self, hold: Hold) -> Admission:
+        return Admission(
+            self.model, self.provider, self.call, hold, self.prompt_estimate, self.max_completion_tokens,
+            self.started, self.routes, limit_headers=self.lease.headers,
+        )
+
+
+class _UnaryRun:
+    """One unary request's hold, upstream call and settlement, in one task its caller awaits shielded.
+
+    If the caller leaves (abandon()), the task carries on by itself, as admit() and complete()
+    do with their three tasks: a hold being written is settled at zero once it lands (the
+    limits go back at once); an upstream call being made is drained for drain_seconds (when
+    fewer than max_concurrent_drains run) and billed as CANCELLED with what it produced; a
+    settlement being written completes. One per request; runs on the caller's event loop.
+    """
+
+    _HOLD, _UPSTREAM, _SETTLE = "hold", "upstream", "settle"
+
+    def __init__(self, pipeline: ChatPipeline, prepared: _Prepared, admitted: Callable[[Admission], None]) -> None:
+        self._pipeline = pipeline
+        self._prepared = prepared
+        self._admitted = admitted
+        self._phase = self._HOLD
+        self._abandoned = False
+        self._draining = False
+        self._upstream_deadline: asyncio.Timeout | None = None
+
+    async def run(self) -> chat_pb2.CreateChatCompletionResponse | None:
+        """The billed response; None once the caller has left (nobody reads it then)."""
+        pipeline, prepared = self._pipeline, self._prepared
+        try:
+            hold = await pipeline._ledger.hold(**prepared.hold_args)
+        except BaseException:
+            if not self._abandoned:  # abandon() gave the limits back already
+                pipeline._drop_lease(prepared)
+            if self._abandoned:
+                return None  # as _release_late_hold: a refused hold has nothing to settle
+            raise
+        if self._abandoned:  # the caller left while the hold was written: settle it at zero
+            await pipeline._settle_with_retries(hold, _cancelled_before_upstream(prepared.hold_args))
+            return None
+        admission = prepared.admission(hold)
+        self._admitted(admission)
+        meter = RequestMeter(admission)
+        self._phase = self._UPSTREAM
+        try:
+            async with asyncio.timeout(None) as self._upstream_deadline:
+                response = await pipeline._attempts.complete(meter)
+        except BaseException:
+            self._phase = self._SETTLE
+            if self._abandoned:
+                return await self._bill_abandoned(meter)
+            await pipeline._settle_with_retries(admission.hold, meter.outcome(UsageStatus.UPSTREAM_ERROR))
+            raise
+        self._phase = self._SETTLE
+        if self._abandoned:  # drained: the upstream answered after the caller left
+            meter.observe_response(response)
+            return await self._bill_abandoned(meter)
+        meter.observe_response(response)
+        outcome = meter.outcome(UsageStatus.OK)
+        settlement = await pipeline._settle_with_retries(admission.hold, outcome)
+        response.usage.CopyFrom(billed_usage(outcome, settlement.charged_micros))
+        response.provider = meter.admission.provider.name  # the route that answered
+        return response
+
+    async def _bill_abandoned(self, meter: RequestMeter) -> None:
+        if self._draining:
+            self._draining = False
+            self._pipeline._drains -= 1
+        await self._pipeline._settle_with_retries(meter.admission.hold, meter.outcome(UsageStatus.CANCELLED))
+
+    def abandon(self, work: asyncio.Task[Any]) -> None:
+        """The caller was cancelled: the task finishes alone, watched by the pipeline's background tasks."""
+        if work.done():
+            return
+        pipeline = self._pipeline
+        self._abandoned = True
+        pipeline._background.adopt(work)
+        if self._phase == self._HOLD:
+            pipeline._drop_lease(self._prepared)
+        elif self._phase == self._UPSTREAM and self._upstream_deadline is not None:
+            loop = asyncio.get_running_loop()
+            if pipeline._may_drain():  # wait a bounded time for the answer, to bill its real usage
+                pipeline._drains += 1
+                self._draining = True
+                self._upstream_deadline.reschedule(loop.time() + pipeline._metering.drain_seconds)
+            else:
+                self._upstream_deadline.reschedule(loop.time())  # stop the upstream call now
+
+
+def _cancelled_before_upstream(hold_args: dict[str, Any]) -> UsageOutcome:
+    """What a hold whose caller left before any upstream call is settled with: nothing."""
+    return UsageOutcome(
+        model=hold_args["model"], provider=hold_args["provider"], upstream_model=hold_args["upstream_model"],
+        prompt_tokens=0, completion_tokens=0, cached_tokens=0, reasoning_tokens=0, cost_micros=0,
+        status=UsageStatus.CANCELLED, latency_ms=0, time_to_first_token_ms=None, estimated=True,
+    )
 
 
 def _final_chunk(

@@ -29,8 +29,10 @@ class CallObserver:
     def __init__(self, record: RequestRecord, span: trace.Span | None) -> None:
         self.record = record
         self._span = span
+        self.admission: Admission | None = None
 
     def admitted(self, admission: Admission) -> None:
+        self.admission = admission
         hold = admission.hold
         self.record.admit(
             request_id=hold.request_id, hold=hold, model=admission.model.name,
