@@ -78,9 +78,9 @@ class _NoRoute(Exception):
         self.wait = wait
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a setattr call per field
 class _Started(Generic[T]):
-    """The attempt that returned: what it returned, its route, whether it is a half-open probe."""
+    """The attempt that returned: what it returned, its route, whether it is a half-open probe. Never changed."""
 
     result: T
     route: Route
