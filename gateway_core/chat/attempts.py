@@ -33,7 +33,7 @@ from gateway_core.chat.route_health import RouteHealth
 from gateway_core.chat.route_order import route_order
 from gateway_core.config import ModelSettings, ProviderSettings, Route, RoutingSettings
 from gateway_core.errors import GatewayError, Reason
-from gateway_core.metrics import FALLBACKS, UPSTREAM_ATTEMPTS, UPSTREAM_RETRIES, CachedLabels
+from gateway_core.metrics import FALLBACKS, UPSTREAM_ATTEMPTS, UPSTREAM_RETRIES, HotLabels
 from gateway_core.observability import json_lines
 from gateway_core.pb.gateway.v1 import chat_pb2
 from gateway_core.providers.base import Provider, ProviderError, UpstreamCall
@@ -50,7 +50,7 @@ _CALLERS_FAULT = frozenset({Reason.INVALID_REQUEST, Reason.UNSUPPORTED_PARAMETER
 # A route that failed without a Retry-After is tried again (if at all) after this, doubling.
 _BACKOFF_SECONDS = 0.1
 _BACKOFF_CAP_SECONDS = 2.0
-_UPSTREAM_ATTEMPTS = CachedLabels(UPSTREAM_ATTEMPTS)  # provider, route, outcome
+_UPSTREAM_ATTEMPTS = HotLabels(UPSTREAM_ATTEMPTS)  # provider, route, outcome
 _ATTEMPT_MESSAGE = (
     "upstream_attempt request_id=%(request_id)s model=%(model)s provider=%(provider)s route=%(route)s "
     "attempt=%(attempt)d outcome=%(outcome)s latency_ms=%(latency_ms)d upstream_status=%(upstream_status)s"

@@ -27,13 +27,13 @@ CANCELLED = "cancelled"
 UNKNOWN_MODEL = "unknown"
 
 # Children per label tuple, in each metric's label order (metrics.py).
-_REQUESTS = metrics.CachedLabels(metrics.REQUESTS)  # model, provider, route, status
-_REQUEST_DURATION = metrics.CachedLabels(metrics.REQUEST_DURATION)  # model, provider, mode
-_GATEWAY_OVERHEAD = metrics.CachedLabels(metrics.GATEWAY_OVERHEAD)  # mode
-_TIME_TO_FIRST_TOKEN = metrics.CachedLabels(metrics.TIME_TO_FIRST_TOKEN)  # model, provider
-_TOKENS = metrics.CachedLabels(metrics.TOKENS)  # model, provider, direction
-_COST_MICROS = metrics.CachedLabels(metrics.COST_MICROS)  # model, provider
-_REJECTIONS = metrics.CachedLabels(metrics.REJECTIONS)  # reason
+_REQUESTS = metrics.HotLabels(metrics.REQUESTS)  # model, provider, route, status
+_REQUEST_DURATION = metrics.HotLabels(metrics.REQUEST_DURATION)  # model, provider, mode
+_GATEWAY_OVERHEAD = metrics.HotLabels(metrics.GATEWAY_OVERHEAD)  # mode
+_TIME_TO_FIRST_TOKEN = metrics.HotLabels(metrics.TIME_TO_FIRST_TOKEN)  # model, provider
+_TOKENS = metrics.HotLabels(metrics.TOKENS)  # model, provider, direction
+_COST_MICROS = metrics.HotLabels(metrics.COST_MICROS)  # model, provider
+_REJECTIONS = metrics.HotLabels(metrics.REJECTIONS)  # reason
 
 current: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar("tollgate_request", default=None)
 
