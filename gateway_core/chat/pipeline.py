@@ -130,10 +130,15 @@ class ChatPipeline:
         """
         prepared = await self._prepare(request, metadata, time_remaining)
         run = _UnaryRun(self, prepared, admitted)
-        work = asyncio.ensure_future(run.run())
+        # The task hands its outcome over through `answer`, which is all a cancellation of this
+        # caller cancels (as asyncio.shield would keep the task apart, one loop pass sooner).
+        answer: asyncio.Future[chat_pb2.CreateChatCompletionResponse] = asyncio.get_running_loop().create_future()
+        work = asyncio.ensure_future(run.run(answer))
         try:
-            return await asyncio.shield(work)
+            return await answer
         except asyncio.CancelledError:
+            if answer.done() and not answer.cancelled():
+                answer.exception()  # answered just as the caller left: mark it read, nobody else will
             run.abandon(work)
             raise
 
@@ -317,7 +322,25 @@ class _UnaryRun:
         self._draining = False
         self._upstream_deadline: asyncio.Timeout | None = None
 
-    async def run(self) -> chat_pb2.CreateChatCompletionResponse | None:
+    async def run(self, answer: asyncio.Future[chat_pb2.CreateChatCompletionResponse]) -> None:
+        """Runs the request and sets answer to the billed response or the error, unless the caller
+        has left (answer cancelled): then an error is this task's own, for the background tasks to log."""
+        try:
+            response = await self._run()
+        except BaseException as error:
+            if answer.done():
+                raise
+            if isinstance(error, asyncio.CancelledError):
+                answer.cancel()
+                raise
+            answer.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        if response is not None and not answer.done():
+            answer.set_result(response)
+
+    async def _run(self) -> chat_pb2.CreateChatCompletionResponse | None:
         """The billed response; None once the caller has left (nobody reads it then)."""
         pipeline, prepared = self._pipeline, self._prepared
         try:
