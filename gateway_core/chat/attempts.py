@@ -265,6 +265,14 @@ class RouteAttempts:
         candidates = [route for route in routes if route not in ruled_out]
         if not candidates:
             raise _NoRoute(None)
+        if len(candidates) == 1:  # most models have one route: ready now, or the wait it can afford
+            only = candidates[0]
+            wait = timing.wait(only)
+            if wait == 0:
+                return only, 0.0
+            if not timing.affordable(wait):
+                raise _NoRoute(wait)
+            return only, wait
         ready = [route for route in candidates if timing.wait(route) == 0]
         healthy = [route for route in ready if self.health.available(route)]
         if healthy:
