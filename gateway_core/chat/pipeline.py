@@ -320,7 +320,10 @@ class _UnaryRun:
         self._phase = self._HOLD
         self._abandoned = False
         self._draining = False
-        self._upstream_deadline: asyncio.Timeout | None = None
+        # Set once the caller left during the upstream call: the timer that ends the drain
+        # (cancels the task there), and whether it has fired.
+        self._cut: asyncio.Handle | None = None
+        self._cut_fired = False
 
     async def run(self, answer: asyncio.Future[chat_pb2.CreateChatCompletionResponse]) -> None:
         """Runs the request and sets answer to the billed response or the error, unless the caller
@@ -359,15 +362,14 @@ class _UnaryRun:
         meter = RequestMeter(admission)
         self._phase = self._UPSTREAM
         try:
-            async with asyncio.timeout(None) as self._upstream_deadline:
-                response = await pipeline._attempts.complete(meter)
+            response = await pipeline._attempts.complete(meter)
         except BaseException:
-            self._phase = self._SETTLE
-            if self._abandoned:
+            self._end_upstream()
+            if self._abandoned:  # the drain ended (cut, or the upstream failed): bill what was seen
                 return await self._bill_abandoned(meter)
             await pipeline._settle_with_retries(admission.hold, meter.outcome(UsageStatus.UPSTREAM_ERROR))
             raise
-        self._phase = self._SETTLE
+        self._end_upstream()
         if self._abandoned:  # drained: the upstream answered after the caller left
             meter.observe_response(response)
             return await self._bill_abandoned(meter)
@@ -377,6 +379,17 @@ class _UnaryRun:
         response.usage.CopyFrom(billed_usage(outcome, settlement.charged_micros))
         response.provider = meter.admission.provider.name  # the route that answered
         return response
+
+    def _end_upstream(self) -> None:
+        """The upstream call is over: no cut may reach the settlement, and a cut that did its job is undone
+        from the task's cancellation count (as asyncio.timeout does), so later awaits see a plain task."""
+        self._phase = self._SETTLE
+        if self._cut is not None:
+            self._cut.cancel()
+            if self._cut_fired:
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
 
     async def _bill_abandoned(self, meter: RequestMeter) -> None:
         if self._draining:
@@ -393,14 +406,20 @@ class _UnaryRun:
         pipeline._background.adopt(work)
         if self._phase == self._HOLD:
             pipeline._drop_lease(self._prepared)
-        elif self._phase == self._UPSTREAM and self._upstream_deadline is not None:
+        elif self._phase == self._UPSTREAM:
             loop = asyncio.get_running_loop()
+
+            def cut() -> None:  # ends the upstream call: the task goes on to bill what it saw
+                if self._phase == self._UPSTREAM and not work.done():
+                    self._cut_fired = True
+                    work.cancel()
+
             if pipeline._may_drain():  # wait a bounded time for the answer, to bill its real usage
                 pipeline._drains += 1
                 self._draining = True
-                self._upstream_deadline.reschedule(loop.time() + pipeline._metering.drain_seconds)
+                self._cut = loop.call_later(pipeline._metering.drain_seconds, cut)
             else:
-                self._upstream_deadline.reschedule(loop.time())  # stop the upstream call now
+                self._cut = loop.call_soon(cut)  # stop the upstream call now
 
 
 def _cancelled_before_upstream(hold_args: dict[str, Any]) -> UsageOutcome:

@@ -55,13 +55,13 @@ class GatedUpstream:
 
 @pytest.fixture
 async def core(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Core, str, str, GatedUpstream]]:
-    drains = getattr(request, "param", 8)
+    drains, drain_seconds = getattr(request, "param", (8, 5.0))
     with tempfile.TemporaryDirectory() as directory:
         settings = parse_settings({
             "database": {"url": f"sqlite:///{Path(directory) / 'core.db'}"},
             "admin": {"token": "cancel-test-admin-token-0123"},
             "keys": {"pepper": "cancel-test-pepper-0123456789"},
-            "metering": {"drain_seconds": 5.0, "max_concurrent_drains": drains},
+            "metering": {"drain_seconds": drain_seconds, "max_concurrent_drains": drains},
             "providers": [{"name": "up", "type": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-up-x"}],
             "models": [{"name": MODEL, "routes": [{"provider": "up", "model": "up-m"}],
                         "input_price": 1.0, "output_price": 2.0, "max_output_tokens": 64}],
@@ -159,7 +159,7 @@ async def test_leaving_during_the_upstream_call_drains_it_and_bills_its_real_usa
     assert await _balance(started, account) == CREDIT - record.cost_micros
 
 
-@pytest.mark.parametrize("core", [0], indirect=True)
+@pytest.mark.parametrize("core", [(0, 5.0)], indirect=True)
 async def test_with_no_drain_slot_free_the_upstream_call_is_stopped_at_once_and_estimated(
     core: tuple[Core, str, str, GatedUpstream],
 ) -> None:
@@ -194,3 +194,22 @@ async def test_leaving_while_the_settlement_is_written_lets_it_land_once(
     record = await _record(started, "req-settle")
     assert (record.status, record.prompt_tokens, record.completion_tokens) == (UsageStatus.OK, 7, 5)
     assert await _balance(started, account) == CREDIT - record.cost_micros
+
+
+@pytest.mark.parametrize("core", [(8, 0.2)], indirect=True)
+async def test_a_drain_that_runs_out_stops_the_upstream_and_bills_an_estimate_once(
+    core: tuple[Core, str, str, GatedUpstream],
+) -> None:
+    started, account, key, upstream = core
+    call = _call(started, key, "req-silent")
+    await upstream.entered.wait()
+    await _left(call)
+    await asyncio.wait_for(upstream.cancelled.wait(), 5)  # after drain_seconds, not before
+    record = await _record(started, "req-silent")
+    assert (record.status, record.completion_tokens, record.estimated) == (UsageStatus.CANCELLED, 0, True)
+    assert await _balance(started, account) == CREDIT - record.cost_micros
+    upstream.released.set()
+    # The next request on the same core is untouched by the cut of the last one.
+    upstream.entered.clear()
+    response = await _call(started, key, "req-after")
+    assert response.usage.completion_tokens == 5
