@@ -92,6 +92,10 @@ def bearer_token(metadata: Metadata | None) -> str | None:
         if key.lower() != "authorization":
             continue
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        if text.startswith("Bearer "):  # the usual form: one token, no whitespace around or inside it
+            token = text[7:]
+            if token and token.split() == [token]:
+                return token
         match = _BEARER.fullmatch(text)
         return match.group(1) if match else None
     return None

@@ -118,7 +118,11 @@ def _utc_time(created: float) -> str:
     if cached_second != second:
         prefix = datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second_cache[0] = (second, prefix)
-    return f"{prefix}.{micros // 1000:03d}+00:00"
+    return prefix + _MILLISECOND_SUFFIXES[micros // 1000]
+
+
+# ".000+00:00" ... ".999+00:00": the end of every timestamp, formatted once.
+_MILLISECOND_SUFFIXES = tuple(f".{ms:03d}+00:00" for ms in range(1000))
 
 
 def _message(record: logging.LogRecord, redactor: redaction.Redactor) -> str:

@@ -1,4 +1,5 @@
-"""keys.checksum (two base62 digits at a time) is the 6-digit base62 CRC32 the key format defines."""
+"""The auth path's shortcuts give what the long way gives: keys.checksum two base62 digits at a time,
+bearer_token's plain `Bearer <token>` form without the regex."""
 
 from __future__ import annotations
 
@@ -28,3 +29,14 @@ def test_a_generated_key_parses_and_one_changed_character_does_not() -> None:
     assert keys.parse_key(key) == key_id
     broken = key[:-1] + ("A" if key[-1] != "A" else "B")
     assert keys.parse_key(broken) is None
+
+
+def test_bearer_token_fast_form_and_the_regex_agree() -> None:
+    from gateway_core.auth import _BEARER, bearer_token
+
+    texts = ["Bearer sk-tg-abc", "Bearer  sk-tg-abc", "Bearer sk-tg-abc ", "Bearer ", "Bearer", "bearer x",
+             "BEARER x", " Bearer x", "Bearer a b", "Bearer a\tb", "Bearer a\u2003b", "Bearer a\u00a0", "Bearer \u2003",
+             "Basic x", "Bearer x\n", "Bearer ünïcode"]
+    for text in texts:
+        match = _BEARER.fullmatch(text)
+        assert bearer_token([("authorization", text)]) == (match.group(1) if match else None), repr(text)
