@@ -89,8 +89,24 @@ def _masked(redactor: redaction.Redactor, name: str, value: Any) -> Any:
         if kind is str:
             return value if ("=" not in value and ":" not in value) else redactor.mask_names(name, value)
         if kind is dict:
-            return {str(k): _masked(redactor, str(k), v) for k, v in value.items()}
+            return _masked_dict(redactor, value)
     return redactor.mask_names(name, value)
+
+
+def _masked_dict(redactor: redaction.Redactor, value: dict[Any, Any]) -> dict[str, Any]:
+    """mask_names of a dict field, its usual entries (as in format_info) taken inline."""
+    unmasked = _UNMASKED_NAMES
+    masked: dict[str, Any] = {}
+    for key, item in value.items():
+        name = key if type(key) is str else str(key)
+        kind = type(item)
+        if name in unmasked and (
+            kind is int or item is None or kind is bool or (kind is str and "=" not in item and ":" not in item)
+        ):
+            masked[name] = item
+        else:
+            masked[name] = _masked(redactor, name, item)
+    return masked
 
 
 # Field names of the access and upstream_attempt lines; none is a name redaction masks.

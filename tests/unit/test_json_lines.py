@@ -93,7 +93,8 @@ def test_the_attempt_line_with_its_message_and_nested_fields_matches_and_secrets
 ) -> None:
     handler, out = only_batching_json
     fields = {"request_id": "sk-tg-leakyleakyleaky", "model": "m", "provider": "p", "route": SECRET_LITERAL,
-              "attempt": 1, "outcome": "ok", "latency_ms": 3, "upstream_status": None, "streamed": False}
+              "attempt": 1, "outcome": "ok", "latency_ms": 3, "upstream_status": None, "streamed": False,
+              "authorization": "Bearer zzz-secret-zzz", "note": "api_key: k-secret-k", 7: True}
     message = "upstream_attempt request_id=%(request_id)s route=%(route)s attempt=%(attempt)d"
     logger = logging.getLogger("tollgate.routing")
     with alone(handler):
@@ -105,6 +106,7 @@ def test_the_attempt_line_with_its_message_and_nested_fields_matches_and_secrets
     assert fast == _lines(io.StringIO(slow_text))
     for text in (fast_text, slow_text):
         assert "sk-tg-leaky" not in text and SECRET_LITERAL not in text
+        assert "zzz-secret-zzz" not in text and "k-secret-k" not in text
         assert redaction.MASK in text
 
 
