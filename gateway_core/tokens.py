@@ -102,14 +102,22 @@ def _count(text: str) -> int:
     other than one space) are looped over.
     """
     # Letters: a word of up to 6 letters is one token, a longer one (n + 3) // 4.
+    # (Each sum only when its list has something: most short texts have no digits or spaced runs.)
     long_words = _LONG_WORDS.findall(text)
-    tokens = len(_WORDS.findall(text)) - len(long_words) + sum((len(w) + 3) // 4 for w in long_words)
-    tokens += sum((len(d) + 2) // 3 for d in _DIGITS.findall(text))
-    tokens += sum((len(p) + 1) // 2 for p in _PUNCTUATION.findall(text))
+    tokens = len(_WORDS.findall(text))
+    if long_words:
+        tokens += sum((len(w) + 3) // 4 for w in long_words) - len(long_words)
+    digits = _DIGITS.findall(text)
+    if digits:
+        tokens += sum((len(d) + 2) // 3 for d in digits)
+    punctuation = _PUNCTUATION.findall(text)
+    if punctuation:
+        tokens += sum((len(p) + 1) // 2 for p in punctuation)
     # A single space belongs to the next word's token; other runs (newlines,
     # indentation) are about one token per 8 characters.
     spaces = _COUNTED_SPACES.findall(text)
-    tokens += sum((len(run) + 7) // 8 for run in spaces)
+    if spaces:
+        tokens += sum((len(run) + 7) // 8 for run in spaces)
     if not text.isascii():
         # Each non-ASCII character is a token, except inside a whitespace run
         # that an ASCII whitespace character started (_PIECES's `\s+`).
