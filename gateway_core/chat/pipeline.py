@@ -122,11 +122,12 @@ class ChatPipeline:
         self, request: ChatRequest, metadata: Metadata, time_remaining: float | None,
         admitted: Callable[[Admission], None],
     ) -> chat_pb2.CreateChatCompletionResponse:
-        """admit() then complete(), with one shielded task for hold, upstream and settle instead of one each.
+        """Runs a unary request: admits it, calls upstream and settles before answering.
 
-        admitted(admission) is called once the hold is written, before the upstream call. The
-        guarantees are complete()'s and admit()'s: if the caller is cancelled at any point after
-        the limits were taken, the request is still settled exactly once (see _UnaryRun).
+        Hold, upstream call and settlement run in one task apart from the caller (_UnaryRun), so
+        a caller cancelled at any point after its limits were taken still leaves the request
+        settled exactly once. admitted(admission) is called once the hold is written, before the
+        upstream call.
         """
         prepared = await self._prepare(request, metadata, time_remaining)
         run = _UnaryRun(self, prepared, admitted)
@@ -157,25 +158,6 @@ class ChatPipeline:
         if lease.limiter is not None and request_id not in self._leases:
             self._leases[request_id] = lease
         return lease
-
-    async def complete(self, admission: Admission) -> chat_pb2.CreateChatCompletionResponse:
-        """Runs a unary request and settles it before answering."""
-        meter = RequestMeter(admission)
-        upstream = asyncio.ensure_future(self._attempts.complete(meter))
-        try:
-            response = await asyncio.shield(upstream)
-        except asyncio.CancelledError:
-            self._background.spawn(self._drain_unary(meter, upstream), name=f"drain-{admission.call.request_id}")
-            raise
-        except BaseException:
-            await self._settle_shielded(admission.hold, meter.outcome(UsageStatus.UPSTREAM_ERROR))
-            raise
-        meter.observe_response(response)
-        outcome = meter.outcome(UsageStatus.OK)
-        settlement = await self._settle_shielded(admission.hold, outcome)
-        response.usage.CopyFrom(billed_usage(outcome, settlement.charged_micros))
-        response.provider = meter.admission.provider.name  # the route that answered
-        return response
 
     async def stream(self, admission: Admission) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
         """Streams a request; the last message carries the billed usage, after settlement."""
@@ -248,19 +230,6 @@ class ChatPipeline:
     def _may_drain(self) -> bool:
         return self._drains < self._metering.max_concurrent_drains
 
-    async def _drain_unary(self, meter: RequestMeter, upstream: asyncio.Future[chat_pb2.CreateChatCompletionResponse]) -> None:
-        """Waits a bounded time for an abandoned unary call's answer, then bills what is known."""
-        if self._may_drain():
-            self._drains += 1
-            try:
-                meter.observe_response(await asyncio.wait_for(upstream, self._metering.drain_seconds))
-            except Exception:  # noqa: BLE001 - timed out or failed: bill what is known, below
-                pass
-            finally:
-                self._drains -= 1
-        upstream.cancel()
-        await self._settle_with_retries(meter.admission.hold, meter.outcome(UsageStatus.CANCELLED))
-
     async def _drain_stream(self, meter: RequestMeter, pump: StreamPump) -> None:
         """Reads an abandoned stream a bounded time for its usage, then bills what was seen."""
         if self._may_drain():
@@ -302,13 +271,13 @@ class _Prepared:
 
 
 class _UnaryRun:
-    """One unary request's hold, upstream call and settlement, in one task its caller awaits shielded.
+    """One unary request's hold, upstream call and settlement, in one task apart from its caller.
 
-    If the caller leaves (abandon()), the task carries on by itself, as admit() and complete()
-    do with their three tasks: a hold being written is settled at zero once it lands (the
-    limits go back at once); an upstream call being made is drained for drain_seconds (when
-    fewer than max_concurrent_drains run) and billed as CANCELLED with what it produced; a
-    settlement being written completes. One per request; runs on the caller's event loop.
+    If the caller leaves (abandon()), the task carries on by itself: a hold being written is
+    settled at zero once it lands (the limits go back at once); an upstream call being made is
+    drained for drain_seconds (when fewer than max_concurrent_drains run) and billed as
+    CANCELLED with what it produced; a settlement being written completes. One per request;
+    runs on the caller's event loop.
     """
 
     _HOLD, _UPSTREAM, _SETTLE = "hold", "upstream", "settle"
