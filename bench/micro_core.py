@@ -99,7 +99,8 @@ def _chunks_of(upstream_model: str) -> int:
 
 
 def _stub_ledger_writes(core: Any) -> None:
-    """--db-stub: the hold and settle transactions answer at once on the loop, without the DB threads.
+    """--db-stub: the hold and settle transactions answer at once on the loop, without the DB threads
+    (whether a tree runs them through Database.run or Database.run_lean).
 
     What is left is the core's own loop work (the brief's "core loop CPU"): every
     other step is real, auth lookups and account limits still go to SQLite (cached).
@@ -123,6 +124,25 @@ def _stub_ledger_writes(core: Any) -> None:
         return await real_run(fn, write=write)
 
     database.run = run
+
+    # The money path's lean statements (store/holds.py through Database.run_lean), where a tree has them:
+    # without this, --db-stub stubbed nothing once hold and settle moved there.
+    real_lean = getattr(database, "run_lean", None)
+
+    async def run_lean(fn: Any, *, durable: bool = True) -> Any:
+        name = getattr(getattr(fn, "func", None), "__name__", "")
+        if name == "reserve":
+            request = fn.keywords["request"]
+            return SimpleNamespace(request_id=request.request_id, account_id=request.account_id,
+                                   api_key_id=request.api_key_id, amount_micros=request.amount_micros)
+        if name == "settle" and "outcome" in fn.keywords:
+            outcome = fn.keywords["outcome"]
+            return Settlement(fn.keywords["request_id"], max(outcome.cost_micros, 0), 0, 0, False)
+        assert real_lean is not None
+        return await real_lean(fn, durable=durable)
+
+    if real_lean is not None:
+        database.run_lean = run_lean
 
 
 def _settings(directory: Path) -> Any:
@@ -214,7 +234,7 @@ async def _profile(stub: Any, kind: str, count: int, key: str) -> None:
     profiler.enable()
     await _measure(stub, kind, count, key)
     profiler.disable()
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(45)
+    pstats.Stats(profiler).sort_stats(os.environ.get("MICRO_SORT", "tottime")).print_stats(int(os.environ.get("MICRO_ROWS", "45")))
 
 
 def _report(results: dict[str, list[tuple[float, float]]], best: bool = False) -> None:

@@ -92,6 +92,10 @@ def bearer_token(metadata: Metadata | None) -> str | None:
         if key.lower() != "authorization":
             continue
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        if text.startswith("Bearer "):  # the usual form: one token, no whitespace around or inside it
+            token = text[7:]
+            if token and token.split() == [token]:
+                return token
         match = _BEARER.fullmatch(text)
         return match.group(1) if match else None
     return None
@@ -106,6 +110,8 @@ def invalid_api_key() -> GatewayError:
 class _Cached:
     fetched_at: float
     credential: ApiKeyCredential
+    # The key's Principal, built once per fetch (immutable, so every request may share it).
+    principal: Principal
 
 
 class Authenticator:
@@ -139,25 +145,29 @@ class Authenticator:
         if token is None or key_id is None:
             raise invalid_api_key()
         digest = hash_key(token, self._pepper)  # before the lookup: same work for known and unknown ids
-        credential = await self._credential(key_id)
-        if credential is None or not hmac.compare_digest(credential.key_hash, digest):
+        cached = self._cache.get(key_id)
+        if cached is None or self._clock() - cached.fetched_at >= self._cache_seconds:
+            cached = await self._fetch(key_id)
+            if cached is None:
+                raise invalid_api_key()
+        credential = cached.credential
+        if not hmac.compare_digest(credential.key_hash, digest):
             raise invalid_api_key()
         key = credential.key
         if key.revoked_at is not None or (key.expire_time is not None and key.expire_time <= self._now()):
             raise invalid_api_key()
-        return Principal.from_key(key, credential.account_allowed_models)
+        return cached.principal
 
-    async def _credential(self, key_id: str) -> ApiKeyCredential | None:
-        cached = self._cache.get(key_id)
-        if cached is not None and self._clock() - cached.fetched_at < self._cache_seconds:
-            return cached.credential
+    async def _fetch(self, key_id: str) -> _Cached | None:
+        """The key's credential from the store, cached if it may authenticate; None if unknown or revoked."""
         credential = await self._store.get_api_key_for_auth(key_id)
         # Unknown and revoked keys are not cached, so guessing ids cannot fill the cache.
         if credential is None or credential.key.revoked_at is not None:
             self._cache.pop(key_id, None)
-            return credential
-        self._cache[key_id] = _Cached(self._clock(), credential)
+            return None
+        entry = _Cached(self._clock(), credential, Principal.from_key(credential.key, credential.account_allowed_models))
+        self._cache[key_id] = entry
         self._cache.move_to_end(key_id)
         while len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)
-        return credential
+        return entry

@@ -23,6 +23,11 @@ class BackgroundTasks:
         task.add_done_callback(self._finished)
         return task
 
+    def adopt(self, task: asyncio.Task[Any]) -> None:
+        """Watches a task that is already running, as if spawn() had started it."""
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:

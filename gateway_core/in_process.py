@@ -140,6 +140,11 @@ class _Context:
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self._metadata
 
+    def deadline(self) -> float:
+        """The loop time the call's deadline falls at (only for a call with a timeout)."""
+        assert self._deadline is not None
+        return self._deadline
+
     def time_remaining(self) -> float | None:
         if self._deadline is None:
             return None
@@ -216,14 +221,14 @@ def _unimplemented() -> grpc.aio.AioRpcError:
     return _rpc_error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
 
 
-def _call_error(exc: Exception, context: _Context, deadline: asyncio.Timeout | None) -> grpc.aio.AioRpcError:
+def _call_error(exc: Exception, context: _Context, deadline_expired: bool) -> grpc.aio.AioRpcError:
     """What a handler's exception reaches the caller as, the way grpc.aio's server reports it."""
     if isinstance(exc, grpc.aio.AioRpcError):
         return exc
     if isinstance(exc, grpc.aio.AbortError):
         return context.error()
     if isinstance(exc, TimeoutError):
-        return _deadline_exceeded() if deadline is not None and deadline.expired() else _unexpected(exc)
+        return _deadline_exceeded() if deadline_expired else _unexpected(exc)
     if context.code() != grpc.StatusCode.OK:  # set_code() and raise, as generated stubs do
         return context.error()
     return _unexpected(exc)
@@ -250,14 +255,39 @@ class UnaryUnaryCall(Generic[ResponseT]):
     async def _run(self, handler: grpc.RpcMethodHandler | None, request: Any, timeout: float | None) -> ResponseT:
         if handler is None or handler.unary_unary is None:
             raise _unimplemented()
-        deadline: asyncio.Timeout | None = None
+        # The deadline as asyncio.timeout would enforce it (cancel the handler's task when it passes,
+        # report DEADLINE_EXCEEDED if that cancellation is what ended it), with one timer handle
+        # and no context-manager coroutines per call.
+        deadline: asyncio.TimerHandle | None = None
+        expired = False
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        if timeout is not None:
+            def expire() -> None:
+                nonlocal expired
+                expired = True
+                task.cancel()
+
+            deadline = asyncio.get_running_loop().call_at(self._context.deadline(), expire)
         try:
-            async with asyncio.timeout(timeout) as deadline:
-                response: ResponseT = await handler.unary_unary(request, self._context)
+            response: ResponseT = await handler.unary_unary(request, self._context)
+        except asyncio.CancelledError:
+            # Our deadline, and no cancel() besides: the caller sees DEADLINE_EXCEEDED, as from grpc.aio.
+            if expired and task.uncancel() <= cancelling:
+                raise _deadline_exceeded() from None
+            raise
         except grpc.aio.AioRpcError:
             raise
         except Exception as exc:
-            raise _call_error(exc, self._context, deadline) from None
+            if expired:
+                task.uncancel()
+            raise _call_error(exc, self._context, expired) from None
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+        if expired:  # the handler swallowed the deadline's cancellation and answered: as asyncio.timeout
+            task.uncancel()
         return response
 
     def __await__(self) -> Any:
@@ -331,7 +361,7 @@ class UnaryStreamCall(Generic[ResponseT]):
             self._outcome = _rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
             return  # cancelled by cancel(): nobody reads any more
         except Exception as exc:
-            self._outcome = _call_error(exc, self._context, deadline)
+            self._outcome = _call_error(exc, self._context, deadline is not None and deadline.expired())
         # The end marker may wait for queue space; a cancel() then ends this task.
         with contextlib.suppress(asyncio.CancelledError):
             await self._messages.put(_END)

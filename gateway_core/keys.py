@@ -53,10 +53,17 @@ def _base62(number: int, width: int) -> str:
     return "".join(reversed(digits))
 
 
+# Every two-digit base62 string, by value: a 6-digit number is three of them (checked on every request).
+_BASE62_PAIRS = tuple(high + low for high in BASE62 for low in BASE62)
+_PAIR = len(_BASE62_PAIRS)
+
+
 def checksum(body: str) -> str:
     """The 6-character base62 CRC32 of a key's body (everything before the checksum)."""
-    # 62**6 > 2**32, so every CRC32 value fits in the fixed width.
-    return _base62(zlib.crc32(body.encode("ascii")), CHECKSUM_LENGTH)
+    # 62**6 > 2**32, so every CRC32 value fits in the fixed width: _base62(crc, 6), two digits at a time.
+    rest, low = divmod(zlib.crc32(body.encode("ascii")), _PAIR)
+    high, middle = divmod(rest, _PAIR)
+    return _BASE62_PAIRS[high % _PAIR] + _BASE62_PAIRS[middle] + _BASE62_PAIRS[low]
 
 
 def generate_key() -> tuple[str, str]:

@@ -10,9 +10,11 @@ names, reason codes from `gateway_core.errors.Reason`, and small fixed words
 
 from __future__ import annotations
 
+import bisect
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.values import MutexValue
 
 M = TypeVar("M", Counter, Gauge, Histogram)
 
@@ -113,3 +115,76 @@ class CachedLabels(Generic[M]):
         if child is None:
             child = self._children[values] = self._metric.labels(*values)
         return child  # type: ignore[no-any-return]
+
+
+class HotLabels(Generic[M]):
+    """CachedLabels for the per-request hot path: children that count without prometheus_client's
+    per-call checks (observability check, a method call per step, a Python loop over buckets).
+
+    `labels(...)` gives an object with the child's `inc(amount)` (counters) or `observe(amount)`
+    (histograms) that changes the child's own values, under the same per-value lock, exactly
+    as the child would: /metrics shows the same numbers. Where that cannot be done safely (a
+    multiprocess value class, another metric type) the child itself is handed out.
+    """
+
+    def __init__(self, metric: M) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        """The hot child for these label values, in the metric's label order."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = hot_child(self._metric.labels(*values))
+        return child
+
+
+def hot_child(child: Any) -> Any:
+    """A faster stand-in for a Counter or Histogram child, or the child itself."""
+    if type(child) is Counter and type(child._value) is MutexValue:
+        return _HotCounter(child._value)
+    if (type(child) is Histogram and type(child._sum) is MutexValue
+            and all(type(bucket) is MutexValue for bucket in child._buckets)):
+        return _HotHistogram(child)
+    return child
+
+
+class _HotCounter:
+    """Counter.inc on one child's value: same check, same lock, fewer calls."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: MutexValue) -> None:
+        self._value = value
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        value = self._value
+        with value._lock:
+            value._value += amount
+
+
+class _HotHistogram:
+    """Histogram.observe on one child's values: its sum and the first bucket whose bound holds the
+    amount (found by bisection instead of a loop), each under its own lock as the child does."""
+
+    __slots__ = ("_child", "_sum", "_buckets", "_bounds")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._sum: MutexValue = child._sum
+        self._buckets: list[MutexValue] = list(child._buckets)
+        self._bounds: list[float] = list(child._upper_bounds)
+
+    def observe(self, amount: float) -> None:
+        index = bisect.bisect_left(self._bounds, amount)
+        if amount != amount or index >= len(self._buckets):  # NaN (counted in no bucket): the child's way
+            self._child.observe(amount)
+            return
+        total = self._sum
+        with total._lock:
+            total._value += amount
+        bucket = self._buckets[index]
+        with bucket._lock:
+            bucket._value += 1

@@ -58,6 +58,8 @@ _COUNTED_SPACES = re.compile(r"[\t-\r\x1c-\x20]\s+|[\t-\r\x1c-\x1f]")
 
 def estimate_text_tokens(text: str) -> int:
     """About how many tokens an OpenAI-style tokenizer makes of text."""
+    if not text:  # most optional fields of a message are empty: no regex passes for them
+        return 0
     if len(text) <= SAMPLE_THRESHOLD:
         if len(text) < CACHE_MIN_CHARS:
             return _count(text)
@@ -100,14 +102,22 @@ def _count(text: str) -> int:
     other than one space) are looped over.
     """
     # Letters: a word of up to 6 letters is one token, a longer one (n + 3) // 4.
+    # (Each sum only when its list has something: most short texts have no digits or spaced runs.)
     long_words = _LONG_WORDS.findall(text)
-    tokens = len(_WORDS.findall(text)) - len(long_words) + sum((len(w) + 3) // 4 for w in long_words)
-    tokens += sum((len(d) + 2) // 3 for d in _DIGITS.findall(text))
-    tokens += sum((len(p) + 1) // 2 for p in _PUNCTUATION.findall(text))
+    tokens = len(_WORDS.findall(text))
+    if long_words:
+        tokens += sum((len(w) + 3) // 4 for w in long_words) - len(long_words)
+    digits = _DIGITS.findall(text)
+    if digits:
+        tokens += sum((len(d) + 2) // 3 for d in digits)
+    punctuation = _PUNCTUATION.findall(text)
+    if punctuation:
+        tokens += sum((len(p) + 1) // 2 for p in punctuation)
     # A single space belongs to the next word's token; other runs (newlines,
     # indentation) are about one token per 8 characters.
     spaces = _COUNTED_SPACES.findall(text)
-    tokens += sum((len(run) + 7) // 8 for run in spaces)
+    if spaces:
+        tokens += sum((len(run) + 7) // 8 for run in spaces)
     if not text.isascii():
         # Each non-ASCII character is a token, except inside a whitespace run
         # that an ASCII whitespace character started (_PIECES's `\s+`).
@@ -132,15 +142,18 @@ def estimate_prompt_tokens(request: ChatRequest) -> int:
 
 def _message_tokens(message: chat_pb2.Message) -> int:
     tokens = estimate_text_tokens(message.content) if message.HasField("content") else 0
-    tokens += sum(_part_tokens(part) for part in message.parts)
+    if message.parts:
+        tokens += sum(_part_tokens(part) for part in message.parts)
     if message.name:
         tokens += TOKENS_PER_NAME + estimate_text_tokens(message.name)
     for call in message.tool_calls:
         tokens += TOKENS_PER_TOOL_CALL + estimate_text_tokens(
             f"{call.id} {call.function.name} {call.function.arguments}"
         )
-    rest = (message.tool_call_id, message.refusal, message.extra_json)
-    return tokens + sum(estimate_text_tokens(text) for text in rest)
+    return (
+        tokens + estimate_text_tokens(message.tool_call_id) + estimate_text_tokens(message.refusal)
+        + estimate_text_tokens(message.extra_json)
+    )
 
 
 def _part_tokens(part: chat_pb2.ContentPart) -> int:

@@ -33,7 +33,8 @@ from gateway_core.chat.route_health import RouteHealth
 from gateway_core.chat.route_order import route_order
 from gateway_core.config import ModelSettings, ProviderSettings, Route, RoutingSettings
 from gateway_core.errors import GatewayError, Reason
-from gateway_core.metrics import FALLBACKS, UPSTREAM_ATTEMPTS, UPSTREAM_RETRIES, CachedLabels
+from gateway_core.metrics import FALLBACKS, UPSTREAM_ATTEMPTS, UPSTREAM_RETRIES, HotLabels
+from gateway_core.observability import json_lines
 from gateway_core.pb.gateway.v1 import chat_pb2
 from gateway_core.providers.base import Provider, ProviderError, UpstreamCall
 
@@ -49,7 +50,11 @@ _CALLERS_FAULT = frozenset({Reason.INVALID_REQUEST, Reason.UNSUPPORTED_PARAMETER
 # A route that failed without a Retry-After is tried again (if at all) after this, doubling.
 _BACKOFF_SECONDS = 0.1
 _BACKOFF_CAP_SECONDS = 2.0
-_UPSTREAM_ATTEMPTS = CachedLabels(UPSTREAM_ATTEMPTS)  # provider, route, outcome
+_UPSTREAM_ATTEMPTS = HotLabels(UPSTREAM_ATTEMPTS)  # provider, route, outcome
+_ATTEMPT_MESSAGE = (
+    "upstream_attempt request_id=%(request_id)s model=%(model)s provider=%(provider)s route=%(route)s "
+    "attempt=%(attempt)d outcome=%(outcome)s latency_ms=%(latency_ms)d upstream_status=%(upstream_status)s"
+)
 _BUSY_MESSAGE = "the upstream provider for this model is over capacity; try again later"
 
 
@@ -73,9 +78,9 @@ class _NoRoute(Exception):
         self.wait = wait
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a setattr call per field
 class _Started(Generic[T]):
-    """The attempt that returned: what it returned, its route, whether it is a half-open probe."""
+    """The attempt that returned: what it returned, its route, whether it is a half-open probe. Never changed."""
 
     result: T
     route: Route
@@ -261,6 +266,14 @@ class RouteAttempts:
         candidates = [route for route in routes if route not in ruled_out]
         if not candidates:
             raise _NoRoute(None)
+        if len(candidates) == 1:  # most models have one route: ready now, or the wait it can afford
+            only = candidates[0]
+            wait = timing.wait(only)
+            if wait == 0:
+                return only, 0.0
+            if not timing.affordable(wait):
+                raise _NoRoute(wait)
+            return only, wait
         ready = [route for route in candidates if timing.wait(route) == 0]
         healthy = [route for route in ready if self.health.available(route)]
         if healthy:
@@ -344,8 +357,6 @@ def _log_attempt(
         "upstream_status": None if error is None else error.upstream_status,
         "streamed": streamed,
     }
-    log.info(
-        "upstream_attempt request_id=%(request_id)s model=%(model)s provider=%(provider)s route=%(route)s "
-        "attempt=%(attempt)d outcome=%(outcome)s latency_ms=%(latency_ms)d upstream_status=%(upstream_status)s",
-        fields, extra={"upstream_attempt": fields},
-    )
+    if json_lines.info_line(log, _ATTEMPT_MESSAGE % fields, {"upstream_attempt": fields}):
+        return
+    log.info(_ATTEMPT_MESSAGE, fields, extra={"upstream_attempt": fields})

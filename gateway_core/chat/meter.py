@@ -69,7 +69,8 @@ class RequestMeter:
         for choice in response.choices:
             message = choice.message
             self._output.append(message.content + message.refusal)
-            self._output.extend(c.function.name + c.function.arguments for c in message.tool_calls)
+            if message.tool_calls:
+                self._output.extend(c.function.name + c.function.arguments for c in message.tool_calls)
 
     @property
     def produced_output(self) -> bool:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gateway_core.auth import Authenticator, Principal
@@ -20,7 +21,7 @@ from gateway_core.background import BackgroundTasks
 from gateway_core.chat.meter import Admission, RequestMeter, billed_usage
 from gateway_core.chat.pump import StreamPump
 from gateway_core.chat.validate import validate_request
-from gateway_core.config import MeteringSettings, RoutingSettings
+from gateway_core.config import MeteringSettings, ModelSettings, Route, RoutingSettings
 from gateway_core.errors import GatewayError
 from gateway_core.limits.enforcer import LimitEnforcer, Lease
 from gateway_core.metering.ledger import Ledger
@@ -70,6 +71,16 @@ class ChatPipeline:
 
     async def admit(self, request: ChatRequest, metadata: Metadata, time_remaining: float | None) -> Admission:
         """Checks the caller and the request, then holds the worst-case cost."""
+        prepared = await self._prepare(request, metadata, time_remaining)
+        try:
+            hold = await self._hold_shielded(prepared.hold_args)
+        except BaseException:
+            self._drop_lease(prepared)
+            raise
+        return prepared.admission(hold)
+
+    async def _prepare(self, request: ChatRequest, metadata: Metadata, time_remaining: float | None) -> _Prepared:
+        """Everything of admission but the hold: auth, validation, route, estimate, limits (lease taken)."""
         started = time.monotonic()
         principal = await self._auth.authenticate(metadata)
         validate_request(request)
@@ -85,7 +96,7 @@ class ChatPipeline:
             client_model=request.model,
             request_id=request.request_id or _metadata_value(metadata, "x-request-id") or new_request_id(),
             timeout_seconds=None if time_remaining is None else max(time_remaining - _DEADLINE_MARGIN_SECONDS, 0.001),
-            forward_headers=_trace_headers(metadata),
+            forward_headers=_trace_headers(metadata) if metadata else (),
         )
         hold_args = dict(
             request_id=call.request_id,
@@ -97,17 +108,40 @@ class ChatPipeline:
             upstream_model=route.model,
         )
         lease = await self._take_limits(principal, call.request_id, prompt_estimate)
-        try:
-            hold = await self._hold_shielded(hold_args)
-        except BaseException:
-            if self._leases.get(call.request_id) is lease:
-                del self._leases[call.request_id]
-            self._background.spawn(lease.finish(None), name=f"limits-{call.request_id}")
-            raise
         choices = request.n if request.HasField("n") else 1
-        return Admission(
-            model, provider, call, hold, prompt_estimate, choices * limit, started, routes, limit_headers=lease.headers
-        )
+        return _Prepared(model, provider, call, prompt_estimate, choices * limit, started, routes, lease, hold_args)
+
+    def _drop_lease(self, prepared: _Prepared) -> None:
+        """The hold failed or its caller left while it was written: the limits go back now."""
+        request_id, lease = prepared.call.request_id, prepared.lease
+        if self._leases.get(request_id) is lease:
+            del self._leases[request_id]
+        self._background.spawn(lease.finish(None), name=f"limits-{request_id}")
+
+    async def unary(
+        self, request: ChatRequest, metadata: Metadata, time_remaining: float | None,
+        admitted: Callable[[Admission], None],
+    ) -> chat_pb2.CreateChatCompletionResponse:
+        """Runs a unary request: admits it, calls upstream and settles before answering.
+
+        Hold, upstream call and settlement run in one task apart from the caller (_UnaryRun), so
+        a caller cancelled at any point after its limits were taken still leaves the request
+        settled exactly once. admitted(admission) is called once the hold is written, before the
+        upstream call.
+        """
+        prepared = await self._prepare(request, metadata, time_remaining)
+        run = _UnaryRun(self, prepared, admitted)
+        # The task hands its outcome over through `answer`, which is all a cancellation of this
+        # caller cancels (as asyncio.shield would keep the task apart, one loop pass sooner).
+        answer: asyncio.Future[chat_pb2.CreateChatCompletionResponse] = asyncio.get_running_loop().create_future()
+        work = asyncio.ensure_future(run.run(answer))
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            if answer.done() and not answer.cancelled():
+                answer.exception()  # answered just as the caller left: mark it read, nobody else will
+            run.abandon(work)
+            raise
 
     async def _take_limits(self, principal: Principal, request_id: str, prompt_estimate: int) -> Lease:
         """Spends the caller's rate and concurrency limits (429 if over); remembered until settle."""
@@ -124,25 +158,6 @@ class ChatPipeline:
         if lease.limiter is not None and request_id not in self._leases:
             self._leases[request_id] = lease
         return lease
-
-    async def complete(self, admission: Admission) -> chat_pb2.CreateChatCompletionResponse:
-        """Runs a unary request and settles it before answering."""
-        meter = RequestMeter(admission)
-        upstream = asyncio.ensure_future(self._attempts.complete(meter))
-        try:
-            response = await asyncio.shield(upstream)
-        except asyncio.CancelledError:
-            self._background.spawn(self._drain_unary(meter, upstream), name=f"drain-{admission.call.request_id}")
-            raise
-        except BaseException:
-            await self._settle_shielded(admission.hold, meter.outcome(UsageStatus.UPSTREAM_ERROR))
-            raise
-        meter.observe_response(response)
-        outcome = meter.outcome(UsageStatus.OK)
-        settlement = await self._settle_shielded(admission.hold, outcome)
-        response.usage.CopyFrom(billed_usage(outcome, settlement.charged_micros))
-        response.provider = meter.admission.provider.name  # the route that answered
-        return response
 
     async def stream(self, admission: Admission) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
         """Streams a request; the last message carries the billed usage, after settlement."""
@@ -182,12 +197,7 @@ class ChatPipeline:
             hold = await writing
         except GatewayError:
             return
-        outcome = UsageOutcome(
-            model=hold_args["model"], provider=hold_args["provider"], upstream_model=hold_args["upstream_model"],
-            prompt_tokens=0, completion_tokens=0, cached_tokens=0, reasoning_tokens=0, cost_micros=0,
-            status=UsageStatus.CANCELLED, latency_ms=0, time_to_first_token_ms=None, estimated=True,
-        )
-        await self._settle_with_retries(hold, outcome)
+        await self._settle_with_retries(hold, _cancelled_before_upstream(hold_args))
 
     async def _settle_shielded(self, hold: Hold, outcome: UsageOutcome) -> Settlement:
         """Settles even if the caller is cancelled meanwhile: the write must land."""
@@ -220,19 +230,6 @@ class ChatPipeline:
     def _may_drain(self) -> bool:
         return self._drains < self._metering.max_concurrent_drains
 
-    async def _drain_unary(self, meter: RequestMeter, upstream: asyncio.Future[chat_pb2.CreateChatCompletionResponse]) -> None:
-        """Waits a bounded time for an abandoned unary call's answer, then bills what is known."""
-        if self._may_drain():
-            self._drains += 1
-            try:
-                meter.observe_response(await asyncio.wait_for(upstream, self._metering.drain_seconds))
-            except Exception:  # noqa: BLE001 - timed out or failed: bill what is known, below
-                pass
-            finally:
-                self._drains -= 1
-        upstream.cancel()
-        await self._settle_with_retries(meter.admission.hold, meter.outcome(UsageStatus.CANCELLED))
-
     async def _drain_stream(self, meter: RequestMeter, pump: StreamPump) -> None:
         """Reads an abandoned stream a bounded time for its usage, then bills what was seen."""
         if self._may_drain():
@@ -250,6 +247,157 @@ class ChatPipeline:
 
 async def _await(future: asyncio.Future[Any]) -> Any:
     return await future
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a setattr call per field
+class _Prepared:
+    """A request admitted up to its hold: checked, routed, estimated, its limits taken. Never changed."""
+
+    model: ModelSettings
+    provider: Provider
+    call: UpstreamCall
+    prompt_estimate: int
+    max_completion_tokens: int
+    started: float
+    routes: tuple[Route, ...]
+    lease: Lease
+    hold_args: dict[str, Any]
+
+    def admission(self, hold: Hold) -> Admission:
+        return Admission(
+            self.model, self.provider, self.call, hold, self.prompt_estimate, self.max_completion_tokens,
+            self.started, self.routes, limit_headers=self.lease.headers,
+        )
+
+
+class _UnaryRun:
+    """One unary request's hold, upstream call and settlement, in one task apart from its caller.
+
+    If the caller leaves (abandon()), the task carries on by itself: a hold being written is
+    settled at zero once it lands (the limits go back at once); an upstream call being made is
+    drained for drain_seconds (when fewer than max_concurrent_drains run) and billed as
+    CANCELLED with what it produced; a settlement being written completes. One per request;
+    runs on the caller's event loop.
+    """
+
+    _HOLD, _UPSTREAM, _SETTLE = "hold", "upstream", "settle"
+
+    def __init__(self, pipeline: ChatPipeline, prepared: _Prepared, admitted: Callable[[Admission], None]) -> None:
+        self._pipeline = pipeline
+        self._prepared = prepared
+        self._admitted = admitted
+        self._phase = self._HOLD
+        self._abandoned = False
+        self._draining = False
+        # Set once the caller left during the upstream call: the timer that ends the drain
+        # (cancels the task there), and whether it has fired.
+        self._cut: asyncio.Handle | None = None
+        self._cut_fired = False
+
+    async def run(self, answer: asyncio.Future[chat_pb2.CreateChatCompletionResponse]) -> None:
+        """Runs the request and sets answer to the billed response or the error, unless the caller
+        has left (answer cancelled): then an error is this task's own, for the background tasks to log."""
+        try:
+            response = await self._run()
+        except BaseException as error:
+            if answer.done():
+                raise
+            if isinstance(error, asyncio.CancelledError):
+                answer.cancel()
+                raise
+            answer.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        if response is not None and not answer.done():
+            answer.set_result(response)
+
+    async def _run(self) -> chat_pb2.CreateChatCompletionResponse | None:
+        """The billed response; None once the caller has left (nobody reads it then)."""
+        pipeline, prepared = self._pipeline, self._prepared
+        try:
+            hold = await pipeline._ledger.hold(**prepared.hold_args)
+        except BaseException:
+            if not self._abandoned:  # abandon() gave the limits back already
+                pipeline._drop_lease(prepared)
+            if self._abandoned:
+                return None  # as _release_late_hold: a refused hold has nothing to settle
+            raise
+        if self._abandoned:  # the caller left while the hold was written: settle it at zero
+            await pipeline._settle_with_retries(hold, _cancelled_before_upstream(prepared.hold_args))
+            return None
+        admission = prepared.admission(hold)
+        self._admitted(admission)
+        meter = RequestMeter(admission)
+        self._phase = self._UPSTREAM
+        try:
+            response = await pipeline._attempts.complete(meter)
+        except BaseException:
+            self._end_upstream()
+            if self._abandoned:  # the drain ended (cut, or the upstream failed): bill what was seen
+                return await self._bill_abandoned(meter)
+            await pipeline._settle_with_retries(admission.hold, meter.outcome(UsageStatus.UPSTREAM_ERROR))
+            raise
+        self._end_upstream()
+        if self._abandoned:  # drained: the upstream answered after the caller left
+            meter.observe_response(response)
+            return await self._bill_abandoned(meter)
+        meter.observe_response(response)
+        outcome = meter.outcome(UsageStatus.OK)
+        settlement = await pipeline._settle_with_retries(admission.hold, outcome)
+        response.usage.CopyFrom(billed_usage(outcome, settlement.charged_micros))
+        response.provider = meter.admission.provider.name  # the route that answered
+        return response
+
+    def _end_upstream(self) -> None:
+        """The upstream call is over: no cut may reach the settlement, and a cut that did its job is undone
+        from the task's cancellation count (as asyncio.timeout does), so later awaits see a plain task."""
+        self._phase = self._SETTLE
+        if self._cut is not None:
+            self._cut.cancel()
+            if self._cut_fired:
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+
+    async def _bill_abandoned(self, meter: RequestMeter) -> None:
+        if self._draining:
+            self._draining = False
+            self._pipeline._drains -= 1
+        await self._pipeline._settle_with_retries(meter.admission.hold, meter.outcome(UsageStatus.CANCELLED))
+
+    def abandon(self, work: asyncio.Task[Any]) -> None:
+        """The caller was cancelled: the task finishes alone, watched by the pipeline's background tasks."""
+        if work.done():
+            return
+        pipeline = self._pipeline
+        self._abandoned = True
+        pipeline._background.adopt(work)
+        if self._phase == self._HOLD:
+            pipeline._drop_lease(self._prepared)
+        elif self._phase == self._UPSTREAM:
+            loop = asyncio.get_running_loop()
+
+            def cut() -> None:  # ends the upstream call: the task goes on to bill what it saw
+                if self._phase == self._UPSTREAM and not work.done():
+                    self._cut_fired = True
+                    work.cancel()
+
+            if pipeline._may_drain():  # wait a bounded time for the answer, to bill its real usage
+                pipeline._drains += 1
+                self._draining = True
+                self._cut = loop.call_later(pipeline._metering.drain_seconds, cut)
+            else:
+                self._cut = loop.call_soon(cut)  # stop the upstream call now
+
+
+def _cancelled_before_upstream(hold_args: dict[str, Any]) -> UsageOutcome:
+    """What a hold whose caller left before any upstream call is settled with: nothing."""
+    return UsageOutcome(
+        model=hold_args["model"], provider=hold_args["provider"], upstream_model=hold_args["upstream_model"],
+        prompt_tokens=0, completion_tokens=0, cached_tokens=0, reasoning_tokens=0, cost_micros=0,
+        status=UsageStatus.CANCELLED, latency_ms=0, time_to_first_token_ms=None, estimated=True,
+    )
 
 
 def _final_chunk(

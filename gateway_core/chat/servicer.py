@@ -47,19 +47,19 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         metadata = context.invocation_metadata() or ()
         with self._observe("unary", request.model, metadata) as observer:
             try:
-                admission = await self._pipeline.admit(request, metadata, context.time_remaining())
-                observer.admitted(admission)
-                if admission.limit_headers:
-                    await context.send_initial_metadata(admission.limit_headers)
-                response = await self._pipeline.complete(admission)
+                # One call for admit + complete: the pipeline runs hold, upstream and settle in one task.
+                response = await self._pipeline.unary(request, metadata, context.time_remaining(), observer.admitted)
+                await _send_limit_headers(context, observer)
                 observer.usage(response.usage.prompt_tokens, response.usage.completion_tokens)
                 return response
             except GatewayError as error:
                 observer.failed(error)
+                await _send_limit_headers(context, observer)
                 await abort(context, error)
             except Exception:  # noqa: BLE001 - the boundary: log once, answer generically
                 log.exception("unexpected failure in CreateChatCompletion")
                 observer.crashed()
+                await _send_limit_headers(context, observer)
                 await abort(context, _INTERNAL)
         raise AssertionError("unreachable")  # abort always raises
 
@@ -107,3 +107,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 for m in self._router.visible_models(principal)
             ]
         )
+
+
+async def _send_limit_headers(context: grpc.aio.ServicerContext, observer: CallObserver) -> None:
+    """x-ratelimit-* of an admitted unary call, as initial metadata ahead of its answer or error."""
+    admission = observer.admission
+    if admission is not None and admission.limit_headers:
+        await context.send_initial_metadata(admission.limit_headers)

@@ -30,10 +30,11 @@ def validate_request(request: ChatRequest) -> None:
     if len(request.messages) > MAX_MESSAGES:
         raise invalid_request(f"'messages' has more than {MAX_MESSAGES} messages", "messages")
     for i, message in enumerate(request.messages):
-        _validate_message(message, f"messages[{i}]")
+        _validate_message(message, i)
     _validate_sampling(request)
-    for i, tool in enumerate(request.tools):
-        _validate_tool(tool, f"tools[{i}]")
+    if request.tools:
+        for i, tool in enumerate(request.tools):
+            _validate_tool(tool, f"tools[{i}]")
     if request.tool_choice.mode == chat_pb2.TOOL_CHOICE_MODE_FUNCTION and not request.tool_choice.function_name:
         raise invalid_request("a named tool_choice needs a function name", "tool_choice")
     if request.response_format.type == chat_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
@@ -42,32 +43,41 @@ def validate_request(request: ChatRequest) -> None:
     _require_json_object(request.extra_json, "extra_json")
 
 
-def _validate_message(message: chat_pb2.Message, param: str) -> None:
-    if message.role not in _ROLES:
-        raise invalid_request("each message needs a valid role", f"{param}.role")
+def _validate_message(message: chat_pb2.Message, index: int) -> None:
+    # The `param` text (messages[i]...) is built only for an error: most messages have none.
+    role = message.role
+    if role not in _ROLES:
+        raise invalid_request("each message needs a valid role", f"messages[{index}].role")
     has_content = message.HasField("content") or len(message.parts) > 0
-    if message.role == _TOOL and not message.tool_call_id:
-        raise invalid_request("messages with role 'tool' need a tool_call_id", f"{param}.tool_call_id")
-    if not has_content and not (message.role == _ASSISTANT and (message.tool_calls or message.HasField("refusal"))):
-        raise invalid_request("message content must not be null", f"{param}.content")
-    if message.tool_calls and message.role != _ASSISTANT:
-        raise invalid_request("only assistant messages can have tool_calls", f"{param}.tool_calls")
-    for j, call in enumerate(message.tool_calls):
-        if not call.id or not call.function.name:
-            raise invalid_request("each tool call needs an id and a function name", f"{param}.tool_calls[{j}]")
-    _require_json_object(message.extra_json, param)
+    if role == _TOOL and not message.tool_call_id:
+        raise invalid_request("messages with role 'tool' need a tool_call_id", f"messages[{index}].tool_call_id")
+    tool_calls = message.tool_calls
+    if not has_content and not (role == _ASSISTANT and (tool_calls or message.HasField("refusal"))):
+        raise invalid_request("message content must not be null", f"messages[{index}].content")
+    if tool_calls:
+        if role != _ASSISTANT:
+            raise invalid_request("only assistant messages can have tool_calls", f"messages[{index}].tool_calls")
+        for j, call in enumerate(tool_calls):
+            if not call.id or not call.function.name:
+                raise invalid_request(
+                    "each tool call needs an id and a function name", f"messages[{index}].tool_calls[{j}]"
+                )
+    if message.extra_json:
+        _require_json_object(message.extra_json, f"messages[{index}]")
+
+
+_SAMPLING_RANGES: tuple[tuple[str, float, float], ...] = (
+    ("temperature", 0.0, 2.0),
+    ("top_p", 0.0, 1.0),
+    ("frequency_penalty", -2.0, 2.0),
+    ("presence_penalty", -2.0, 2.0),
+    ("top_logprobs", 0, 20),
+    ("n", 1, MAX_N),
+)
 
 
 def _validate_sampling(request: ChatRequest) -> None:
-    ranges: tuple[tuple[str, float, float], ...] = (
-        ("temperature", 0.0, 2.0),
-        ("top_p", 0.0, 1.0),
-        ("frequency_penalty", -2.0, 2.0),
-        ("presence_penalty", -2.0, 2.0),
-        ("top_logprobs", 0, 20),
-        ("n", 1, MAX_N),
-    )
-    for name, low, high in ranges:
+    for name, low, high in _SAMPLING_RANGES:
         if request.HasField(name):
             value = getattr(request, name)
             if not low <= value <= high:  # also rejects NaN

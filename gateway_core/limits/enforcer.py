@@ -76,6 +76,8 @@ class LimitEnforcer:
     ) -> Lease:
         """Spends one request and token_estimate tokens on every applicable counter, or raises 429/503."""
         account = await self._accounts.get(account_id)
+        if max(*key_limits, account.rpm_limit, account.tpm_limit, account.concurrency_limit) <= 0:
+            return Lease(None, request_id)  # no limit set anywhere (the common case): nothing to plan or count
         plan = _plan(account_id, key_id, key_limits, account, max(token_estimate, 1))
         if not plan.labels:
             return Lease(None, request_id)

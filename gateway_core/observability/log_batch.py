@@ -55,6 +55,16 @@ class BatchingHandler(logging.Handler):
         except Exception:  # noqa: BLE001 - logging's contract: report, never raise into the caller
             self.handleError(record)
             return
+        self._append(line)
+
+    def emit_line(self, line: str) -> None:
+        """Adds one formatted line (without its newline) as emit() adds a record's: for callers that
+        format without a LogRecord (json_lines). Takes the lock Handler.handle takes around emit()."""
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            self._append(line + "\n")
+
+    def _append(self, line: str) -> None:
+        """Buffers a line and schedules (or does) its write; the caller holds the lock."""
         self._lines.append(line)
         loop = _running_loop()
         if loop is None or len(self._lines) >= self._max_lines:

@@ -48,10 +48,73 @@ class JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             line["exception"] = self._redactor.redact(record.exc_text)
+        return self._dump(line)
+
+    def format_info(self, created: float, logger: str, message: str, fields: Mapping[str, Any]) -> str:
+        """The line format() gives an INFO record of logger with this message and these `extra=` fields,
+        built without a LogRecord (see json_lines); message is redacted here, as the record factory would."""
+        redactor = self._redactor
+        line: dict[str, Any] = {
+            "time": _utc_time(created),
+            "level": "info",
+            "logger": logger,
+            "message": redactor.redact(message),
+        }
+        unmasked = _UNMASKED_NAMES
+        for name, value in fields.items():
+            kind = type(value)
+            # Inline for the usual field (a known name, a number, None or a plain string): no call.
+            if name in unmasked and (
+                kind is int or value is None or (kind is str and "=" not in value and ":" not in value)
+            ):
+                line[name] = value
+            else:
+                line[name] = _masked(redactor, name, value)
+        return self._dump(line)
+
+    def _dump(self, line: dict[str, Any]) -> str:
         text = orjson.dumps(line, default=str).decode()
         # Names were masked field by field above; this pass catches key shapes and configured values.
         return self._redactor.redact(text, names=False)
 
+
+def _masked(redactor: redaction.Redactor, name: str, value: Any) -> Any:
+    """redactor.mask_names(name, value), with its answer for the common fields of a hot line
+    (a name that is not masked, a number or None or a plain string, a flat dict of those) given
+    without the calls; anything else goes to mask_names itself."""
+    kind = type(value)
+    if name in _UNMASKED_NAMES:
+        if kind is int or value is None or kind is bool or kind is float:
+            return value
+        if kind is str:
+            return value if ("=" not in value and ":" not in value) else redactor.mask_names(name, value)
+        if kind is dict:
+            return _masked_dict(redactor, value)
+    return redactor.mask_names(name, value)
+
+
+def _masked_dict(redactor: redaction.Redactor, value: dict[Any, Any]) -> dict[str, Any]:
+    """mask_names of a dict field, its usual entries (as in format_info) taken inline."""
+    unmasked = _UNMASKED_NAMES
+    masked: dict[str, Any] = {}
+    for key, item in value.items():
+        name = key if type(key) is str else str(key)
+        kind = type(item)
+        if name in unmasked and (
+            kind is int or item is None or kind is bool or (kind is str and "=" not in item and ":" not in item)
+        ):
+            masked[name] = item
+        else:
+            masked[name] = _masked(redactor, name, item)
+    return masked
+
+
+# Field names of the access and upstream_attempt lines; none is a name redaction masks.
+_UNMASKED_NAMES = frozenset({
+    "request_id", "account_id", "key_id", "model", "provider", "route", "mode", "status", "prompt_tokens",
+    "completion_tokens", "cost_micros", "latency_ms", "ttft_ms", "upstream_ms", "upstream_attempt", "attempt",
+    "outcome", "upstream_status", "streamed",
+}) - redaction.masked_names()
 
 _second_cache: list[tuple[int, str]] = [(-1, "")]
 
@@ -71,7 +134,11 @@ def _utc_time(created: float) -> str:
     if cached_second != second:
         prefix = datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second_cache[0] = (second, prefix)
-    return f"{prefix}.{micros // 1000:03d}+00:00"
+    return prefix + _MILLISECOND_SUFFIXES[micros // 1000]
+
+
+# ".000+00:00" ... ".999+00:00": the end of every timestamp, formatted once.
+_MILLISECOND_SUFFIXES = tuple(f".{ms:03d}+00:00" for ms in range(1000))
 
 
 def _message(record: logging.LogRecord, redactor: redaction.Redactor) -> str:

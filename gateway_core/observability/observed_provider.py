@@ -33,6 +33,12 @@ class ObservedProvider:
         self._system = system
 
     async def complete(self, call: UpstreamCall) -> chat_pb2.CreateChatCompletionResponse:
+        if self._tracer is None:  # no span to open: just the timing (no generator context manager per call)
+            started = time.monotonic()
+            try:
+                return await self._inner.complete(call)
+            finally:
+                add_upstream_wait(time.monotonic() - started)
         with self._span(call) as span:
             call = _with_span_context(call, span)
             started = time.monotonic()

@@ -44,6 +44,13 @@ _NAMED_VALUE = re.compile(r"([\"']?)\b([A-Za-z][A-Za-z0-9_\-]*)\1\s*[:=]\s*")
 _SECRET_NAME_SET = frozenset(SECRET_NAMES)
 _PROMPT_NAME_SET = frozenset(PROMPT_NAMES)
 _MASKED_NAMES = _SECRET_NAME_SET | _PROMPT_NAME_SET
+
+
+def masked_names() -> frozenset[str]:
+    """The lower-case field names whose values are always masked (secrets and prompts)."""
+    return _MASKED_NAMES
+
+
 # Field values with no text inside, returned as they are once their name is not a masked one.
 _PLAIN_TYPES = frozenset({int, float, bool, type(None)})
 # Literal values shorter than this would mask ordinary words; they are still masked by shape or name.
@@ -202,6 +209,8 @@ def _block_end(text: str, start: int) -> int:
 REDACTED_MARK = "_tollgate_redacted"
 
 _installed: Redactor | None = None
+# The installed factory when it wraps logging.LogRecord itself (no other factory adds attributes).
+_plain_factory: Any = None
 _install_lock = threading.Lock()
 
 
@@ -221,7 +230,15 @@ def install() -> Redactor:
 
         logging.setLogRecordFactory(redacting_factory)
         _installed = redactor
+        if previous is logging.LogRecord:  # records carry nothing but the standard attributes and extras
+            global _plain_factory
+            _plain_factory = redacting_factory
         return redactor
+
+
+def plain_factory_installed() -> bool:
+    """Whether records are made by this module's factory around the plain LogRecord, and nothing else."""
+    return _plain_factory is not None and logging.getLogRecordFactory() is _plain_factory
 
 
 def protect(values: Iterable[str]) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from gateway_core import metrics
 from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome, UsageStatus
+from gateway_core.observability import json_lines
 
 access_log = logging.getLogger("tollgate.access")
 
@@ -26,13 +27,13 @@ CANCELLED = "cancelled"
 UNKNOWN_MODEL = "unknown"
 
 # Children per label tuple, in each metric's label order (metrics.py).
-_REQUESTS = metrics.CachedLabels(metrics.REQUESTS)  # model, provider, route, status
-_REQUEST_DURATION = metrics.CachedLabels(metrics.REQUEST_DURATION)  # model, provider, mode
-_GATEWAY_OVERHEAD = metrics.CachedLabels(metrics.GATEWAY_OVERHEAD)  # mode
-_TIME_TO_FIRST_TOKEN = metrics.CachedLabels(metrics.TIME_TO_FIRST_TOKEN)  # model, provider
-_TOKENS = metrics.CachedLabels(metrics.TOKENS)  # model, provider, direction
-_COST_MICROS = metrics.CachedLabels(metrics.COST_MICROS)  # model, provider
-_REJECTIONS = metrics.CachedLabels(metrics.REJECTIONS)  # reason
+_REQUESTS = metrics.HotLabels(metrics.REQUESTS)  # model, provider, route, status
+_REQUEST_DURATION = metrics.HotLabels(metrics.REQUEST_DURATION)  # model, provider, mode
+_GATEWAY_OVERHEAD = metrics.HotLabels(metrics.GATEWAY_OVERHEAD)  # mode
+_TIME_TO_FIRST_TOKEN = metrics.HotLabels(metrics.TIME_TO_FIRST_TOKEN)  # model, provider
+_TOKENS = metrics.HotLabels(metrics.TOKENS)  # model, provider, direction
+_COST_MICROS = metrics.HotLabels(metrics.COST_MICROS)  # model, provider
+_REJECTIONS = metrics.HotLabels(metrics.REJECTIONS)  # reason
 
 current: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar("tollgate_request", default=None)
 
@@ -108,7 +109,9 @@ class RequestRecord:
             _GATEWAY_OVERHEAD.labels(self.mode).observe(max(duration - self.upstream_wait_seconds, 0.0))
             if self.mode == "stream" and ttft_ms is not None:
                 _TIME_TO_FIRST_TOKEN.labels(self.model, self.provider).observe(ttft_ms / 1000)
-        access_log.info("chat request", extra=self._fields(duration, ttft_ms))
+        fields = self._fields(duration, ttft_ms)
+        if not json_lines.info_line(access_log, "chat request", fields):
+            access_log.info("chat request", extra=fields)
 
     def _fields(self, duration: float, ttft_ms: int | None) -> dict[str, object]:
         outcome = self.outcome

@@ -163,8 +163,9 @@ def _message(message: chat_pb2.Message, where: str) -> dict[str, Any]:
         out["refusal"] = message.refusal
     # Vendor fields such as DeepSeek's reasoning_content must go back as they
     # came; the modelled fields above win over a same-named extra.
-    for key, value in _object(message.extra_json, f"{where}.extra_json").items():
-        out.setdefault(key, value)
+    if message.extra_json:  # most messages carry none: no call, no param text
+        for key, value in _object(message.extra_json, f"{where}.extra_json").items():
+            out.setdefault(key, value)
     return out
 
 
