@@ -19,6 +19,7 @@ import asyncio
 import http
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class RequestCycle:
     __slots__ = (
         "scope", "_protocol", "body", "more_body", "has_message", "_waiters", "disconnected",
         "keep_alive", "waiting_for_100_continue", "response_started", "response_complete", "_chunked",
-        "_length_left", "_head_only",
+        "_length_left", "_head_only", "_on_disconnect",
     )
 
     def __init__(self, scope: dict[str, Any], protocol: EdgeHttpProtocol, keep_alive: bool,
@@ -80,6 +81,7 @@ class RequestCycle:
         self._chunked: bool | None = None
         self._length_left = 0
         self._head_only = scope["method"] == "HEAD"
+        self._on_disconnect: list[Callable[[], object]] | None = None
 
     # --- the connection's side ----------------------------------------------------------
 
@@ -108,6 +110,35 @@ class RequestCycle:
         if not self.response_complete:
             self.disconnected = True
         self.wake()
+        callbacks = self._on_disconnect
+        if callbacks:
+            self._on_disconnect = None
+            for callback in callbacks:
+                self._protocol.loop.call_soon(callback)
+
+    # --- disconnect callbacks (disconnect.DisconnectWatch) -------------------------------
+
+    def add_disconnect_callback(self, callback: Callable[[], object]) -> None:
+        """Calls callback (soon, once) when receive would return http.disconnect: the client left.
+
+        What a task looping on receive() would notice, without the task: the
+        facade watches every request for its client leaving during the core call.
+        """
+        if self.disconnected or self.response_complete:
+            self._protocol.loop.call_soon(callback)
+            return
+        if self._protocol.read_paused:  # as receive() would: a paused transport sees no EOF
+            self._protocol.resume_reading()
+        if self._on_disconnect is None:
+            self._on_disconnect = [callback]
+        else:
+            self._on_disconnect.append(callback)
+
+    def remove_disconnect_callback(self, callback: Callable[[], object]) -> None:
+        """Stops calling callback (a no-op if it was called or never added)."""
+        callbacks = self._on_disconnect
+        if callbacks and callback in callbacks:
+            callbacks.remove(callback)
 
     # --- the app ----------------------------------------------------------------------
 

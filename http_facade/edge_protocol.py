@@ -139,6 +139,7 @@ class EdgeHttpProtocol(asyncio.Protocol):
         self.client: tuple[str, int] | None = None
         self.scheme = "http"
         self.cycle: RequestCycle | None = None  # the latest request (queued, if pipelined)
+        self._active: RequestCycle | None = None  # the request whose app runs
         self.pipeline: deque[RequestCycle] = deque()
         self.read_paused = False
         self.write_paused = False
@@ -180,8 +181,9 @@ class EdgeHttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
         self._disarm()
-        if self.cycle is not None:
-            self.cycle.lost()
+        for cycle in (self._active, self.cycle):  # the running one too, if another is queued
+            if cycle is not None:
+                cycle.lost()
         self.resume_writing()
         if exc is None:
             self.transport.close()
@@ -302,6 +304,7 @@ class EdgeHttpProtocol(asyncio.Protocol):
     # --- for RequestCycle ---------------------------------------------------------------
 
     def _run(self, cycle: RequestCycle) -> None:
+        self._active = cycle
         app = self.app
         limit = self._limit_concurrency
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):

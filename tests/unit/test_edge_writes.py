@@ -7,6 +7,7 @@ from typing import Any
 
 from uvicorn.server import ServerState
 
+from http_facade.disconnect import DisconnectWatch
 from http_facade.edge_limits import EdgeLimits
 from http_facade.edge_protocol import EdgeHttpProtocol
 from http_facade.serving import uvicorn_config
@@ -115,3 +116,46 @@ async def test_closing_sends_what_is_held_before_the_eof() -> None:
     await asyncio.sleep(0)
     assert raw.writes == [b"HTTP/1.1 413 Payload Too Large\r\n\r\n"], "nothing goes out after the EOF"
     protocol.connection_lost(None)
+
+
+async def test_a_disconnect_watch_on_the_edge_protocol_needs_no_task_and_fires_on_loss() -> None:
+    cancelled = asyncio.Event()
+    watches: list[DisconnectWatch] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        tasks_before = len(asyncio.all_tasks())
+        watches.append(DisconnectWatch(receive, cancelled.set))
+        assert len(asyncio.all_tasks()) == tasks_before, "the watch started a task"
+        await cancelled.wait()
+
+    protocol, _ = _connected(app)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert watches and not watches[0].seen and not cancelled.is_set()
+    protocol.connection_lost(None)
+    await asyncio.wait_for(cancelled.wait(), 1)
+    assert watches[0].seen
+
+
+async def test_a_stopped_disconnect_watch_stays_quiet() -> None:
+    cancelled = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        DisconnectWatch(receive, cancelled.set).stop()
+        await asyncio.sleep(3600)
+
+    protocol, _ = _connected(app)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+    for _ in range(3):
+        await asyncio.sleep(0)
+    protocol.connection_lost(None)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not cancelled.is_set()
+    running = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
