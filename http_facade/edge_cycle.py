@@ -220,10 +220,11 @@ class RequestCycle:
                                scope["path"], scope["http_version"], status)
         content = [STATUS_LINES[status], protocol.default_header_bytes()]
         has_close = False
+        bad_name, bad_value = _BAD_NAME.search, _BAD_VALUE.search
         for name, value in message.get("headers", ()):
-            if _BAD_NAME.search(name):
+            if bad_name(name):
                 raise RuntimeError("Invalid HTTP header name.")
-            if _BAD_VALUE.search(value):
+            if bad_value(value):
                 raise RuntimeError("Invalid HTTP header value.")
             name = name.lower()
             if name == b"content-length" and self._chunked is None:
@@ -242,7 +243,10 @@ class RequestCycle:
             self._chunked = True  # neither content-length nor transfer-encoding: chunk it
             content.append(b"transfer-encoding: chunked\r\n")
         content.append(b"\r\n")
-        protocol.write_head(b"".join(content))
+        # With a Content-Length the body must follow to complete the response, and the head
+        # is worth nothing to the client without it: it waits for that write, whenever it comes
+        # (closing flushes it too). Other heads (a stream's) leave at the end of this step at the latest.
+        protocol.write_head(b"".join(content), flush_soon=self._chunked is not False)
 
     def _write_body(self, body: bytes, more_body: bool) -> None:
         write = self._protocol.write

@@ -26,8 +26,8 @@ but schedules a timer only every few seconds, not three per request.
 Responses written here bypass the app, so they build their own OpenAI-shaped
 body and x-request-id.
 
-A response's head waits for its first body write (or the end of its
-event-loop step), so a small response is one send(), not two.
+A response's head waits for its first body write (a streamed one at most
+until the end of its event-loop step), so a small response is one send(), not two.
 
 Closing lingers (as nginx's lingering_close does): a connection closed while
 the client is still sending (a 413 to an oversized body, say) first shuts down
@@ -339,10 +339,12 @@ class EdgeHttpProtocol(asyncio.Protocol):
             self._defaults = b"".join(b"%s: %s\r\n" % (name.lower(), value) for name, value in source)
         return self._defaults
 
-    def write_head(self, head: bytes) -> None:
-        """Holds a response head for the first body write, or until the end of this event-loop step."""
+    def write_head(self, head: bytes, *, flush_soon: bool = True) -> None:
+        """Holds a response head for the first body write (or close), and if flush_soon at most
+        until the end of this event-loop step."""
         self._head = head
-        self.loop.call_soon(self.flush)
+        if flush_soon:
+            self.loop.call_soon(self.flush)
 
     def write(self, data: bytes) -> None:
         """Writes data, after the held head if there is one (in the same send)."""
