@@ -256,8 +256,11 @@ class EdgeHttpProtocol(asyncio.Protocol):
         parser = self.parser
         method = parser.get_method()
         http_version = parser.get_http_version()
-        url = httptools.parse_url(self._url)
-        raw_path: bytes = url.path
+        raw_path = self._url
+        query = b""
+        if raw_path[:1] != b"/" or b"?" in raw_path or b"#" in raw_path:  # else it is all path
+            url = httptools.parse_url(raw_path)
+            raw_path, query = url.path, url.query or b""
         path = raw_path.decode("ascii")
         if "%" in path:
             path = urllib.parse.unquote(path)
@@ -276,7 +279,7 @@ class EdgeHttpProtocol(asyncio.Protocol):
             "root_path": root_path,
             "path": path,
             "raw_path": raw_path,
-            "query_string": url.query or b"",
+            "query_string": query,
             "headers": self._headers,
             "state": self.app_state.copy(),
         }
