@@ -1,4 +1,4 @@
-"""OpenAI chat `messages` JSON in, gateway.v1 Message list out: pure, no I/O.
+"""OpenAI chat `messages` JSON in, gateway.v1 Messages out: pure, no I/O.
 
 Content may be a string, a list of typed parts or (for an assistant turn that
 only called tools) null. Part types the gateway does not model, and message
@@ -36,8 +36,13 @@ ROLES: dict[str, types_pb2.Role] = {
 _MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id", "refusal"})
 
 
-def to_messages(value: Any) -> list[pb.Message]:
-    """Validates the `messages` array into Message protos (at least one)."""
+def add_messages(value: Any, into: Any) -> None:
+    """Validates the `messages` array into Message protos (at least one), added to into.
+
+    into is the request's repeated `messages` field: each message is built in
+    place there, not built apart and copied in (extend() copies every message,
+    content and all, which cost more than the validation).
+    """
     if value is None:
         raise missing("messages")
     if not isinstance(value, list):
@@ -49,10 +54,11 @@ def to_messages(value: Any) -> list[pb.Message]:
             "messages",
             "empty_array",
         )
-    return [_message(item, f"messages[{i}]") for i, item in enumerate(value)]
+    for i, item in enumerate(value):
+        _message(item, f"messages[{i}]", into)
 
 
-def _message(value: Any, param: str) -> pb.Message:
+def _message(value: Any, param: str, into: Any) -> None:
     fields = json_object(value, param)
     role_name = fields.get("role")
     if role_name is None:
@@ -62,7 +68,7 @@ def _message(value: Any, param: str) -> pb.Message:
         raise invalid_value(
             f"{param}.role", role_name, "'system', 'assistant', 'user', 'tool', and 'developer'"
         )
-    message = pb.Message(role=role)
+    message: pb.Message = into.add(role=role)
     tool_calls = fields.get("tool_calls")
     if tool_calls is not None:
         if role != types_pb2.ROLE_ASSISTANT:
@@ -85,7 +91,6 @@ def _message(value: Any, param: str) -> pb.Message:
     if not fields.keys() <= _MESSAGE_FIELDS:  # e.g. DeepSeek's reasoning_content, which must round-trip
         extra = {k: v for k, v in fields.items() if k not in _MESSAGE_FIELDS}
         message.extra_json = orjson.dumps(extra).decode()
-    return message
 
 
 def _content(message: pb.Message, fields: dict[str, Any], param: str) -> None:

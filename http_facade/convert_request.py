@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from gateway_core.pb.gateway.v1 import chat_pb2 as pb
-from http_facade.convert_messages import to_messages
+from http_facade.convert_messages import add_messages
 from http_facade.errors import invalid_request
 from http_facade.validate import (
     boolean,
@@ -112,7 +112,7 @@ def to_chat_request(payload: dict[str, Any], request_id: str) -> ChatCall:
     request: ChatRequest = pb.StreamChatCompletionRequest() if stream else pb.CreateChatCompletionRequest()
     request.request_id = request_id
     request.model = _model(payload.get("model"))
-    request.messages.extend(to_messages(payload.get("messages")))
+    add_messages(payload.get("messages"), request.messages)
     include_usage = _stream_options(request, payload.get("stream_options"), stream)
     extra: dict[str, Any] = {}
     for key, value in payload.items():
