@@ -301,8 +301,13 @@ class EdgeHttpProtocol(asyncio.Protocol):
         self._body_since = None
         self._awaiting_headers = True
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
+        if cycle is None:
+            return
+        if not cycle.response_complete:
             cycle.end_body()
+        elif not self.pipeline:  # answered before its body ended: idle from now, under keep-alive
+            self._idle_since = now = self.loop.time()
+            self._arm(now + self._keep_alive_seconds)
 
     # --- for RequestCycle ---------------------------------------------------------------
 

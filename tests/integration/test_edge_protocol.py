@@ -10,6 +10,7 @@ A small ASGI app stands in for the facade so each behaviour is seen directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -43,6 +44,10 @@ class _App:
         self.seen_versions.append(scope["http_version"])
         if path == "/fail":
             raise RuntimeError("the app broke before answering")
+        if path == "/early":  # answers without reading the body
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
         body = b""
         while True:
             message = await receive()
@@ -91,12 +96,17 @@ class _Served:
 
 @pytest.fixture()
 def served() -> Iterator[_Served]:
+    with _serving(EdgeLimits(keep_alive_seconds=30.0)) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _serving(limits: EdgeLimits) -> Iterator[_Served]:
     app = _App()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn_config(app, EdgeLimits(keep_alive_seconds=30.0), log_level="critical",
-                                           lifespan="on", access_log=False))
+    server = uvicorn.Server(uvicorn_config(app, limits, log_level="critical", lifespan="on", access_log=False))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(sockets=[sock]),))
     thread.start()
@@ -281,3 +291,18 @@ def test_shutdown_closes_idle_connections_and_finishes_running_requests(served: 
         status, headers, body = _read_response(busy, bytearray())
         assert status == b"HTTP/1.1 200 OK" and headers[b"connection"] == b"close"
         assert json.loads(body)["path"] == "/slow"
+
+
+def test_a_request_answered_before_its_body_ended_then_idles_under_keep_alive() -> None:
+    """/early answers without reading its chunked body; once that body ends, the connection is idle
+    and the keep-alive timeout closes it (it is not left open without any deadline)."""
+    with _serving(EdgeLimits(keep_alive_seconds=0.5, body_timeout_seconds=30.0)) as served, served.connect() as conn:
+        conn.sendall(b"GET /early HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        status, _, _ = _read_response(conn, bytearray())
+        assert status == b"HTTP/1.1 200 OK"
+        conn.sendall(b"1\r\na\r\n")
+        time.sleep(0.3)
+        conn.sendall(b"1\r\nb\r\n0\r\n\r\n")  # the body ends 0.3 s later, within the body deadline
+        start = time.monotonic()
+        assert _closed(conn, 10), "the idle connection was never closed"
+        assert time.monotonic() - start < 5
