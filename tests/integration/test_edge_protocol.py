@@ -22,9 +22,10 @@ import pytest
 import uvicorn
 
 from http_facade.edge_limits import EdgeLimits
+from http_facade.edge_protocol import EdgeHttpProtocol
 from http_facade.serving import uvicorn_config
 
-BIG = 4 * 1024 * 1024
+BIG = 16 * 1024 * 1024  # beyond what the kernel's socket buffers take in
 
 
 class _App:
@@ -269,13 +270,22 @@ def test_a_malformed_request_gets_an_openai_400_and_the_connection_closes(served
         assert _closed(conn)
 
 
-def test_a_large_response_reaches_a_slow_reader_whole(served: _Served) -> None:
+def test_a_large_response_reaches_a_slow_reader_whole(served: _Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    paused: list[bool] = []
+    pause_writing = EdgeHttpProtocol.pause_writing
+
+    def counted(self: EdgeHttpProtocol) -> None:
+        paused.append(True)
+        pause_writing(self)
+
+    monkeypatch.setattr(EdgeHttpProtocol, "pause_writing", counted)
     with served.connect() as conn:
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         conn.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
         time.sleep(0.3)  # the server's buffer fills and it must wait for this reader
         status, _, body = _read_response(conn, bytearray())
     assert status == b"HTTP/1.1 200 OK" and len(body) == BIG and body.count(b"x") == BIG
+    assert paused, "the transport never asked the app to wait: flow control went untested"
 
 
 def test_shutdown_closes_idle_connections_and_finishes_running_requests(served: _Served) -> None:
