@@ -124,7 +124,8 @@ def _serving(limits: EdgeLimits) -> Iterator[_Served]:
         sock.close()
 
 
-def _read_response(conn: socket.socket, buffer: bytearray, head_only: bool = False) -> tuple[bytes, dict[bytes, bytes], bytes]:
+def _read_response(conn: socket.socket, buffer: bytearray,
+                   head_only: bool = False) -> tuple[bytes, dict[bytes, bytes], bytes]:
     """One response from conn (status line, lower-cased headers, decoded body); leftovers stay in buffer."""
     while b"\r\n\r\n" not in buffer:
         chunk = conn.recv(65536)
