@@ -13,9 +13,11 @@ Two levels, each in its own child process, alternated (A B A B) with
 --baseline, whose http_facade/ is exported with `git archive` and put first on
 sys.path (gateway_core stays this tree's):
 - asgi: app(scope, receive, send) called directly, CPU of the process (one thread);
-- socket: the app under uvicorn with the facade's own config (uvloop, the hardened
-  httptools protocol), driven by a raw keep-alive client in another process, one
-  request at a time; CPU of the server process only (/proc/<pid>/task/*/schedstat, ns).
+- socket: the app under uvicorn with the facade's own config (uvloop, the facade's
+  own HTTP protocol, edge_protocol.py), driven by a raw keep-alive client in another
+  process, one request at a time; CPU of the server process only
+  (/proc/<pid>/task/*/schedstat, ns). "socket bare" is the same server around an
+  app that only answers: the HTTP protocol, the event loop and the system calls.
 Numbers are CPU microseconds: per unary request, per 16-chunk stream, and per
 streamed chunk (the marginal cost between a 16- and a 256-chunk stream).
 """
@@ -224,8 +226,21 @@ async def _asgi(requests: int, streams: int) -> dict[str, float]:
 # --- socket level ---------------------------------------------------------------------------
 
 
-def _serve(port_file: str) -> None:
-    """The server child: the app under uvicorn as `tollgate facade` runs it."""
+async def _bare_app(scope: Any, receive: Any, send: Any) -> None:
+    """Answers every request at once: under uvicorn, what is left is the HTTP protocol's own cost."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await receive()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def _serve(port_file: str, bare: bool = False) -> None:
+    """The server child: the app (or the bare one) under uvicorn as `tollgate facade` runs it."""
     import uvicorn
     import uvloop
 
@@ -236,7 +251,8 @@ def _serve(port_file: str) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     Path(port_file).write_text(str(sock.getsockname()[1]))
-    config = uvicorn_config(_app(), EdgeLimits(), access_log=False, log_level="warning", lifespan="on")
+    app = _bare_app if bare else _app()
+    config = uvicorn_config(app, EdgeLimits(), access_log=False, log_level="warning", lifespan="on")
     uvloop.run(uvicorn.Server(config).serve(sockets=[sock]))
 
 
@@ -282,10 +298,11 @@ class _Client:
                 return status
 
 
-def _socket(requests: int, streams: int) -> dict[str, float]:
+def _socket(requests: int, streams: int, bare: bool = False) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         port_file = os.path.join(tmp, "port")
-        server = subprocess.Popen([sys.executable, __file__, "--serve", port_file], env=os.environ.copy())
+        serve = "--serve-bare" if bare else "--serve"
+        server = subprocess.Popen([sys.executable, __file__, serve, port_file], env=os.environ.copy())
         try:
             deadline = time.monotonic() + 30
             while not (os.path.exists(port_file) and os.path.getsize(port_file)):
@@ -300,6 +317,13 @@ def _socket(requests: int, streams: int) -> dict[str, float]:
                 except ConnectionRefusedError:
                     time.sleep(0.05)
             unary, stream16, stream256 = _body(False, 0), _body(True, 16), _body(True, 256)
+            if bare:
+                for _ in range(300):
+                    assert client.request("POST", "/v1/chat/completions", unary) == 200
+                start = _cpu_ns(server.pid)
+                for _ in range(requests):
+                    client.request("POST", "/v1/chat/completions", unary)
+                return {"socket bare": (_cpu_ns(server.pid) - start) / requests / 1e3}
             for _ in range(300):
                 assert client.request("POST", "/v1/chat/completions", unary) == 200
                 assert client.request("POST", "/v1/chat/completions", stream16) == 200
@@ -332,6 +356,7 @@ def _child(args: argparse.Namespace) -> None:
 
     results = uvloop.run(_asgi(args.requests, args.streams))
     results.update(_socket(args.requests, args.streams))
+    results.update(_socket(args.requests, args.streams, bare=True))
     print(json.dumps(results))
 
 
@@ -349,9 +374,10 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=400)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        _serve(args.serve)
+    if args.serve or args.serve_bare:
+        _serve(args.serve or args.serve_bare, bare=bool(args.serve_bare))
         return
     if args.child:
         _child(args)

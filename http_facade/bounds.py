@@ -110,8 +110,10 @@ def _check_top_level(payload: dict[str, Any], limits: EdgeLimits) -> None:
     messages = payload.get("messages")
     for i, message in enumerate(messages if isinstance(messages, list) else ()):
         if isinstance(message, dict):
-            _short(message.get("name"), f"messages[{i}].name")
-            _short(message.get("tool_call_id"), f"messages[{i}].tool_call_id")
+            for field in ("name", "tool_call_id"):
+                value = message.get(field)
+                if isinstance(value, str) and len(value) > _MAX_NAME_CHARS:  # the param is named only then
+                    _short(value, f"messages[{i}].{field}")
 
 
 def _max_length(value: Any, param: str, limit: int) -> None:

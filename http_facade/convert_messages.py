@@ -1,4 +1,4 @@
-"""OpenAI chat `messages` JSON in, gateway.v1 Message list out: pure, no I/O.
+"""OpenAI chat `messages` JSON in, gateway.v1 Messages out: pure, no I/O.
 
 Content may be a string, a list of typed parts or (for an assistant turn that
 only called tools) null. Part types the gateway does not model, and message
@@ -36,8 +36,13 @@ ROLES: dict[str, types_pb2.Role] = {
 _MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id", "refusal"})
 
 
-def to_messages(value: Any) -> list[pb.Message]:
-    """Validates the `messages` array into Message protos (at least one)."""
+def add_messages(value: Any, into: Any) -> None:
+    """Validates the `messages` array into Message protos (at least one), added to into.
+
+    into is the request's repeated `messages` field: each message is built in
+    place there, not built apart and copied in (extend() copies every message,
+    content and all, which cost more than the validation).
+    """
     if value is None:
         raise missing("messages")
     if not isinstance(value, list):
@@ -49,10 +54,11 @@ def to_messages(value: Any) -> list[pb.Message]:
             "messages",
             "empty_array",
         )
-    return [_message(item, f"messages[{i}]") for i, item in enumerate(value)]
+    for i, item in enumerate(value):
+        _message(item, f"messages[{i}]", into)
 
 
-def _message(value: Any, param: str) -> pb.Message:
+def _message(value: Any, param: str, into: Any) -> None:
     fields = json_object(value, param)
     role_name = fields.get("role")
     if role_name is None:
@@ -62,7 +68,7 @@ def _message(value: Any, param: str) -> pb.Message:
         raise invalid_value(
             f"{param}.role", role_name, "'system', 'assistant', 'user', 'tool', and 'developer'"
         )
-    message = pb.Message(role=role)
+    message: pb.Message = into.add(role=role)
     tool_calls = fields.get("tool_calls")
     if tool_calls is not None:
         if role != types_pb2.ROLE_ASSISTANT:
@@ -71,7 +77,7 @@ def _message(value: Any, param: str) -> pb.Message:
                 "for messages with role 'assistant'.",
                 f"{param}.tool_calls",
             )
-        message.tool_calls.extend(_tool_calls(tool_calls, f"{param}.tool_calls"))
+        _add_tool_calls(tool_calls, f"{param}.tool_calls", message.tool_calls)
     _content(message, fields, param)
     if (name := fields.get("name")) is not None:
         message.name = string(name, f"{param}.name")
@@ -85,7 +91,6 @@ def _message(value: Any, param: str) -> pb.Message:
     if not fields.keys() <= _MESSAGE_FIELDS:  # e.g. DeepSeek's reasoning_content, which must round-trip
         extra = {k: v for k, v in fields.items() if k not in _MESSAGE_FIELDS}
         message.extra_json = orjson.dumps(extra).decode()
-    return message
 
 
 def _content(message: pb.Message, fields: dict[str, Any], param: str) -> None:
@@ -100,7 +105,8 @@ def _content(message: pb.Message, fields: dict[str, Any], param: str) -> None:
                 f"{param}.content",
                 "empty_array",
             )
-        message.parts.extend(_part(p, f"{param}.content[{i}]") for i, p in enumerate(content))
+        for i, p in enumerate(content):
+            _part(p, f"{param}.content[{i}]", message.parts)
     elif content is not None:
         raise wrong_type(f"{param}.content", "one of a string or array of objects", content)
     elif not (message.role == types_pb2.ROLE_ASSISTANT and (message.tool_calls or "function_call" in fields)):
@@ -110,43 +116,46 @@ def _content(message: pb.Message, fields: dict[str, Any], param: str) -> None:
         raise wrong_type(f"{param}.content", "one of a string or array of objects", content)
 
 
-def _part(value: Any, param: str) -> pb.ContentPart:
+def _part(value: Any, param: str, into: Any) -> None:
+    """Validates one content part and adds it to into (a message's `parts`), built in place:
+    a part built apart and copied in costs a copy of its data (a multi-megabyte image data URL)."""
     part = json_object(value, param)
     kind = part.get("type")
     if kind is None:
         raise missing(f"{param}.type")
     kind = string(kind, f"{param}.type")
     if kind == "text":
-        return pb.ContentPart(text=required_string(part, "text", param))
-    if kind == "refusal":
-        return pb.ContentPart(refusal=required_string(part, "refusal", param))
-    if kind == "image_url":
+        into.add(text=required_string(part, "text", param))
+    elif kind == "refusal":
+        into.add(refusal=required_string(part, "refusal", param))
+    elif kind == "image_url":
         image = required_object(part, "image_url", param)
         url = required_string(image, "url", f"{param}.image_url")
         detail = optional_string(image, "detail", f"{param}.image_url")
-        return pb.ContentPart(image_url=pb.ImageUrl(url=url, detail=detail))
-    if kind == "input_audio":
+        into.add(image_url={"url": url, "detail": detail})
+    elif kind == "input_audio":
         audio = required_object(part, "input_audio", param)
         data = required_string(audio, "data", f"{param}.input_audio")
         audio_format = required_string(audio, "format", f"{param}.input_audio")
-        return pb.ContentPart(input_audio=pb.InputAudio(data=data, format=audio_format))
-    if kind == "file":
+        into.add(input_audio={"data": data, "format": audio_format})
+    elif kind == "file":
         file = required_object(part, "file", param)
         sub = f"{param}.file"
-        return pb.ContentPart(
-            file=pb.FileInput(
-                file_data=optional_string(file, "file_data", sub),
-                file_id=optional_string(file, "file_id", sub),
-                filename=optional_string(file, "filename", sub),
-            )
+        into.add(
+            file={
+                "file_data": optional_string(file, "file_data", sub),
+                "file_id": optional_string(file, "file_id", sub),
+                "filename": optional_string(file, "filename", sub),
+            }
         )
-    return pb.ContentPart(raw_json=orjson.dumps(part).decode())
+    else:
+        into.add(raw_json=orjson.dumps(part).decode())
 
 
-def _tool_calls(value: Any, param: str) -> list[pb.ToolCall]:
+def _add_tool_calls(value: Any, param: str, into: Any) -> None:
+    """Validates an assistant turn's `tool_calls` into into (its message's field), built in place."""
     if not isinstance(value, list):
         raise wrong_type(param, "an array", value)
-    calls = []
     for i, item in enumerate(value):
         where = f"{param}[{i}]"
         call = json_object(item, where)
@@ -154,14 +163,7 @@ def _tool_calls(value: Any, param: str) -> list[pb.ToolCall]:
         if call_type != "function":
             raise invalid_value(f"{where}.type", call_type, "'function'")
         function = required_object(call, "function", where)
-        calls.append(
-            pb.ToolCall(
-                id=required_string(call, "id", where),
-                type=call_type,
-                function=pb.FunctionCall(
-                    name=required_string(function, "name", f"{where}.function"),
-                    arguments=required_string(function, "arguments", f"{where}.function"),
-                ),
-            )
-        )
-    return calls
+        call_id = required_string(call, "id", where)
+        name = required_string(function, "name", f"{where}.function")
+        arguments = required_string(function, "arguments", f"{where}.function")
+        into.add(id=call_id, type=call_type, function={"name": name, "arguments": arguments})

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from gateway_core.pb.gateway.v1 import chat_pb2 as pb
-from http_facade.convert_messages import to_messages
+from http_facade.convert_messages import add_messages
 from http_facade.errors import invalid_request
 from http_facade.validate import (
     boolean,
@@ -112,7 +112,7 @@ def to_chat_request(payload: dict[str, Any], request_id: str) -> ChatCall:
     request: ChatRequest = pb.StreamChatCompletionRequest() if stream else pb.CreateChatCompletionRequest()
     request.request_id = request_id
     request.model = _model(payload.get("model"))
-    request.messages.extend(to_messages(payload.get("messages")))
+    add_messages(payload.get("messages"), request.messages)
     include_usage = _stream_options(request, payload.get("stream_options"), stream)
     extra: dict[str, Any] = {}
     for key, value in payload.items():
@@ -163,30 +163,37 @@ def _stream_options(request: ChatRequest, value: Any, stream: bool) -> bool:
 def _set_tools(request: ChatRequest, value: Any) -> None:
     if not isinstance(value, list):
         raise wrong_type("tools", "an array", value)
-    request.tools.extend(_tool(item, f"tools[{i}]") for i, item in enumerate(value))
+    for i, item in enumerate(value):
+        _tool(item, f"tools[{i}]", request.tools)
 
 
-def _tool(value: Any, param: str) -> pb.Tool:
+def _tool(value: Any, param: str, into: Any) -> None:
+    """Validates one tool and adds it to into (the request's `tools`), built in place, not copied in."""
     tool = json_object(value, param)
     kind = tool.get("type")
     if kind is None:
         raise missing(f"{param}.type")
     kind = string(kind, f"{param}.type")
     if kind != "function":
-        return pb.Tool(type=kind, raw_json=orjson.dumps(tool).decode())
+        into.add(type=kind, raw_json=orjson.dumps(tool).decode())
+        return
     function = required_object(tool, "function", param)
     where = f"{param}.function"
-    definition = pb.FunctionDefinition(
-        name=_function_name(required_string(function, "name", where), f"{where}.name"),
-        description=optional_string(function, "description", where),
-    )
+    name = _function_name(required_string(function, "name", where), f"{where}.name")
+    description = optional_string(function, "description", where)
     parameters = function.get("parameters")
-    if parameters is not None:
-        # Exact JSON text: a schema's 1 must stay 1, not become 1.0 as in a Struct.
-        definition.parameters_json = orjson.dumps(json_object(parameters, f"{where}.parameters")).decode()
-    if (strict := function.get("strict")) is not None:
-        definition.strict = boolean(strict, f"{where}.strict")
-    return pb.Tool(type=kind, function=definition)
+    # Exact JSON text: a schema's 1 must stay 1, not become 1.0 as in a Struct.
+    parameters_json = (
+        None if parameters is None else orjson.dumps(json_object(parameters, f"{where}.parameters")).decode()
+    )
+    strict = function.get("strict")
+    strict = None if strict is None else boolean(strict, f"{where}.strict")
+    added: pb.Tool = into.add(type=kind, function={"name": name, "description": description})
+    definition = added.function
+    if parameters_json is not None:
+        definition.parameters_json = parameters_json
+    if strict is not None:
+        definition.strict = strict
 
 
 def _set_tool_choice(request: ChatRequest, value: Any) -> None:

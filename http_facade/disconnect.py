@@ -58,21 +58,35 @@ class DisconnectWatch:
     request body is read; stop() it when the response is done.
     """
 
-    __slots__ = ("seen", "_task", "_cancel")
+    __slots__ = ("seen", "_task", "_cancel", "_cycle")
 
     def __init__(self, receive: Receive, cancel: Callable[[], object]) -> None:
         self.seen = False
         self._cancel = cancel
-        self._task = asyncio.get_running_loop().create_task(self._watch(receive))
+        # The facade's own HTTP protocol (edge_cycle.RequestCycle) calls back on a disconnect:
+        # no task per request. Under another server, a task waits on receive().
+        cycle = getattr(receive, "__self__", None)
+        self._cycle = cycle if hasattr(cycle, "add_disconnect_callback") else None
+        if self._cycle is not None:
+            self._task = None
+            self._cycle.add_disconnect_callback(self._disconnected)
+        else:
+            self._task = asyncio.get_running_loop().create_task(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
         await wait_for_disconnect(receive)
+        self._disconnected()
+
+    def _disconnected(self) -> None:
         self.seen = True
         self._cancel()
 
     def stop(self) -> None:
         """Stops watching (a no-op after a disconnect was seen)."""
-        self._task.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        else:
+            self._cycle.remove_disconnect_callback(self._disconnected)
 
 
 def cancelled_by_disconnect(watch: DisconnectWatch) -> bool:

@@ -34,25 +34,29 @@ class _Exchange:
     and event_stream let a cut end the request well-formed.
     """
 
-    __slots__ = ("_send", "_header", "status", "started", "ended", "event_stream")
+    __slots__ = ("_send", "_header", "_headers", "status", "started", "ended")
 
     def __init__(self, send: Send, header: tuple[bytes, bytes]) -> None:
         self._send = send
         self._header = header
+        self._headers: list[tuple[bytes, bytes]] = []
         self.status = 500
         self.started = False
         self.ended = False
-        self.event_stream = False
+
+    @property
+    def event_stream(self) -> bool:
+        """Whether the response started is an event stream (only a cut asks, so it is looked up then)."""
+        for name, value in self._headers:
+            if value.startswith(b"text/event-stream") and name.lower() == b"content-type":
+                return True
+        return False
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
             self.status = int(message["status"])
-            headers = [*message.get("headers", ()), self._header]
-            for name, value in headers:
-                if value.startswith(b"text/event-stream") and name.lower() == b"content-type":
-                    self.event_stream = True
-                    break
+            self._headers = headers = [*message.get("headers", ()), self._header]
             message = {**message, "headers": headers}
         elif not message.get("more_body", False) and message["type"] == "http.response.body":
             self.ended = True
@@ -74,48 +78,43 @@ class EdgeMiddleware:
         request_id = new_request_id()
         scope[REQUEST_ID_SCOPE_KEY] = request_id
         exchange = _Exchange(send, (REQUEST_ID_HEADER, request_id.encode()))
+        # Request id, drain and observe in this one frame (a coroutine per layer costs on every request).
         try:
-            await self._drained(scope, receive, exchange)
+            drain = self.drain
+            if drain.draining and scope["path"] != LIVENESS_PATH:
+                await SHUTTING_DOWN.to_response()(scope, receive, exchange.send)
+                return
+            # The request's own task (the server's, one per request) is what a cut cancels: no extra
+            # task per request on the hot path. The CancelledError then surfaces here, inside the app.
+            task = asyncio.current_task()
+            assert task is not None
+            drain._enter(task)
+            handled = False
+            started = time.monotonic()
+            try:
+                try:
+                    if self._tracer is not None and scope["path"].startswith("/v1/"):
+                        await traced(self._tracer, self.app, scope, receive, exchange.send, lambda: exchange.status)
+                    else:
+                        await self.app(scope, receive, exchange.send)
+                finally:  # observe: the access line of a request the facade answered alone
+                    if exchange.status >= 400 and not scope.get(CORE_REACHED_SCOPE_KEY):
+                        access_line(scope, exchange.status, started)
+            except asyncio.CancelledError:
+                if not drain._was_cut(task):
+                    raise
+                handled = True
+                if task.uncancel() > 0:  # cancelled by the server too: that one wins
+                    raise
+                await _end_cut_request(exchange, scope, receive)
+            finally:
+                if drain._was_cut(task) and not handled:
+                    task.uncancel()  # the app swallowed the cut's cancellation; keep the count true
+                drain._leave(task)
         except Exception:
             if not exchange.started:
                 await _SERVER_ERROR.to_response()(scope, receive, exchange.send)
             raise  # so the server logs it
-
-    async def _drained(self, scope: Scope, receive: Receive, exchange: _Exchange) -> None:
-        drain = self.drain
-        if drain.draining and scope["path"] != LIVENESS_PATH:
-            await SHUTTING_DOWN.to_response()(scope, receive, exchange.send)
-            return
-        # The request's own task (the server's, one per request) is what a cut cancels: no extra
-        # task per request on the hot path. The CancelledError then surfaces here, inside the app.
-        task = asyncio.current_task()
-        assert task is not None
-        drain._enter(task)
-        handled = False
-        try:
-            await self._observed(scope, receive, exchange)
-        except asyncio.CancelledError:
-            if not drain._was_cut(task):
-                raise
-            handled = True
-            if task.uncancel() > 0:  # cancelled by the server too: that one wins
-                raise
-            await _end_cut_request(exchange, scope, receive)
-        finally:
-            if drain._was_cut(task) and not handled:
-                task.uncancel()  # the app swallowed the cut's cancellation; keep the count true
-            drain._leave(task)
-
-    async def _observed(self, scope: Scope, receive: Receive, exchange: _Exchange) -> None:
-        started = time.monotonic()
-        try:
-            if self._tracer is not None and scope["path"].startswith("/v1/"):
-                await traced(self._tracer, self.app, scope, receive, exchange.send, lambda: exchange.status)
-            else:
-                await self.app(scope, receive, exchange.send)
-        finally:
-            if exchange.status >= 400 and not scope.get(CORE_REACHED_SCOPE_KEY):
-                access_line(scope, exchange.status, started)
 
 
 async def _end_cut_request(exchange: _Exchange, scope: Scope, receive: Receive) -> None:

@@ -50,7 +50,8 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             return
         call = facade.chat.CreateChatCompletion(chat.request, metadata=metadata, timeout=facade.call_timeout_seconds)
         response = await unless_disconnected(call, receive, call.cancel)
-        limits = rate_limit_headers(await call.initial_metadata() or ())
+        initial = await call.initial_metadata()
+        limits = rate_limit_headers(initial) if initial is not None else {}
     except grpc.aio.AioRpcError as exc:
         await send_error(send, from_rpc_error(exc))
         return
