@@ -145,23 +145,32 @@ async def test_lean_errors_are_sqlalchemy_errors_and_change_nothing(database_url
         assert hold is not None and hold.charged_micros == 0
 
 
-async def test_session_wrappers_run_the_same_statements(database_url: str) -> None:
-    """Cold paths (orphan sweeps, tools) call the Session functions: same SQL, inside the Session's transaction."""
+async def test_release_through_a_session_runs_the_same_statements(database_url: str) -> None:
+    """The orphan sweep releases inside a Session's transaction: same SQL, same rows, exactly once."""
     async with await Database.open(database_url) as db:
         store = Store(db)
         key = await funded_key(store, 5_000)
-        request = hold_sql.HoldRequest("wrapped", key.account_id, key.key_id, 2_000, "tool")
+        ledger = Ledger(db, instance_id="session-release")
+        hold = await ledger.hold(
+            request_id="wrapped", account_id=key.account_id, api_key_id=key.key_id, amount_micros=2_000, model="m"
+        )
 
-        def hold_and_settle(session: Session) -> int:
-            record = hold_sql.create_hold(session, request)
-            assert record.created_at <= db_now(session)
-            assert hold_sql.get_hold(session, "wrapped") == record
-            return hold_sql.settle_hold(session, "wrapped", outcome(500)).balance_after_micros
+        def release_and_read(session: Session) -> tuple[bool, Any]:
+            released = hold_sql.release_hold(session, "wrapped")
+            record = hold_sql.get_hold(session, "wrapped")
+            assert record is not None and record.closed_at is not None and record.closed_at <= db_now(session)
+            return released, record
 
-        assert await db.run(hold_and_settle, write=True) == 4_500
-        replayed = await db.run(lambda session: hold_sql.stored_settlement(session, "wrapped"))
-        assert (replayed.charged_micros, replayed.replayed) == (500, True)
+        released, record = await db.run(release_and_read, write=True)
+        assert released is True and record.status == "released" and record.charged_micros == 0
+        assert record.balance_after_micros == 5_000
         assert await db.run(lambda session: hold_sql.release_hold(session, "wrapped"), write=True) is False
+        replayed = await ledger.settle(hold, outcome(500))  # the late settle gets the release back, uncharged
+        assert (replayed.charged_micros, replayed.released_micros, replayed.replayed) == (0, 2_000, True)
+        usage = await store.get_usage_record("wrapped")
+        assert usage is not None and usage.status == "abandoned" and usage.model == "m" and usage.provider == "unknown"
+        account = await store.get_account(key.account_id)
+        assert (account.balance_micros, account.held_micros) == (5_000, 0)
         with Session(db.engine) as session, session.begin():
             lean = lean_connection(session)
             assert lean.first(text("SELECT 1"), {}) == (1,)
