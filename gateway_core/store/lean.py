@@ -284,6 +284,7 @@ class LeanConnection:
 
     def __init__(self, dbapi_connection: Any, statements: StatementCache) -> None:
         self._dbapi_connection = dbapi_connection
+        self.driver_connection = dbapi_connection
         self._cursor = dbapi_connection.cursor()
         self._statements = statements
         self._prepared = statements._prepared  # read without the lock: entries are only ever added whole

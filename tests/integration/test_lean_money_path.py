@@ -11,12 +11,14 @@ after such a hold and sees the orphan sweep release it).
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +30,7 @@ from gateway_core.errors import GatewayError, Reason
 from gateway_core.metering.ledger import Ledger
 from gateway_core.store import Database, Store
 from gateway_core.store import holds as hold_sql
+from gateway_core.store import wal_sync
 from gateway_core.store.clock import db_now
 from gateway_core.store.lean import LeanConnection, lean_connection
 from gateway_core.store.models import Account, Hold, LedgerEntry, UsageRecord
@@ -191,7 +194,24 @@ def _trace_statements(db: Database) -> list[str]:
     return statements
 
 
-async def test_only_hold_only_transactions_commit_with_synchronous_normal(tmp_path: Any) -> None:
+def _trace_wal_syncs(monkeypatch: pytest.MonkeyPatch, statements: list[str]) -> list[str]:
+    """Every fsync the writer makes through WalSync, as the path of the file synced; marked in statements too."""
+    synced: list[str] = []
+    real_fsync = wal_sync.os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append(path)
+        if not Path(path).is_dir():  # the directory is synced once, when the WAL file is opened
+            statements.append(f"fsync {Path(path).name}")
+
+    monkeypatch.setattr(wal_sync.os, "fsync", fsync)
+    return synced
+
+
+async def test_only_hold_only_transactions_commit_without_fsync(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer's connection runs at NORMAL; every group with anything but holds fsyncs the WAL after COMMIT."""
     async with await Database.open(f"sqlite:///{tmp_path}/durability.db") as db:
         store = Store(db)
         key = await funded_key(store, 100_000)
@@ -199,35 +219,54 @@ async def test_only_hold_only_transactions_commit_with_synchronous_normal(tmp_pa
         await ledger.ensure_instance()
         ids = {"account_id": key.account_id, "api_key_id": key.key_id}
         statements = _trace_statements(db)
+        synced = _trace_wal_syncs(monkeypatch, statements)
 
         first = await ledger.hold(request_id="h1", amount_micros=100, **ids)
-        begin = statements.index("BEGIN IMMEDIATE")
-        assert statements[begin - 1] == "PRAGMA synchronous=1"  # NORMAL, set before the transaction starts
-        assert statements[statements.index("COMMIT") + 1] == "PRAGMA synchronous=2"  # FULL again right after
+        assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+        assert statements.index("PRAGMA synchronous=1") < statements.index("BEGIN IMMEDIATE")  # set up once
+        assert synced == []  # a hold-only commit: NORMAL, no fsync
         statements.clear()
 
         await ledger.settle(first, outcome(50))
-        assert "BEGIN IMMEDIATE" in statements and "COMMIT" in statements
-        assert not any(s.startswith("PRAGMA synchronous=") for s in statements)  # settles stay FULL
+        assert statements[-2:] == ["COMMIT", "fsync durability.db-wal"]  # the WAL made durable before the answer
+        assert not any(s.startswith("PRAGMA synchronous") for s in statements)  # no switching per transaction
         statements.clear()
 
-        # A hold and a settle queued together share one transaction, which therefore commits FULL.
+        # A hold and a settle queued together share one transaction, which therefore is fsynced.
         second = await ledger.hold(request_id="h2", amount_micros=100, **ids)
+        assert statements[-1] == "COMMIT"
         statements.clear()
         await asyncio.gather(ledger.hold(request_id="h3", amount_micros=100, **ids), ledger.settle(second, outcome(1)))
         assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
-        assert not any(s.startswith("PRAGMA synchronous=") for s in statements)
+        assert statements[-2:] == ["COMMIT", "fsync durability.db-wal"]
         statements.clear()
 
-        # Holds queued together share one NORMAL commit.
+        # Holds queued together share one commit without fsync.
         await asyncio.gather(*(ledger.hold(request_id=f"g{i}", amount_micros=100, **ids) for i in range(3)))
-        assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("PRAGMA synchronous=1") == 1
+        assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+        assert not any(s.startswith("fsync") for s in statements)
         statements.clear()
 
-        # Top-ups (and every other write) stay on the Session path at FULL.
+        # Top-ups (and every other write) stay on the Session path, on pool connections at FULL.
         await store.top_up(key.account_id, 1, "durability-top-up")
-        assert not any(s.startswith("PRAGMA synchronous=") for s in statements)
-        with db.engine.connect() as connection:  # the pool's connections are all back at FULL
+        assert not any(s.startswith(("PRAGMA synchronous", "fsync")) for s in statements)
+        with db.engine.connect() as connection:  # the pool's other connections are all at FULL
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+        wal = str(tmp_path / "durability.db-wal")
+        assert synced == [str(tmp_path), wal, wal]  # its directory once, then the WAL per durable commit
+
+
+
+async def test_the_writer_connection_returns_to_the_pool_at_full(tmp_path: Any) -> None:
+    async with await Database.open(f"sqlite:///{tmp_path}/back.db") as db:
+        key = await funded_key(Store(db), 1_000)
+        ledger = Ledger(db, instance_id="back")
+        await ledger.hold(request_id="h", account_id=key.account_id, api_key_id=key.key_id, amount_micros=10)
+        writer_connection = db._writer_pooled.driver_connection
+        assert writer_connection.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL while the writer has it
+        await asyncio.to_thread(db._drop_writer_connection, invalidate=False)
+        with db.engine.connect() as connection:  # LIFO pool: the connection just returned
+            assert connection.connection.driver_connection is writer_connection
             assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
 
 
@@ -244,6 +283,7 @@ async def test_a_connection_set_up_below_full_is_left_alone(tmp_path: Any) -> No
         key = await funded_key(store, 1_000)
         ledger = Ledger(db, instance_id="off")
         await ledger.hold(request_id="off", account_id=key.account_id, api_key_id=key.key_id, amount_micros=10)
+        assert db._writer_wal is None  # nothing to fsync: the deployment chose no fsync
         assert not any(s.startswith("PRAGMA synchronous=") for s in statements if s != "PRAGMA synchronous=OFF")
         with db.engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 0
