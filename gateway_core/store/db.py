@@ -9,10 +9,12 @@ write is durable before run() returns; many concurrent writes share one
 fsync instead of queueing behind one fsync each on SQLite's single writer.
 
 The money path (run_lean) runs on the raw DBAPI connection with statements
-compiled once (store/lean.py), grouped the same way. A group made only of
-writes that asked for durable=False (the Ledger's holds) commits with
-synchronous=NORMAL on SQLite; see _RELAXED_SYNCHRONOUS for why that loses no
-money. Any other write in the group makes it commit with the full fsync.
+compiled once (store/lean.py), grouped the same way, on the writer thread's
+own connection, which stays at synchronous=NORMAL. A group made only of
+writes that asked for durable=False (the Ledger's holds) is committed without
+fsync; see _RELAXED_SYNCHRONOUS for why that loses no money. Any other write
+in the group makes the writer fsync the WAL after COMMIT, before any caller
+hears of it (store/wal_sync.py): the fsync synchronous=FULL would do.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ _SESSION, _LEAN_DURABLE, _LEAN_RELAXED = "session", "lean-durable", "lean-relaxe
 # next FULL commit (every settle, top-up, release) fsyncs the WAL file, which
 # makes every earlier frame durable too. So a hold lost that way is exactly a
 # hold never taken: nothing was charged, nothing is owed, no client saw an
-# answer. Only groups of holds use it; PostgreSQL stays fully synchronous.
+# answer. Only groups of holds go without the fsync; PostgreSQL stays fully synchronous.
 _RELAXED_SYNCHRONOUS = 1
 # Where a pooled connection remembers the synchronous level it was set up with.
 _SYNCHRONOUS_INFO_KEY = "tollgate_synchronous"
@@ -146,7 +148,9 @@ class Database:
         For the money path's hot statements (store/holds.py). durable=False
         lets SQLite commit it without waiting for fsync when every write in its
         group allows that (see _RELAXED_SYNCHRONOUS); only a transaction that
-        merely takes holds may ask for it.
+        merely takes holds may ask for it. fn must only touch the database:
+        on SQLite it may run more than once (see _lean_group), and only its
+        last run's writes are committed.
         """
         if self._group_writes:
             return await self._write_grouped(fn, _LEAN_DURABLE if durable else _LEAN_RELAXED)

@@ -348,3 +348,53 @@ async def test_a_group_that_cannot_begin_fails_its_callers_and_its_connection_is
         assert await Store(db).get_hold("blocked") is None
         with db.engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+
+
+async def test_a_failing_write_in_a_group_rolls_back_alone(tmp_path: Any) -> None:
+    """Writes queued together share a transaction without savepoints; one that fails changes nothing of its own."""
+    async with await Database.open(f"sqlite:///{tmp_path}/group.db") as db:
+        store = Store(db)
+        key = await funded_key(store, 1_000)
+        other = await funded_key(store, 1_000)  # a key of another account
+        ledger = Ledger(db, instance_id="group")
+        ids = {"account_id": key.account_id, "api_key_id": key.key_id}
+        await ledger.hold(request_id="taken", amount_micros=100, **ids)
+        statements = _trace_statements(db)
+
+        async def outcome_of(call: Any) -> str:
+            try:
+                await call
+            except GatewayError as error:
+                return error.reason.name
+            return "ok"
+
+        # Refusals by the first statement change nothing: no savepoint, the rest commit together.
+        clean = await asyncio.gather(
+            outcome_of(ledger.hold(request_id="a", amount_micros=200, **ids)),
+            outcome_of(ledger.hold(request_id="too-much", amount_micros=10_000, **ids)),
+            outcome_of(ledger.hold(request_id="b", amount_micros=300, **ids)),
+        )
+        assert clean == ["ok", "INSUFFICIENT_BALANCE", "ok"]
+        assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+        assert not any(s.startswith("SAVEPOINT") for s in statements)
+        statements.clear()
+
+        # A duplicate request_id and a key of another account fail after the account's row was
+        # updated: the group is run again with a savepoint per write, and only they roll back.
+        dirty = await asyncio.gather(
+            outcome_of(ledger.hold(request_id="c", amount_micros=50, **ids)),
+            outcome_of(ledger.hold(request_id="taken", amount_micros=70, **ids)),
+            outcome_of(ledger.hold(request_id="wrong-key", amount_micros=80, account_id=key.account_id,
+                                   api_key_id=other.key_id)),
+            outcome_of(ledger.hold(request_id="d", amount_micros=60, **ids)),
+        )
+        assert dirty == ["ok", "ALREADY_EXISTS", "NOT_FOUND", "ok"]
+        assert statements.count("COMMIT") == 1 and statements.count("SAVEPOINT tollgate_write") == 4
+        assert statements.count("ROLLBACK TO tollgate_write") == 2
+        account = await store.get_account(key.account_id)
+        assert account.held_micros == 100 + 200 + 300 + 50 + 60  # nothing of the refused ones
+        for request_id in ("a", "b", "c", "d"):
+            assert await store.get_hold(request_id) is not None
+        assert await store.get_hold("wrong-key") is None and await store.get_hold("too-much") is None
+        taken = await store.get_hold("taken")
+        assert taken is not None and taken.amount_micros == 100
