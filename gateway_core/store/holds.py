@@ -20,8 +20,9 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, case, insert, or_, select, update
+from sqlalchemy import Table, bindparam, case, insert, or_, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.types import NullType
 from sqlmodel import Session
 
 from gateway_core.errors import GatewayError, Reason, invalid_request
@@ -110,7 +111,8 @@ _CLOSE = (
         _HOLDS.c.model,
         _HOLDS.c.provider,
         _HOLDS.c.upstream_model,
-        _HOLDS.c.created_at,
+        # As stored (no conversion): it is only written again, into the usage record (insert_usage).
+        type_coerce(_HOLDS.c.created_at, NullType()),
     )
 )
 _RECORD_CHARGE = (

@@ -153,12 +153,23 @@ class LeanStatement:
     Core statement (one source of truth).
     """
 
-    __slots__ = ("statement", "params", "column_keys")
+    __slots__ = ("statement", "params", "column_keys", "as_stored")
 
-    def __init__(self, statement: ClauseElement, params: Sequence[str], column_keys: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        statement: ClauseElement,
+        params: Sequence[str],
+        column_keys: Sequence[str] = (),
+        *,
+        as_stored: Sequence[str] = (),
+    ) -> None:
         self.statement = statement
         self.params = tuple(params)
         self.column_keys = tuple(column_keys)
+        # Params given exactly as the driver returned them from a column of the same type
+        # (e.g. a RETURNING column under type_coerce(..., NullType())): bound without conversion,
+        # so the value stored is the value read, byte for byte.
+        self.as_stored = frozenset(as_stored)
 
 
 class Prepared:
@@ -194,12 +205,12 @@ def prepare(lean_statement: LeanStatement, compiled: CompiledStatement) -> Prepa
             return f"k_{name}"
         if name not in index:
             raise ValueError(f"bind {name!r} of the statement is not among its params {lean_statement.params}")
-        if name in processors:
+        if name in processors and name not in lean_statement.as_stored:
             namespace[f"p_{name}"] = processors[name]
             return f"p_{name}(a[{index[name]}])"
         return f"a[{index[name]}]"
 
-    unused = set(lean_statement.params) - compiled.param_names
+    unused = (set(lean_statement.params) | lean_statement.as_stored) - compiled.param_names
     if unused:
         raise ValueError(f"params {sorted(unused)} are not binds of the statement")
     if compiled.positions is not None:

@@ -28,7 +28,8 @@ assert _USAGE_COLUMNS == (
     "completion_tokens", "cached_tokens", "reasoning_tokens", "cost_micros", "held_micros", "status",
     "latency_ms", "time_to_first_token_ms", "estimated", "clamped", "created_at",
 ), "usage_records columns changed: update insert_usage"  # fmt: skip
-_LEAN_INSERT_USAGE = LeanStatement(_INSERT_USAGE, _USAGE_COLUMNS, column_keys=_USAGE_COLUMNS)
+# created_at comes as stored in the hold's row (holds.py, _CLOSE): written back unconverted.
+_LEAN_INSERT_USAGE = LeanStatement(_INSERT_USAGE, _USAGE_COLUMNS, column_keys=_USAGE_COLUMNS, as_stored=("created_at",))
 
 
 def insert_usage(
@@ -44,7 +45,7 @@ def insert_usage(
 
     hold is the closed hold's row as store/holds.py's _CLOSE returns it:
     (account_id, api_key_id, amount_micros, model, provider, upstream_model,
-    created_at). The record is dated at admission (the hold's database time).
+    created_at as stored). The record is dated at admission (the hold's database time).
     Negative token counts (untrusted upstream numbers) are stored as 0 and flagged clamped.
     """
     account_id, api_key_id, held_micros, _, _, _, created_at = hold
