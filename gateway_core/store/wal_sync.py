@@ -19,38 +19,33 @@ import os
 class WalSync:
     """fsyncs the WAL file of one SQLite database (its main file's path + '-wal').
 
-    The WAL file exists, and keeps its inode, while any connection to the
-    database is open, and the connection this serves stays open while it is
-    used; a replaced file (every connection closed meanwhile) is noticed by
-    its inode and reopened. Not thread-safe: one per writer connection.
+    Use one per connection, while that connection is open: SQLite deletes a
+    WAL file only when the last connection to its database closes, and
+    truncating or restarting it keeps the file (and its inode), so the file
+    opened here on the first sync() is the WAL for as long as the connection
+    lives. Not thread-safe.
     """
 
     def __init__(self, database_path: str) -> None:
         self.path = database_path + "-wal"
         self._fd: int | None = None
-        self._inode = -1
 
     def sync(self) -> None:
         """Makes every commit written to the WAL so far durable (raises OSError if it cannot)."""
-        inode = os.stat(self.path).st_ino
-        if self._fd is None or inode != self._inode:
-            self._reopen(inode)
+        if self._fd is None:
+            self._open()
         assert self._fd is not None
         os.fsync(self._fd)
 
-    def _reopen(self, inode: int) -> None:
-        self.close()
+    def _open(self) -> None:
         self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        self._inode = os.fstat(self._fd).st_ino
         # A newly created WAL file's directory entry must be durable too (SQLite syncs the
-        # directory at a new WAL file's first sync at FULL): once per file is enough.
+        # directory at a new WAL file's first sync at FULL): once per connection is enough.
         directory = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fsync(directory)
         finally:
             os.close(directory)
-        if self._inode != inode:  # replaced between stat and open: the next sync compares again
-            self._inode = -1
 
     def close(self) -> None:
         """Closes the file (the next sync() opens it again)."""
