@@ -9,7 +9,8 @@ write is durable before run() returns; many concurrent writes share one
 fsync instead of queueing behind one fsync each on SQLite's single writer.
 
 The money path (run_lean) runs on the raw DBAPI connection with statements
-compiled once (store/lean.py), grouped the same way, on the writer thread's
+compiled once (store/lean.py), grouped the same way (but without a SAVEPOINT
+per write unless one fails after writing: see _lean_group), on the writer thread's
 own connection, which stays at synchronous=NORMAL. A group made only of
 writes that asked for durable=False (the Ledger's holds) is committed without
 fsync; see _RELAXED_SYNCHRONOUS for why that loses no money. Any other write
