@@ -284,9 +284,8 @@ def settle(lean: LeanConnection, request_id: str, outcome: UsageOutcome) -> Sett
         return read_settlement(lean, request_id)
     amount = hold[2]
     charged = min(max(outcome.cost_micros, 0), amount)
-    balance_after = _move_money(lean, request_id, hold, charged, now)
     clamped = outcome.clamped or charged != outcome.cost_micros
-    insert_usage(lean, request_id, hold, outcome, charged_micros=charged, clamped=clamped)
+    balance_after = _move_money(lean, request_id, hold, charged, now, outcome, clamped)
     return Settlement(request_id, charged, amount - charged, balance_after, replayed=False)
 
 
@@ -299,7 +298,6 @@ def release(lean: LeanConnection, request_id: str) -> bool:
     hold = lean.one(_LEAN_CLOSE, (request_id, _RELEASED, now))
     if hold is None:
         return False
-    _move_money(lean, request_id, hold, 0, now)
     _, _, _, model, provider, upstream_model, _ = hold
     abandoned = UsageOutcome(
         model=model or UNKNOWN,
@@ -315,7 +313,7 @@ def release(lean: LeanConnection, request_id: str) -> bool:
         time_to_first_token_ms=None,
         estimated=True,
     )
-    insert_usage(lean, request_id, hold, abandoned, charged_micros=0, clamped=False)
+    _move_money(lean, request_id, hold, 0, now, abandoned, False)
     return True
 
 
@@ -348,22 +346,33 @@ def _record(row: tuple[Any, ...]) -> HoldRecord:
     return HoldRecord(*values)
 
 
-def _move_money(lean: LeanConnection, request_id: str, hold: tuple[Any, ...], charged: int, now: datetime) -> int:
-    """Debits charged, un-holds the whole hold (a _CLOSE row) on account and key, ledgers both; the balance after."""
+def _move_money(
+    lean: LeanConnection,
+    request_id: str,
+    hold: tuple[Any, ...],
+    charged: int,
+    now: datetime,
+    outcome: UsageOutcome,
+    clamped: bool,
+) -> int:
+    """Debits charged and un-holds the whole hold (a _CLOSE row) on account and key, ledgers both,
+    records the charge on the hold and writes the usage record; the balance after."""
     account_id, key_id, held = hold[0], hold[1], hold[2]
     debited = lean.one(_LEAN_DEBIT_ACCOUNT, (account_id, charged, held, budget_period(now), now))
     if debited is None:  # the hold's foreign key makes this unreachable; never move money half-way
         raise RuntimeError(f"account {account_id!r} of hold {request_id!r} is missing")
     balance_after = int(debited[0])
-    lean.count(_LEAN_DEBIT_KEY, (key_id, charged, held))
     # Entries in _ENTRY_COLUMNS order, stamped with the time of the transaction.
     settle_entry = (account_id, _SETTLE_KIND, -charged, -charged, balance_after, request_id, "", now)
     release_entry = (account_id, _RELEASE_KIND, 0, charged - held, balance_after, request_id, "", now)
-    if charged > 0 and held > charged:
-        lean.count(_LEAN_INSERT_ENTRIES[2], settle_entry + release_entry)
-    elif charged > 0:
-        lean.count(_LEAN_INSERT_ENTRIES[1], settle_entry)
-    elif held > 0:
-        lean.count(_LEAN_INSERT_ENTRIES[1], release_entry)
-    lean.count(_LEAN_RECORD_CHARGE, (request_id, charged, balance_after))
+    with lean.unawaited():  # nothing below is read back: one round trip on PostgreSQL
+        lean.count(_LEAN_DEBIT_KEY, (key_id, charged, held))
+        if charged > 0 and held > charged:
+            lean.count(_LEAN_INSERT_ENTRIES[2], settle_entry + release_entry)
+        elif charged > 0:
+            lean.count(_LEAN_INSERT_ENTRIES[1], settle_entry)
+        elif held > 0:
+            lean.count(_LEAN_INSERT_ENTRIES[1], release_entry)
+        lean.count(_LEAN_RECORD_CHARGE, (request_id, charged, balance_after))
+        insert_usage(lean, request_id, hold, outcome, charged_micros=charged, clamped=clamped)
     return balance_after

@@ -17,10 +17,11 @@ OperationalError, ...), as the Session path would, without the bound values.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -313,6 +314,25 @@ class LeanConnection:
         if row is None or prepared.convert is None:
             return row  # type: ignore[no-any-return]
         return prepared.convert(row)
+
+    @contextlib.contextmanager
+    def unawaited(self) -> Iterator[None]:
+        """Statements run inside are sent without waiting for each one's result, where the driver can.
+
+        On PostgreSQL (psycopg's pipeline mode) that is one round trip for
+        all of them instead of one each; SQLite runs them as usual. Only for
+        statements whose results (rows, rowcounts) are not read: an error of
+        any of them is raised, as SQLAlchemy's exception, when the block ends.
+        """
+        pipeline = getattr(self._dbapi_connection, "pipeline", None)
+        if pipeline is None:
+            yield
+            return
+        try:
+            with pipeline():
+                yield
+        except self._dbapi_error as error:
+            raise self._wrapped("pipeline", error) from error
 
     def count(self, statement: LeanStatement, args: Sequence[Any]) -> int:
         """Runs a statement that returns no rows; the number of rows it changed."""

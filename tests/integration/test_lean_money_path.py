@@ -147,6 +147,18 @@ async def test_lean_errors_are_sqlalchemy_errors_and_change_nothing(database_url
         hold = await store.get_hold("twice")
         assert hold is not None and hold.charged_micros == 0
 
+        def violate_check_unawaited(lean: LeanConnection) -> None:
+            with lean.unawaited():  # PostgreSQL's pipeline: the error comes at the block's end, still SQLAlchemy's
+                lean.count(hold_sql._LEAN_DEBIT_KEY, (key.key_id, 0, 100))
+                lean.count(hold_sql._LEAN_RECORD_CHARGE, ("twice", 101, 0))
+
+        with pytest.raises(IntegrityError):
+            await db.run_lean(violate_check_unawaited)
+        hold = await store.get_hold("twice")
+        assert hold is not None and hold.charged_micros == 0
+        api_key = await store.get_api_key(key.key_id)
+        assert api_key is not None and api_key.held_micros == 100  # the statement before it rolled back too
+
 
 async def test_release_through_a_session_runs_the_same_statements(database_url: str) -> None:
     """The orphan sweep releases inside a Session's transaction: same SQL, same rows, exactly once."""
