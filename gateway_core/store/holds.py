@@ -1,4 +1,4 @@
-"""The money path in SQL: reserve a hold, settle it once, release it. Plain functions on a Session.
+"""The money path in SQL: reserve a hold, settle it once, release it. Plain functions on a LeanConnection.
 
 Only metering.Ledger calls these, each inside one write transaction. Every
 change of money is a conditional UPDATE whose WHERE carries the rule (enough
@@ -8,10 +8,13 @@ there is no read-then-write anywhere. Each balance or held change is written
 together with the ledger entry that explains it.
 
 This is the hot path of every request, so the statements are built once, at
-import, with named parameters, compiled once per dialect and run on the raw
-DBAPI connection (store/lean.py): no ORM unit of work, no per-call statement
-machinery. The functions on a LeanConnection (reserve, settle, release) are
-what the Ledger runs; the ones on a Session wrap them for other callers.
+import, with named parameters, and each is declared with its parameters in a
+fixed order (LeanStatement): compiled once per dialect into SQL plus a
+generated binder, and run on the raw DBAPI connection with a tuple of values
+(store/lean.py): no ORM unit of work, no per-call statement machinery, no
+dicts. The functions on a LeanConnection (reserve, settle, release) are what
+the Ledger runs; release_hold and get_hold run them inside a Session (the
+orphan sweep, tools).
 """
 
 from __future__ import annotations
