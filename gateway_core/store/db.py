@@ -185,8 +185,11 @@ class Database:
         """
         lean, wal = self._writer_connection()
         try:
+            changes = lean.driver_connection.total_changes
             outcomes = self._lean_group(lean, fns)
-            if durable and wal is not None:
+            # A group that wrote nothing (replayed or refused settlements) has nothing to make durable:
+            # FULL would not sync its empty commit either.
+            if durable and wal is not None and lean.driver_connection.total_changes != changes:
                 wal.sync()
         except BaseException:
             # BEGIN, COMMIT or the WAL's fsync failed (or worse): the connection may be mid-transaction,

@@ -244,6 +244,10 @@ async def test_only_hold_only_transactions_commit_without_fsync(tmp_path: Any, m
         assert not any(s.startswith("PRAGMA synchronous") for s in statements)  # no switching per transaction
         statements.clear()
 
+        replayed = await ledger.settle(first, outcome(50))  # writes nothing: nothing to fsync
+        assert replayed.replayed and statements[-1] == "COMMIT"
+        statements.clear()
+
         # A hold and a settle queued together share one transaction, which therefore is fsynced.
         second = await ledger.hold(request_id="h2", amount_micros=100, **ids)
         assert statements[-1] == "COMMIT"
