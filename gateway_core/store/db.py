@@ -9,10 +9,13 @@ write is durable before run() returns; many concurrent writes share one
 fsync instead of queueing behind one fsync each on SQLite's single writer.
 
 The money path (run_lean) runs on the raw DBAPI connection with statements
-compiled once (store/lean.py), grouped the same way. A group made only of
-writes that asked for durable=False (the Ledger's holds) commits with
-synchronous=NORMAL on SQLite; see _RELAXED_SYNCHRONOUS for why that loses no
-money. Any other write in the group makes it commit with the full fsync.
+compiled once (store/lean.py), grouped the same way (but without a SAVEPOINT
+per write unless one fails after writing: see _lean_group), on the writer thread's
+own connection, which stays at synchronous=NORMAL. A group made only of
+writes that asked for durable=False (the Ledger's holds) is committed without
+fsync; see _RELAXED_SYNCHRONOUS for why that loses no money. Any other write
+in the group makes the writer fsync the WAL after COMMIT, before any caller
+hears of it (store/wal_sync.py): the fsync synchronous=FULL would do.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from gateway_core.store.lean import LeanConnection, statements_for
 from gateway_core.store.migrate import upgrade_engine
 from gateway_core.store.writer import Outcome as _Outcome
 from gateway_core.store.writer import Pending as _Pending
+from gateway_core.store.wal_sync import WalSync
 from gateway_core.store.writer import WriterThread
 
 T = TypeVar("T")
@@ -52,7 +56,7 @@ _SESSION, _LEAN_DURABLE, _LEAN_RELAXED = "session", "lean-durable", "lean-relaxe
 # next FULL commit (every settle, top-up, release) fsyncs the WAL file, which
 # makes every earlier frame durable too. So a hold lost that way is exactly a
 # hold never taken: nothing was charged, nothing is owed, no client saw an
-# answer. Only groups of holds use it; PostgreSQL stays fully synchronous.
+# answer. Only groups of holds go without the fsync; PostgreSQL stays fully synchronous.
 _RELAXED_SYNCHRONOUS = 1
 # Where a pooled connection remembers the synchronous level it was set up with.
 _SYNCHRONOUS_INFO_KEY = "tollgate_synchronous"
@@ -80,6 +84,7 @@ class Database:
         self._writer_pool: Any = None
         self._writer_pooled: Any = None
         self._writer_lean: LeanConnection | None = None
+        self._writer_wal: WalSync | None = None
         self._writer = (
             WriterThread(
                 self._run_group,
@@ -144,7 +149,9 @@ class Database:
         For the money path's hot statements (store/holds.py). durable=False
         lets SQLite commit it without waiting for fsync when every write in its
         group allows that (see _RELAXED_SYNCHRONOUS); only a transaction that
-        merely takes holds may ask for it.
+        merely takes holds may ask for it. fn must only touch the database:
+        on SQLite it may run more than once (see _lean_group), and only its
+        last run's writes are committed.
         """
         if self._group_writes:
             return await self._write_grouped(fn, _LEAN_DURABLE if durable else _LEAN_RELAXED)
@@ -169,46 +176,69 @@ class Database:
                 return [(False, exc)] * len(group)
 
     def _lean_group_transaction(self, fns: list[Callable[[LeanConnection], Any]], durable: bool) -> list[_Outcome]:
-        """SQLite: runs fns in one BEGIN IMMEDIATE transaction on the writer's connection, each in a SAVEPOINT."""
-        pooled, lean = self._writer_connection()
+        """SQLite: runs fns in one BEGIN IMMEDIATE transaction on the writer's connection.
+
+        The connection stays at synchronous=NORMAL (see _writer_connection);
+        a durable group's commit is made durable by fsyncing the WAL before
+        any of its callers hears of it (store/wal_sync.py), exactly what FULL
+        would do at COMMIT.
+        """
+        lean, wal = self._writer_connection()
         try:
-            full = self._synchronous_level(pooled, lean)
-            relax = not durable and full > _RELAXED_SYNCHRONOUS
-            if relax:
-                lean.run_sql(f"PRAGMA synchronous={_RELAXED_SYNCHRONOUS}")
-            try:
-                outcomes = self._lean_group(lean, fns)
-            finally:
-                if relax:
-                    lean.run_sql(f"PRAGMA synchronous={full}")
+            changes = lean.driver_connection.total_changes
+            outcomes = self._lean_group(lean, fns)
+            # A group that wrote nothing (replayed or refused settlements) has nothing to make durable:
+            # FULL would not sync its empty commit either.
+            if durable and wal is not None and lean.driver_connection.total_changes != changes:
+                wal.sync()
         except BaseException:
-            # BEGIN, COMMIT or a PRAGMA failed (or worse): the connection may be mid-transaction or
-            # still at synchronous=NORMAL, so it must not serve another write. A new one is cheap.
+            # BEGIN, COMMIT or the WAL's fsync failed (or worse): the connection may be mid-transaction,
+            # so it must not serve another write. A new one is cheap.
             self._drop_writer_connection(invalidate=True)
             raise
         if not self._keep_writer_connection:
             self._drop_writer_connection(invalidate=False)
         return outcomes
 
-    def _writer_connection(self) -> tuple[Any, LeanConnection]:
-        """The writer thread's connection: kept checked out on a SQLite file, so its page cache stays warm.
+    def _writer_connection(self) -> tuple[LeanConnection, WalSync | None]:
+        """The writer thread's connection and, if its commits need one, the WAL fsync that makes them durable.
 
+        Kept checked out on a SQLite file, so its page cache stays warm
         (SQLite drops a connection's cache whenever another connection wrote
         since its last transaction; with one writer connection that is only
-        other processes.) A pool replaced by engine.dispose() replaces it too.
+        other processes). A pool replaced by engine.dispose() replaces it too.
+        A connection set up at FULL (or EXTRA) is switched to NORMAL once, here,
+        and back when it returns to the pool; one set up below FULL (a
+        deployment's or test's choice) is left as it is and never fsynced.
         """
         if self._writer_pooled is not None and self._writer_pool is not self._engine.pool:
             self._drop_writer_connection(invalidate=False)
-        if self._writer_pooled is None or self._writer_lean is None:
+        if self._writer_lean is None:
             self._writer_pool = self._engine.pool
-            self._writer_pooled = self._engine.raw_connection()
-            self._writer_lean = LeanConnection(self._writer_pooled.driver_connection, self._statements)
-        return self._writer_pooled, self._writer_lean
+            pooled = self._writer_pooled = self._engine.raw_connection()
+            lean = self._writer_lean = LeanConnection(pooled.driver_connection, self._statements)
+            level = pooled.info.get(_SYNCHRONOUS_INFO_KEY)
+            if level is None:
+                level = pooled.info[_SYNCHRONOUS_INFO_KEY] = int(lean.run_sql("PRAGMA synchronous")[0][0])
+            if self._keep_writer_connection and level > _RELAXED_SYNCHRONOUS:
+                path = next(str(row[2]) for row in lean.run_sql("PRAGMA database_list") if row[1] == "main")
+                lean.run_sql(f"PRAGMA synchronous={_RELAXED_SYNCHRONOUS}")
+                self._writer_wal = WalSync(path)
+        return self._writer_lean, self._writer_wal
 
     def _drop_writer_connection(self, *, invalidate: bool) -> None:
         """Returns the writer's connection to its pool (or discards it, if it may be broken or mid-transaction)."""
-        pooled, lean = self._writer_pooled, self._writer_lean
-        self._writer_pooled = self._writer_lean = None
+        pooled, lean, wal = self._writer_pooled, self._writer_lean, self._writer_wal
+        self._writer_pooled = self._writer_lean = self._writer_wal = None
+        if wal is not None:
+            with contextlib.suppress(OSError):
+                wal.close()
+            if not invalidate and lean is not None:
+                # Back to the level it was set up with before another caller gets it from the pool.
+                try:
+                    lean.run_sql(f"PRAGMA synchronous={pooled.info[_SYNCHRONOUS_INFO_KEY]}")
+                except Exception:  # noqa: BLE001 - it must not serve anyone at NORMAL: discard it
+                    invalidate = True
         if lean is not None:
             with contextlib.suppress(Exception):
                 lean.close()
@@ -218,33 +248,53 @@ class Database:
             pooled.close()
 
     @staticmethod
-    def _synchronous_level(pooled: Any, lean: LeanConnection) -> int:
-        """The synchronous level this connection was set up with (FULL, or what a test chose)."""
-        level = pooled.info.get(_SYNCHRONOUS_INFO_KEY)
-        if level is None:
-            level = pooled.info[_SYNCHRONOUS_INFO_KEY] = int(lean.run_sql("PRAGMA synchronous")[0][0])
-        return int(level)
-
-    @staticmethod
     def _lean_group(lean: LeanConnection, fns: list[Callable[[LeanConnection], Any]]) -> list[_Outcome]:
+        """fns in one transaction; a write that fails is rolled back alone, so the others still commit.
+
+        Most failures change nothing before they are raised (the conditional
+        UPDATE that refuses a hold is the first statement), so they need no
+        rollback and no write pays for a SAVEPOINT. Only when a write fails
+        after changing rows is the transaction rolled back and the group run
+        again with a SAVEPOINT around each write; so a write function may run
+        more than once, and only its last run counts.
+        """
+        connection = lean.driver_connection
         lean.run_sql("BEGIN IMMEDIATE")
         try:
             outcomes: list[_Outcome] = []
-            if len(fns) == 1:  # alone: a plain transaction, no savepoint
+            for fn in fns:
+                changes = connection.total_changes
                 try:
-                    outcomes.append((True, fns[0](lean)))
-                except Exception as exc:  # noqa: BLE001 - handed to the caller, after the rollback
+                    outcomes.append((True, fn(lean)))
+                except Exception as exc:  # noqa: BLE001 - handed to the caller (after a rollback, if it wrote)
+                    if connection.total_changes == changes and connection.in_transaction:
+                        outcomes.append((False, exc))  # it changed nothing: nothing to undo
+                        continue
                     lean.rollback()
-                    return [(False, exc)]
-            else:
-                for fn in fns:
-                    lean.run_sql("SAVEPOINT tollgate_write")
-                    try:
-                        outcomes.append((True, fn(lean)))
-                    except Exception as exc:  # noqa: BLE001 - rolled back to its savepoint; handed to the caller
-                        lean.run_sql("ROLLBACK TO tollgate_write")
-                        outcomes.append((False, exc))
-                    lean.run_sql("RELEASE tollgate_write")
+                    if len(fns) == 1:
+                        return [(False, exc)]
+                    return Database._lean_group_with_savepoints(lean, fns)
+            lean.run_sql("COMMIT")
+            return outcomes
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that got us here is the one to report
+                lean.rollback()
+            raise
+
+    @staticmethod
+    def _lean_group_with_savepoints(lean: LeanConnection, fns: list[Callable[[LeanConnection], Any]]) -> list[_Outcome]:
+        """fns in one transaction, each in a SAVEPOINT: one that fails rolls back only itself."""
+        lean.run_sql("BEGIN IMMEDIATE")
+        try:
+            outcomes: list[_Outcome] = []
+            for fn in fns:
+                lean.run_sql("SAVEPOINT tollgate_write")
+                try:
+                    outcomes.append((True, fn(lean)))
+                except Exception as exc:  # noqa: BLE001 - rolled back to its savepoint; handed to the caller
+                    lean.run_sql("ROLLBACK TO tollgate_write")
+                    outcomes.append((False, exc))
+                lean.run_sql("RELEASE tollgate_write")
             lean.run_sql("COMMIT")
             return outcomes
         except BaseException:

@@ -30,7 +30,8 @@ def _on_sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> No
         _enter_wal_mode(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         # Money: under WAL with synchronous=NORMAL a commit can be lost on power failure.
-        # Only hold-only transactions relax this, for their commit alone (store/db.py).
+        # Only the writer thread's own connection runs at NORMAL, and it fsyncs the WAL
+        # itself after every commit but hold-only ones (store/db.py, store/wal_sync.py).
         cursor.execute("PRAGMA synchronous=FULL")
     finally:
         cursor.close()

@@ -1,4 +1,4 @@
-"""The money path in SQL: reserve a hold, settle it once, release it. Plain functions on a Session.
+"""The money path in SQL: reserve a hold, settle it once, release it. Plain functions on a LeanConnection.
 
 Only metering.Ledger calls these, each inside one write transaction. Every
 change of money is a conditional UPDATE whose WHERE carries the rule (enough
@@ -8,20 +8,24 @@ there is no read-then-write anywhere. Each balance or held change is written
 together with the ledger entry that explains it.
 
 This is the hot path of every request, so the statements are built once, at
-import, with named parameters, compiled once per dialect and run on the raw
-DBAPI connection (store/lean.py): no ORM unit of work, no per-call statement
-machinery. The functions on a LeanConnection (reserve, settle, release) are
-what the Ledger runs; the ones on a Session wrap them for other callers.
+import, with named parameters, and each is declared with its parameters in a
+fixed order (LeanStatement): compiled once per dialect into SQL plus a
+generated binder, and run on the raw DBAPI connection with a tuple of values
+(store/lean.py): no ORM unit of work, no per-call statement machinery, no
+dicts. The functions on a LeanConnection (reserve, settle, release) are what
+the Ledger runs; release_hold and get_hold run them inside a Session (the
+orphan sweep, tools).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, case, insert, or_, select, update
+from sqlalchemy import Table, bindparam, case, insert, or_, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.types import NullType
 from sqlmodel import Session
 
 from gateway_core.errors import GatewayError, Reason, invalid_request
@@ -29,7 +33,7 @@ from gateway_core.metering.outcome import Settlement, UsageOutcome, UsageStatus
 from gateway_core.store.accounts import account_not_found
 from gateway_core.store.api_keys import key_not_found
 from gateway_core.store.clock import transaction_now
-from gateway_core.store.lean import LeanConnection, lean_connection
+from gateway_core.store.lean import LeanConnection, LeanStatement, lean_connection
 from gateway_core.store.models import Account, ApiKey, Hold, HoldStatus, LedgerEntry, LedgerKind
 from gateway_core.store.records import HoldRecord
 from gateway_core.store.usage_records import insert_usage
@@ -103,7 +107,16 @@ _CLOSE = (
     update(_HOLDS)
     .where(_HOLDS.c.request_id == bindparam("b_request_id"), _HOLDS.c.status == HoldStatus.OPEN.value)
     .values(status=bindparam("b_status"), closed_at=bindparam("b_now"))
-    .returning(*_HOLDS.c)
+    .returning(
+        _HOLDS.c.account_id,
+        _HOLDS.c.api_key_id,
+        _HOLDS.c.amount_micros,
+        _HOLDS.c.model,
+        _HOLDS.c.provider,
+        _HOLDS.c.upstream_model,
+        # As stored (no conversion): it is only written again, into the usage record (insert_usage).
+        type_coerce(_HOLDS.c.created_at, NullType()),
+    )
 )
 _RECORD_CHARGE = (
     update(_HOLDS)
@@ -167,6 +180,24 @@ _SELECT_BUDGET = select(
 ).where(_ACCOUNTS.c.id == bindparam("b_account_id"))
 _SELECT_KEY_ACCOUNT = select(_KEYS.c.account_id).where(_KEYS.c.id == bindparam("b_key_id"))
 
+# The statements above with their parameters in the order the functions below bind them (store/lean.py).
+_LEAN_RESERVE_ON_ACCOUNT = LeanStatement(_RESERVE_ON_ACCOUNT, ("b_account_id", "b_amount", "b_now", "b_period"))
+_LEAN_RESERVE_ON_KEY = LeanStatement(_RESERVE_ON_KEY, ("b_account_id", "b_amount", "b_key_id"))
+_LEAN_INSERT_HOLD = LeanStatement(_INSERT_HOLD, _HOLD_COLUMNS, column_keys=_HOLD_COLUMNS)
+_LEAN_CLOSE = LeanStatement(_CLOSE, ("b_request_id", "b_status", "b_now"))
+_LEAN_RECORD_CHARGE = LeanStatement(_RECORD_CHARGE, ("b_request_id", "b_charged", "b_balance_after"))
+_LEAN_DEBIT_ACCOUNT = LeanStatement(_DEBIT_ACCOUNT, ("b_account_id", "b_charged", "b_held", "b_period", "b_now"))
+_LEAN_DEBIT_KEY = LeanStatement(_DEBIT_KEY, ("b_key_id", "b_charged", "b_held"))
+_LEAN_INSERT_ENTRIES = {
+    count: LeanStatement(statement, tuple(f"b_{name}_{index}" for index in range(count) for name in _ENTRY_COLUMNS))
+    for count, statement in _INSERT_ENTRIES.items()
+}
+_LEAN_SELECT_HOLD = LeanStatement(_SELECT_HOLD, ("b_request_id",))
+_LEAN_SELECT_BUDGET = LeanStatement(_SELECT_BUDGET, ("b_account_id",))
+_LEAN_SELECT_KEY_ACCOUNT = LeanStatement(_SELECT_KEY_ACCOUNT, ("b_key_id",))
+_OPEN, _SETTLED, _RELEASED = HoldStatus.OPEN.value, HoldStatus.SETTLED.value, HoldStatus.RELEASED.value
+_HOLD_KIND, _SETTLE_KIND, _RELEASE_KIND = LedgerKind.HOLD.value, LedgerKind.SETTLE.value, LedgerKind.RELEASE.value
+
 
 @dataclass(frozen=True)
 class HoldRequest:
@@ -201,64 +232,41 @@ def reserve(lean: LeanConnection, request: HoldRequest) -> HoldRecord:
     check_hold_request(request)
     now = transaction_now(lean)
     period = budget_period(now)
-    ids = {"b_account_id": request.account_id, "b_amount": request.amount_micros}
-    reserved = lean.first(_RESERVE_ON_ACCOUNT, {**ids, "b_now": now, "b_period": period})
+    account_id, amount, request_id = request.account_id, request.amount_micros, request.request_id
+    reserved = lean.one(_LEAN_RESERVE_ON_ACCOUNT, (account_id, amount, now, period))
     if reserved is None:
         raise _account_cannot_cover(lean, request, period)
-    if lean.execute(_RESERVE_ON_KEY, {**ids, "b_key_id": request.api_key_id}) != 1:
-        key = lean.first(_SELECT_KEY_ACCOUNT, {"b_key_id": request.api_key_id})
-        if key is None or key[0] != request.account_id:
+    if lean.count(_LEAN_RESERVE_ON_KEY, (account_id, amount, request.api_key_id)) != 1:
+        key = lean.one(_LEAN_SELECT_KEY_ACCOUNT, (request.api_key_id,))
+        if key is None or key[0] != account_id:
             raise key_not_found(request.api_key_id)
         raise GatewayError(Reason.INSUFFICIENT_BALANCE, KEY_CANNOT_COVER)
-    record = HoldRecord(
-        request_id=request.request_id,
-        account_id=request.account_id,
-        api_key_id=request.api_key_id,
-        amount_micros=request.amount_micros,
-        status=HoldStatus.OPEN,
-        instance_id=request.instance_id,
-        model=request.model,
-        provider=request.provider,
-        upstream_model=request.upstream_model,
-        charged_micros=0,
-        balance_after_micros=None,
-        created_at=now,
-        closed_at=None,
-    )
+    # In _HOLD_COLUMNS order (HoldRecord's, checked at import).
+    row = (
+        request_id, account_id, request.api_key_id, amount, _OPEN, request.instance_id,
+        request.model, request.provider, request.upstream_model, 0, None, now, None,
+    )  # fmt: skip
     try:
-        lean.execute(_INSERT_HOLD, _hold_row(record), column_keys=_HOLD_COLUMNS)
+        lean.count(_LEAN_INSERT_HOLD, row)
     except IntegrityError:
         # Account and key were just updated, so only the primary key can clash.
         raise GatewayError(
             Reason.ALREADY_EXISTS, "a request with this request_id was already admitted", param="request_id"
         ) from None
-    if request.amount_micros > 0:  # a free request moves no money, so it needs no entry
-        entry = _entry(record, LedgerKind.HOLD, amount=0, held_delta=request.amount_micros, balance_after=reserved[0])
-        _append(lean, [entry])
-    return record
-
-
-def _hold_row(record: HoldRecord) -> dict[str, Any]:
-    """The hold's row for the INSERT (dataclasses.asdict would deep-copy every value)."""
-    row = {name: getattr(record, name) for name in _HOLD_COLUMNS}
-    row["status"] = record.status.value
-    return row
-
-
-def create_hold(session: Session, request: HoldRequest) -> HoldRecord:
-    """reserve() inside a Session's transaction."""
-    return reserve(lean_connection(session), request)
+    if amount > 0:  # a free request moves no money, so it needs no entry
+        lean.count(_LEAN_INSERT_ENTRIES[1], (account_id, _HOLD_KIND, 0, amount, reserved[0], request_id, "", now))
+    return HoldRecord(*row[:4], HoldStatus.OPEN, *row[5:])
 
 
 def budget_period(now: datetime) -> int:
     """The UTC calendar month of now as YYYYMM: the monthly budget's period."""
-    utc = now.astimezone(UTC)
+    utc = now if now.tzinfo is UTC else now.astimezone(UTC)
     return utc.year * 100 + utc.month
 
 
 def _account_cannot_cover(lean: LeanConnection, request: HoldRequest, period: int) -> GatewayError:
     """Why the reservation failed, read after the fact only to word the error (the UPDATE decided)."""
-    row = lean.first(_SELECT_BUDGET, {"b_account_id": request.account_id})
+    row = lean.one(_LEAN_SELECT_BUDGET, (request.account_id,))
     if row is None:  # NOT_FOUND rather than a misleading quota error
         return account_not_found(request.account_id)
     monthly_budget, spent_period, spent, budget_held = (int(value) for value in row)
@@ -273,19 +281,15 @@ def settle(lean: LeanConnection, request_id: str, outcome: UsageOutcome) -> Sett
     Exactly once per request_id: a hold that is no longer open returns the
     settlement (or release) that closed it, with replayed=True.
     """
-    hold = _close(lean, request_id, HoldStatus.SETTLED)
+    now = transaction_now(lean)
+    hold = lean.one(_LEAN_CLOSE, (request_id, _SETTLED, now))
     if hold is None:
         return read_settlement(lean, request_id)
-    charged = min(max(outcome.cost_micros, 0), hold.amount_micros)
-    balance_after = _move_money(lean, hold, charged)
+    amount = hold[2]
+    charged = min(max(outcome.cost_micros, 0), amount)
     clamped = outcome.clamped or charged != outcome.cost_micros
-    insert_usage(lean, hold, outcome, charged_micros=charged, clamped=clamped)
-    return Settlement(request_id, charged, hold.amount_micros - charged, balance_after, replayed=False)
-
-
-def settle_hold(session: Session, request_id: str, outcome: UsageOutcome) -> Settlement:
-    """settle() inside a Session's transaction."""
-    return settle(lean_connection(session), request_id, outcome)
+    balance_after = _move_money(lean, request_id, hold, charged, now, outcome, clamped)
+    return Settlement(request_id, charged, amount - charged, balance_after, replayed=False)
 
 
 def release(lean: LeanConnection, request_id: str) -> bool:
@@ -293,14 +297,15 @@ def release(lean: LeanConnection, request_id: str) -> bool:
 
     False if the hold was no longer open (settled or released by someone else).
     """
-    hold = _close(lean, request_id, HoldStatus.RELEASED)
+    now = transaction_now(lean)
+    hold = lean.one(_LEAN_CLOSE, (request_id, _RELEASED, now))
     if hold is None:
         return False
-    _move_money(lean, hold, 0)
+    _, _, _, model, provider, upstream_model, _ = hold
     abandoned = UsageOutcome(
-        model=hold.model or UNKNOWN,
-        provider=hold.provider or UNKNOWN,
-        upstream_model=hold.upstream_model or UNKNOWN,
+        model=model or UNKNOWN,
+        provider=provider or UNKNOWN,
+        upstream_model=upstream_model or UNKNOWN,
         prompt_tokens=0,
         completion_tokens=0,
         cached_tokens=0,
@@ -311,18 +316,18 @@ def release(lean: LeanConnection, request_id: str) -> bool:
         time_to_first_token_ms=None,
         estimated=True,
     )
-    insert_usage(lean, hold, abandoned, charged_micros=0, clamped=False)
+    _move_money(lean, request_id, hold, 0, now, abandoned, False)
     return True
 
 
 def release_hold(session: Session, request_id: str) -> bool:
-    """release() inside a Session's transaction."""
+    """release() inside a Session's transaction (the orphan sweep's batches)."""
     return release(lean_connection(session), request_id)
 
 
 def read_settlement(lean: LeanConnection, request_id: str) -> Settlement:
     """How a closed hold ended, as a replayed Settlement; NOT_FOUND for an unknown request."""
-    row = lean.first(_SELECT_HOLD, {"b_request_id": request_id})
+    row = lean.one(_LEAN_SELECT_HOLD, (request_id,))
     if row is None:
         raise GatewayError(Reason.NOT_FOUND, "no hold exists for this request_id", param="request_id")
     hold = _record(row)
@@ -332,14 +337,9 @@ def read_settlement(lean: LeanConnection, request_id: str) -> Settlement:
     return Settlement(request_id, hold.charged_micros, hold.released_micros, hold.balance_after_micros, replayed=True)
 
 
-def stored_settlement(session: Session, request_id: str) -> Settlement:
-    """read_settlement() inside a Session's transaction."""
-    return read_settlement(lean_connection(session), request_id)
-
-
 def get_hold(session: Session, request_id: str) -> HoldRecord | None:
     """The hold for request_id, if one was ever admitted."""
-    row = lean_connection(session).first(_SELECT_HOLD, {"b_request_id": request_id})
+    row = lean_connection(session).one(_LEAN_SELECT_HOLD, (request_id,))
     return None if row is None else _record(row)
 
 
@@ -349,50 +349,33 @@ def _record(row: tuple[Any, ...]) -> HoldRecord:
     return HoldRecord(*values)
 
 
-def _close(lean: LeanConnection, request_id: str, status: HoldStatus) -> HoldRecord | None:
-    now = transaction_now(lean)
-    row = lean.first(_CLOSE, {"b_request_id": request_id, "b_status": status.value, "b_now": now})
-    if row is None:
-        return None
-    # closed_at is the now just bound (read back equal): keeping the very object lets the
-    # statements after this reuse its conversion (lean.py, _remember_last).
-    return replace(_record(row), closed_at=now)
-
-
-def _move_money(lean: LeanConnection, hold: HoldRecord, charged: int) -> int:
-    """Debits charged, un-holds the whole hold on account and key, ledgers both; the balance after."""
-    held = hold.amount_micros
-    assert hold.closed_at is not None, "money moves only when a hold closes"
-    money = {"b_charged": charged, "b_held": held, "b_period": budget_period(hold.closed_at)}
-    debited = lean.first(_DEBIT_ACCOUNT, {**money, "b_account_id": hold.account_id, "b_now": hold.closed_at})
+def _move_money(
+    lean: LeanConnection,
+    request_id: str,
+    hold: tuple[Any, ...],
+    charged: int,
+    now: datetime,
+    outcome: UsageOutcome,
+    clamped: bool,
+) -> int:
+    """Debits charged and un-holds the whole hold (a _CLOSE row) on account and key, ledgers both,
+    records the charge on the hold and writes the usage record; the balance after."""
+    account_id, key_id, held = hold[0], hold[1], hold[2]
+    debited = lean.one(_LEAN_DEBIT_ACCOUNT, (account_id, charged, held, budget_period(now), now))
     if debited is None:  # the hold's foreign key makes this unreachable; never move money half-way
-        raise RuntimeError(f"account {hold.account_id!r} of hold {hold.request_id!r} is missing")
+        raise RuntimeError(f"account {account_id!r} of hold {request_id!r} is missing")
     balance_after = int(debited[0])
-    lean.execute(_DEBIT_KEY, {**money, "b_key_id": hold.api_key_id})
-    entries = []
-    if charged > 0:
-        entries.append(_entry(hold, LedgerKind.SETTLE, amount=-charged, held_delta=-charged, balance_after=balance_after))
-    if held - charged > 0:
-        entries.append(_entry(hold, LedgerKind.RELEASE, amount=0, held_delta=charged - held, balance_after=balance_after))
-    if entries:
-        _append(lean, entries)
-    lean.execute(_RECORD_CHARGE, {"b_request_id": hold.request_id, "b_charged": charged, "b_balance_after": balance_after})
+    # Entries in _ENTRY_COLUMNS order, stamped with the time of the transaction.
+    settle_entry = (account_id, _SETTLE_KIND, -charged, -charged, balance_after, request_id, "", now)
+    release_entry = (account_id, _RELEASE_KIND, 0, charged - held, balance_after, request_id, "", now)
+    with lean.unawaited():  # nothing below is read back: one round trip on PostgreSQL
+        lean.count(_LEAN_DEBIT_KEY, (key_id, charged, held))
+        if charged > 0 and held > charged:
+            lean.count(_LEAN_INSERT_ENTRIES[2], settle_entry + release_entry)
+        elif charged > 0:
+            lean.count(_LEAN_INSERT_ENTRIES[1], settle_entry)
+        elif held > 0:
+            lean.count(_LEAN_INSERT_ENTRIES[1], release_entry)
+        lean.count(_LEAN_RECORD_CHARGE, (request_id, charged, balance_after))
+        insert_usage(lean, request_id, hold, outcome, charged_micros=charged, clamped=clamped)
     return balance_after
-
-
-def _entry(
-    hold: HoldRecord, kind: LedgerKind, *, amount: int, held_delta: int, balance_after: int
-) -> tuple[Any, ...]:
-    """One ledger entry for the hold (in _ENTRY_COLUMNS order), stamped with the time of the transaction."""
-    created = hold.closed_at or hold.created_at
-    return (hold.account_id, kind.value, amount, held_delta, int(balance_after), hold.request_id, "", created)
-
-
-def _append(lean: LeanConnection, entries: list[tuple[Any, ...]]) -> None:
-    """Writes the entries in one INSERT."""
-    params = {
-        f"b_{name}_{index}": value
-        for index, entry in enumerate(entries)
-        for name, value in zip(_ENTRY_COLUMNS, entry, strict=True)
-    }
-    lean.execute(_INSERT_ENTRIES[len(entries)], params)

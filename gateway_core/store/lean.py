@@ -17,10 +17,11 @@ OperationalError, ...), as the Session path would, without the bound values.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -49,6 +50,8 @@ class CompiledStatement:
     bind_processors: tuple[tuple[str, _Processor], ...]
     # Per returned column, its converter or None; empty when nothing is returned.
     result_processors: tuple[_Processor | None, ...]
+    # Every bind the caller must give (with or without a converter).
+    param_names: frozenset[str] = frozenset()
 
 
 def compile_statement(
@@ -67,6 +70,7 @@ def compile_statement(
     compiled = statement.compile(dialect=dialect, column_keys=list(column_keys) or None)
     assert isinstance(compiled, SQLCompiler)
     bind_processors: list[tuple[str, _Processor]] = []
+    param_names: set[str] = set()
     # Values written into the statement itself (CASE's else 0, status = 'open'): bound as SQLAlchemy would.
     constants: dict[str, Any] = {}
     # Every column of an INSERT must be given: defaults SQLAlchemy would compute per call are not applied here.
@@ -76,7 +80,9 @@ def compile_statement(
         if not bind.required:
             value = bind.effective_value
             constants[name] = value if processor is None else processor(value)
-        elif processor is not None:
+            continue
+        param_names.add(name)
+        if processor is not None:
             # Equal types (class and arguments) convert alike: one memoized processor for all of them.
             same_type = (type(bind.type), repr(bind.type))
             if same_type not in shared:
@@ -90,7 +96,13 @@ def compile_statement(
     assert not compiled.escaped_bind_names, compiled.escaped_bind_names
     positions = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup is not None else None
     return CompiledStatement(
-        compiled.string, positions, _picker(positions), constants, tuple(bind_processors), tuple(result_processors)
+        compiled.string,
+        positions,
+        _picker(positions),
+        constants,
+        tuple(bind_processors),
+        tuple(result_processors),
+        frozenset(param_names),
     )
 
 
@@ -131,12 +143,105 @@ def _picker(positions: tuple[str, ...] | None) -> Callable[[Mapping[str, Any]], 
     return operator.itemgetter(*positions)
 
 
+class LeanStatement:
+    """A Core statement of the money path with its parameters in a fixed order.
+
+    The hot callers bind a tuple in this order instead of a dict: per dialect
+    the statement is prepared once (Prepared) into SQL text plus one generated
+    function that maps that tuple straight to what the driver takes, with
+    constants and type conversions already in place, so a call costs no dict
+    merge and no loop over bind processors. The SQL is still compiled from the
+    Core statement (one source of truth).
+    """
+
+    __slots__ = ("statement", "params", "column_keys", "as_stored")
+
+    def __init__(
+        self,
+        statement: ClauseElement,
+        params: Sequence[str],
+        column_keys: Sequence[str] = (),
+        *,
+        as_stored: Sequence[str] = (),
+    ) -> None:
+        self.statement = statement
+        self.params = tuple(params)
+        self.column_keys = tuple(column_keys)
+        # Params given exactly as the driver returned them from a column of the same type
+        # (e.g. a RETURNING column under type_coerce(..., NullType())): bound without conversion,
+        # so the value stored is the value read, byte for byte.
+        self.as_stored = frozenset(as_stored)
+
+
+class Prepared:
+    """One LeanStatement for one dialect: its SQL, its binder and (if any column needs it) its row converter."""
+
+    __slots__ = ("sql", "bind", "convert")
+
+    def __init__(
+        self,
+        sql: str,
+        bind: Callable[[Sequence[Any]], Any],
+        convert: Callable[[Sequence[Any]], tuple[Any, ...]] | None,
+    ) -> None:
+        self.sql = sql
+        self.bind = bind
+        self.convert = convert
+
+
+def prepare(lean_statement: LeanStatement, compiled: CompiledStatement) -> Prepared:
+    """Generates the binder (and row converter) of lean_statement from its compiled form.
+
+    The functions are generated as source and compiled (as namedtuple and
+    dataclasses do), so a call is one tuple (or dict) display: no per-call
+    loop. Every bind of the SQL must be a constant or one of params.
+    """
+    index = {name: position for position, name in enumerate(lean_statement.params)}
+    processors = dict(compiled.bind_processors)
+    namespace: dict[str, Any] = {}
+
+    def value_of(name: str) -> str:
+        if name in compiled.constants:
+            namespace[f"k_{name}"] = compiled.constants[name]
+            return f"k_{name}"
+        if name not in index:
+            raise ValueError(f"bind {name!r} of the statement is not among its params {lean_statement.params}")
+        if name in processors and name not in lean_statement.as_stored:
+            namespace[f"p_{name}"] = processors[name]
+            return f"p_{name}(a[{index[name]}])"
+        return f"a[{index[name]}]"
+
+    unused = (set(lean_statement.params) | lean_statement.as_stored) - compiled.param_names
+    if unused:
+        raise ValueError(f"params {sorted(unused)} are not binds of the statement")
+    if compiled.positions is not None:
+        items = [value_of(name) for name in compiled.positions]
+        body = "(" + "".join(f"{item}, " for item in items) + ")"
+    else:  # named placeholders (PostgreSQL's drivers): a dict of every bind
+        names = [*compiled.constants, *sorted(compiled.param_names)]
+        body = "{" + "".join(f"{name!r}: {value_of(name)}, " for name in names) + "}"
+    exec(f"def bind(a):\n    return {body}\n", namespace)  # noqa: S102 - source built above from bind names only
+    convert = None
+    if any(compiled.result_processors):
+        columns = []
+        for position, processor in enumerate(compiled.result_processors):
+            if processor is None:
+                columns.append(f"r[{position}]")
+            else:
+                namespace[f"r_{position}"] = processor
+                columns.append(f"r_{position}(r[{position}])")
+        exec(f"def convert(r):\n    return ({''.join(column + ', ' for column in columns)})\n", namespace)  # noqa: S102
+        convert = namespace["convert"]
+    return Prepared(compiled.sql, namespace["bind"], convert)
+
+
 class StatementCache:
     """Compiled statements of one dialect, built on first use; safe to share between threads."""
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self._compiled: dict[tuple[int, tuple[str, ...]], CompiledStatement] = {}
+        self._prepared: dict[LeanStatement, Prepared] = {}
         self._processors: dict[tuple[type, str], _Processor] = {}
         # Keeps each compiled statement's source alive, so its id() is never reused.
         self._sources: list[ClauseElement] = []
@@ -153,6 +258,17 @@ class StatementCache:
                     found = compile_statement(statement, self.dialect, column_keys, self._processors)
                     self._sources.append(statement)
                     self._compiled[key] = found
+        return found
+
+    def prepared(self, lean_statement: LeanStatement) -> Prepared:
+        """The Prepared form of lean_statement (a module-level constant: cached by identity)."""
+        found = self._prepared.get(lean_statement)
+        if found is None:
+            compiled = self.get(lean_statement.statement, lean_statement.column_keys)
+            with self._lock:
+                found = self._prepared.get(lean_statement)
+                if found is None:
+                    found = self._prepared[lean_statement] = prepare(lean_statement, compiled)
         return found
 
 
@@ -180,10 +296,51 @@ class LeanConnection:
 
     def __init__(self, dbapi_connection: Any, statements: StatementCache) -> None:
         self._dbapi_connection = dbapi_connection
+        self.driver_connection = dbapi_connection
         self._cursor = dbapi_connection.cursor()
         self._statements = statements
+        self._prepared = statements._prepared  # read without the lock: entries are only ever added whole
         self.dialect = statements.dialect
+        self._dbapi_error = statements.dialect.loaded_dbapi.Error
         self.disconnected = False
+
+    def one(self, statement: LeanStatement, args: Sequence[Any]) -> tuple[Any, ...] | None:
+        """Runs a statement returning at most one row (RETURNING or SELECT by key); that row, converted, or None."""
+        prepared = self._prepared.get(statement) or self._statements.prepared(statement)
+        try:
+            row = self._cursor.execute(prepared.sql, prepared.bind(args)).fetchone()
+        except self._dbapi_error as error:
+            raise self._wrapped(prepared.sql, error) from error
+        if row is None or prepared.convert is None:
+            return row  # type: ignore[no-any-return]
+        return prepared.convert(row)
+
+    @contextlib.contextmanager
+    def unawaited(self) -> Iterator[None]:
+        """Statements run inside are sent without waiting for each one's result, where the driver can.
+
+        On PostgreSQL (psycopg's pipeline mode) that is one round trip for
+        all of them instead of one each; SQLite runs them as usual. Only for
+        statements whose results (rows, rowcounts) are not read: an error of
+        any of them is raised, as SQLAlchemy's exception, when the block ends.
+        """
+        pipeline = getattr(self._dbapi_connection, "pipeline", None)
+        if pipeline is None:
+            yield
+            return
+        try:
+            with pipeline():
+                yield
+        except self._dbapi_error as error:
+            raise self._wrapped("pipeline", error) from error
+
+    def count(self, statement: LeanStatement, args: Sequence[Any]) -> int:
+        """Runs a statement that returns no rows; the number of rows it changed."""
+        prepared = self._prepared.get(statement) or self._statements.prepared(statement)
+        try:
+            return int(self._cursor.execute(prepared.sql, prepared.bind(args)).rowcount)
+        except self._dbapi_error as error:
+            raise self._wrapped(prepared.sql, error) from error
 
     def execute(
         self, statement: ClauseElement, params: Mapping[str, Any], *, column_keys: tuple[str, ...] = ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -11,54 +12,57 @@ from sqlmodel import Session, col, select
 
 from gateway_core.errors import invalid_request
 from gateway_core.metering.outcome import UsageOutcome
-from gateway_core.store.lean import LeanConnection
+from gateway_core.store.lean import LeanConnection, LeanStatement
 from gateway_core.store.models import UsageRecord
 from gateway_core.store.paging import cursor_time, decode_token, encode_token, page_size
-from gateway_core.store.records import HoldRecord, ModelUsage, Usage
+from gateway_core.store.records import ModelUsage, Usage
 
 
 # Built once: this runs on every request's settlement (see store/holds.py and store/lean.py).
 _USAGE: Table = UsageRecord.__table__  # type: ignore[attr-defined]
 _INSERT_USAGE = insert(_USAGE)
-# Every column is bound (lean.py applies no defaults).
+# Every column is bound (lean.py applies no defaults), in this order.
 _USAGE_COLUMNS = tuple(_USAGE.c.keys())
+assert _USAGE_COLUMNS == (
+    "request_id", "account_id", "api_key_id", "model", "provider", "upstream_model", "prompt_tokens",
+    "completion_tokens", "cached_tokens", "reasoning_tokens", "cost_micros", "held_micros", "status",
+    "latency_ms", "time_to_first_token_ms", "estimated", "clamped", "created_at",
+), "usage_records columns changed: update insert_usage"  # fmt: skip
+# created_at comes as stored in the hold's row (holds.py, _CLOSE): written back unconverted.
+_LEAN_INSERT_USAGE = LeanStatement(_INSERT_USAGE, _USAGE_COLUMNS, column_keys=_USAGE_COLUMNS, as_stored=("created_at",))
 
 
 def insert_usage(
-    lean: LeanConnection, hold: HoldRecord, outcome: UsageOutcome, *, charged_micros: int, clamped: bool
+    lean: LeanConnection,
+    request_id: str,
+    hold: Sequence[Any],
+    outcome: UsageOutcome,
+    *,
+    charged_micros: int,
+    clamped: bool,
 ) -> None:
     """Writes the one usage record of a closing hold; a second one fails on the primary key.
 
-    The record is dated at admission (the hold's database time). Negative
-    token counts (untrusted upstream numbers) are stored as 0 and flagged clamped.
+    hold is the closed hold's row as store/holds.py's _CLOSE returns it:
+    (account_id, api_key_id, amount_micros, model, provider, upstream_model,
+    created_at as stored). The record is dated at admission (the hold's database time).
+    Negative token counts (untrusted upstream numbers) are stored as 0 and flagged clamped.
     """
-    tokens = (outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens, outcome.reasoning_tokens)
-    prompt, completion, cached, reasoning = (max(count, 0) for count in tokens)
+    account_id, api_key_id, held_micros, _, _, _, created_at = hold
+    prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
+    cached, reasoning = outcome.cached_tokens, outcome.reasoning_tokens
     ttft = outcome.time_to_first_token_ms
-    lean.execute(
-        _INSERT_USAGE,
-        {
-            "request_id": hold.request_id,
-            "account_id": hold.account_id,
-            "api_key_id": hold.api_key_id,
-            "model": outcome.model,
-            "provider": outcome.provider,
-            "upstream_model": outcome.upstream_model,
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "cached_tokens": cached,
-            "reasoning_tokens": reasoning,
-            "cost_micros": charged_micros,
-            "held_micros": hold.amount_micros,
-            "status": outcome.status.value,
-            "latency_ms": max(outcome.latency_ms, 0),
-            "time_to_first_token_ms": None if ttft is None else max(ttft, 0),
-            "estimated": outcome.estimated,
-            "clamped": clamped or min(tokens) < 0,
-            "created_at": hold.created_at,
-        },
-        column_keys=_USAGE_COLUMNS,
-    )
+    negative = prompt < 0 or completion < 0 or cached < 0 or reasoning < 0
+    # In _USAGE_COLUMNS order (checked at import).
+    lean.count(
+        _LEAN_INSERT_USAGE,
+        (
+            request_id, account_id, api_key_id, outcome.model, outcome.provider, outcome.upstream_model,
+            max(prompt, 0), max(completion, 0), max(cached, 0), max(reasoning, 0), charged_micros, held_micros,
+            outcome.status.value, max(outcome.latency_ms, 0), None if ttft is None else max(ttft, 0),
+            outcome.estimated, clamped or negative, created_at,
+        ),
+    )  # fmt: skip
 
 
 def get_usage(session: Session, request_id: str) -> Usage | None:

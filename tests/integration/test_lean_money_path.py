@@ -11,12 +11,14 @@ after such a hold and sees the orphan sweep release it).
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +30,7 @@ from gateway_core.errors import GatewayError, Reason
 from gateway_core.metering.ledger import Ledger
 from gateway_core.store import Database, Store
 from gateway_core.store import holds as hold_sql
+from gateway_core.store import wal_sync
 from gateway_core.store.clock import db_now
 from gateway_core.store.lean import LeanConnection, lean_connection
 from gateway_core.store.models import Account, Hold, LedgerEntry, UsageRecord
@@ -144,24 +147,45 @@ async def test_lean_errors_are_sqlalchemy_errors_and_change_nothing(database_url
         hold = await store.get_hold("twice")
         assert hold is not None and hold.charged_micros == 0
 
+        def violate_check_unawaited(lean: LeanConnection) -> None:
+            with lean.unawaited():  # PostgreSQL's pipeline: the error comes at the block's end, still SQLAlchemy's
+                lean.count(hold_sql._LEAN_DEBIT_KEY, (key.key_id, 0, 100))
+                lean.count(hold_sql._LEAN_RECORD_CHARGE, ("twice", 101, 0))
 
-async def test_session_wrappers_run_the_same_statements(database_url: str) -> None:
-    """Cold paths (orphan sweeps, tools) call the Session functions: same SQL, inside the Session's transaction."""
+        with pytest.raises(IntegrityError):
+            await db.run_lean(violate_check_unawaited)
+        hold = await store.get_hold("twice")
+        assert hold is not None and hold.charged_micros == 0
+        api_key = await store.get_api_key(key.key_id)
+        assert api_key is not None and api_key.held_micros == 100  # the statement before it rolled back too
+
+
+async def test_release_through_a_session_runs_the_same_statements(database_url: str) -> None:
+    """The orphan sweep releases inside a Session's transaction: same SQL, same rows, exactly once."""
     async with await Database.open(database_url) as db:
         store = Store(db)
         key = await funded_key(store, 5_000)
-        request = hold_sql.HoldRequest("wrapped", key.account_id, key.key_id, 2_000, "tool")
+        ledger = Ledger(db, instance_id="session-release")
+        hold = await ledger.hold(
+            request_id="wrapped", account_id=key.account_id, api_key_id=key.key_id, amount_micros=2_000, model="m"
+        )
 
-        def hold_and_settle(session: Session) -> int:
-            record = hold_sql.create_hold(session, request)
-            assert record.created_at <= db_now(session)
-            assert hold_sql.get_hold(session, "wrapped") == record
-            return hold_sql.settle_hold(session, "wrapped", outcome(500)).balance_after_micros
+        def release_and_read(session: Session) -> tuple[bool, Any]:
+            released = hold_sql.release_hold(session, "wrapped")
+            record = hold_sql.get_hold(session, "wrapped")
+            assert record is not None and record.closed_at is not None and record.closed_at <= db_now(session)
+            return released, record
 
-        assert await db.run(hold_and_settle, write=True) == 4_500
-        replayed = await db.run(lambda session: hold_sql.stored_settlement(session, "wrapped"))
-        assert (replayed.charged_micros, replayed.replayed) == (500, True)
+        released, record = await db.run(release_and_read, write=True)
+        assert released is True and record.status == "released" and record.charged_micros == 0
+        assert record.balance_after_micros == 5_000
         assert await db.run(lambda session: hold_sql.release_hold(session, "wrapped"), write=True) is False
+        replayed = await ledger.settle(hold, outcome(500))  # the late settle gets the release back, uncharged
+        assert (replayed.charged_micros, replayed.released_micros, replayed.replayed) == (0, 2_000, True)
+        usage = await store.get_usage_record("wrapped")
+        assert usage is not None and usage.status == "abandoned" and usage.model == "m" and usage.provider == "unknown"
+        account = await store.get_account(key.account_id)
+        assert (account.balance_micros, account.held_micros) == (5_000, 0)
         with Session(db.engine) as session, session.begin():
             lean = lean_connection(session)
             assert lean.first(text("SELECT 1"), {}) == (1,)
@@ -182,7 +206,24 @@ def _trace_statements(db: Database) -> list[str]:
     return statements
 
 
-async def test_only_hold_only_transactions_commit_with_synchronous_normal(tmp_path: Any) -> None:
+def _trace_wal_syncs(monkeypatch: pytest.MonkeyPatch, statements: list[str]) -> list[str]:
+    """Every fsync the writer makes through WalSync, as the path of the file synced; marked in statements too."""
+    synced: list[str] = []
+    real_fsync = wal_sync.os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append(path)
+        if not Path(path).is_dir():  # the directory is synced once, when the WAL file is opened
+            statements.append(f"fsync {Path(path).name}")
+
+    monkeypatch.setattr(wal_sync.os, "fsync", fsync)
+    return synced
+
+
+async def test_only_hold_only_transactions_commit_without_fsync(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer's connection runs at NORMAL; every group with anything but holds fsyncs the WAL after COMMIT."""
     async with await Database.open(f"sqlite:///{tmp_path}/durability.db") as db:
         store = Store(db)
         key = await funded_key(store, 100_000)
@@ -190,35 +231,58 @@ async def test_only_hold_only_transactions_commit_with_synchronous_normal(tmp_pa
         await ledger.ensure_instance()
         ids = {"account_id": key.account_id, "api_key_id": key.key_id}
         statements = _trace_statements(db)
+        synced = _trace_wal_syncs(monkeypatch, statements)
 
         first = await ledger.hold(request_id="h1", amount_micros=100, **ids)
-        begin = statements.index("BEGIN IMMEDIATE")
-        assert statements[begin - 1] == "PRAGMA synchronous=1"  # NORMAL, set before the transaction starts
-        assert statements[statements.index("COMMIT") + 1] == "PRAGMA synchronous=2"  # FULL again right after
+        assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+        assert statements.index("PRAGMA synchronous=1") < statements.index("BEGIN IMMEDIATE")  # set up once
+        assert synced == []  # a hold-only commit: NORMAL, no fsync
         statements.clear()
 
         await ledger.settle(first, outcome(50))
-        assert "BEGIN IMMEDIATE" in statements and "COMMIT" in statements
-        assert not any(s.startswith("PRAGMA synchronous=") for s in statements)  # settles stay FULL
+        assert statements[-2:] == ["COMMIT", "fsync durability.db-wal"]  # the WAL made durable before the answer
+        assert not any(s.startswith("PRAGMA synchronous") for s in statements)  # no switching per transaction
         statements.clear()
 
-        # A hold and a settle queued together share one transaction, which therefore commits FULL.
+        replayed = await ledger.settle(first, outcome(50))  # writes nothing: nothing to fsync
+        assert replayed.replayed and statements[-1] == "COMMIT"
+        statements.clear()
+
+        # A hold and a settle queued together share one transaction, which therefore is fsynced.
         second = await ledger.hold(request_id="h2", amount_micros=100, **ids)
+        assert statements[-1] == "COMMIT"
         statements.clear()
         await asyncio.gather(ledger.hold(request_id="h3", amount_micros=100, **ids), ledger.settle(second, outcome(1)))
         assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
-        assert not any(s.startswith("PRAGMA synchronous=") for s in statements)
+        assert statements[-2:] == ["COMMIT", "fsync durability.db-wal"]
         statements.clear()
 
-        # Holds queued together share one NORMAL commit.
+        # Holds queued together share one commit without fsync.
         await asyncio.gather(*(ledger.hold(request_id=f"g{i}", amount_micros=100, **ids) for i in range(3)))
-        assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("PRAGMA synchronous=1") == 1
+        assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+        assert not any(s.startswith("fsync") for s in statements)
         statements.clear()
 
-        # Top-ups (and every other write) stay on the Session path at FULL.
+        # Top-ups (and every other write) stay on the Session path, on pool connections at FULL.
         await store.top_up(key.account_id, 1, "durability-top-up")
-        assert not any(s.startswith("PRAGMA synchronous=") for s in statements)
-        with db.engine.connect() as connection:  # the pool's connections are all back at FULL
+        assert not any(s.startswith(("PRAGMA synchronous", "fsync")) for s in statements)
+        with db.engine.connect() as connection:  # the pool's other connections are all at FULL
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+        wal = str(tmp_path / "durability.db-wal")
+        assert synced == [str(tmp_path), wal, wal]  # its directory once, then the WAL per durable commit
+
+
+
+async def test_the_writer_connection_returns_to_the_pool_at_full(tmp_path: Any) -> None:
+    async with await Database.open(f"sqlite:///{tmp_path}/back.db") as db:
+        key = await funded_key(Store(db), 1_000)
+        ledger = Ledger(db, instance_id="back")
+        await ledger.hold(request_id="h", account_id=key.account_id, api_key_id=key.key_id, amount_micros=10)
+        writer_connection = db._writer_pooled.driver_connection
+        assert writer_connection.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL while the writer has it
+        await asyncio.to_thread(db._drop_writer_connection, invalidate=False)
+        with db.engine.connect() as connection:  # LIFO pool: the connection just returned
+            assert connection.connection.driver_connection is writer_connection
             assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
 
 
@@ -235,6 +299,7 @@ async def test_a_connection_set_up_below_full_is_left_alone(tmp_path: Any) -> No
         key = await funded_key(store, 1_000)
         ledger = Ledger(db, instance_id="off")
         await ledger.hold(request_id="off", account_id=key.account_id, api_key_id=key.key_id, amount_micros=10)
+        assert db._writer_wal is None  # nothing to fsync: the deployment chose no fsync
         assert not any(s.startswith("PRAGMA synchronous=") for s in statements if s != "PRAGMA synchronous=OFF")
         with db.engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 0
@@ -299,3 +364,53 @@ async def test_a_group_that_cannot_begin_fails_its_callers_and_its_connection_is
         assert await Store(db).get_hold("blocked") is None
         with db.engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+
+
+async def test_a_failing_write_in_a_group_rolls_back_alone(tmp_path: Any) -> None:
+    """Writes queued together share a transaction without savepoints; one that fails changes nothing of its own."""
+    async with await Database.open(f"sqlite:///{tmp_path}/group.db") as db:
+        store = Store(db)
+        key = await funded_key(store, 1_000)
+        other = await funded_key(store, 1_000)  # a key of another account
+        ledger = Ledger(db, instance_id="group")
+        ids = {"account_id": key.account_id, "api_key_id": key.key_id}
+        await ledger.hold(request_id="taken", amount_micros=100, **ids)
+        statements = _trace_statements(db)
+
+        async def outcome_of(call: Any) -> str:
+            try:
+                await call
+            except GatewayError as error:
+                return error.reason.name
+            return "ok"
+
+        # Refusals by the first statement change nothing: no savepoint, the rest commit together.
+        clean = await asyncio.gather(
+            outcome_of(ledger.hold(request_id="a", amount_micros=200, **ids)),
+            outcome_of(ledger.hold(request_id="too-much", amount_micros=10_000, **ids)),
+            outcome_of(ledger.hold(request_id="b", amount_micros=300, **ids)),
+        )
+        assert clean == ["ok", "INSUFFICIENT_BALANCE", "ok"]
+        assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+        assert not any(s.startswith("SAVEPOINT") for s in statements)
+        statements.clear()
+
+        # A duplicate request_id and a key of another account fail after the account's row was
+        # updated: the group is run again with a savepoint per write, and only they roll back.
+        dirty = await asyncio.gather(
+            outcome_of(ledger.hold(request_id="c", amount_micros=50, **ids)),
+            outcome_of(ledger.hold(request_id="taken", amount_micros=70, **ids)),
+            outcome_of(ledger.hold(request_id="wrong-key", amount_micros=80, account_id=key.account_id,
+                                   api_key_id=other.key_id)),
+            outcome_of(ledger.hold(request_id="d", amount_micros=60, **ids)),
+        )
+        assert dirty == ["ok", "ALREADY_EXISTS", "NOT_FOUND", "ok"]
+        assert statements.count("COMMIT") == 1 and statements.count("SAVEPOINT tollgate_write") == 4
+        assert statements.count("ROLLBACK TO tollgate_write") == 2
+        account = await store.get_account(key.account_id)
+        assert account.held_micros == 100 + 200 + 300 + 50 + 60  # nothing of the refused ones
+        for request_id in ("a", "b", "c", "d"):
+            assert await store.get_hold(request_id) is not None
+        assert await store.get_hold("wrong-key") is None and await store.get_hold("too-much") is None
+        taken = await store.get_hold("taken")
+        assert taken is not None and taken.amount_micros == 100
