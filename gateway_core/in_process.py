@@ -379,12 +379,7 @@ class UnaryStreamCall(Generic[ResponseT]):
             except asyncio.CancelledError:
                 self.cancel()  # as in grpc.aio: cancelling a read cancels the call
                 raise
-        if message is _END:
-            self._finished = True
-            return self._end()
-        if message is _CANCELLED:
-            raise asyncio.CancelledError()
-        return message
+        return self._taken(message)
 
     def read_nowait(self) -> Any:
         """The next message if the handler has already produced it, else None; never waits.
@@ -399,8 +394,10 @@ class UnaryStreamCall(Generic[ResponseT]):
         if self._finished:
             return self._end()
         message = self._messages.poll()
-        if message is EMPTY:
-            return None
+        return None if message is EMPTY else self._taken(message)
+
+    def _taken(self, message: Any) -> Any:
+        """What a read returns for a message taken from the window (the end marker: EOF or the error)."""
         if message is _END:
             self._finished = True
             return self._end()
