@@ -109,15 +109,19 @@ class CachedLabels(Generic[M]):
         self._metric = metric
         self._children: dict[tuple[str, ...], Any] = {}
 
-    def labels(self, *values: str) -> M:
+    def labels(self, *values: str) -> Any:
         """The child for these label values, in the metric's label order."""
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = self._metric.labels(*values)
-        return child  # type: ignore[no-any-return]
+            child = self._children[values] = self._child(self._metric.labels(*values))
+        return child
+
+    def _child(self, child: Any) -> Any:
+        """What is kept and handed out for a newly looked-up child."""
+        return child
 
 
-class HotLabels(Generic[M]):
+class HotLabels(CachedLabels[M]):
     """CachedLabels for the per-request hot path: children that count without prometheus_client's
     per-call checks (observability check, a method call per step, a Python loop over buckets).
 
@@ -127,16 +131,8 @@ class HotLabels(Generic[M]):
     multiprocess value class, another metric type) the child itself is handed out.
     """
 
-    def __init__(self, metric: M) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def labels(self, *values: str) -> Any:
-        """The hot child for these label values, in the metric's label order."""
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = hot_child(self._metric.labels(*values))
-        return child
+    def _child(self, child: Any) -> Any:
+        return hot_child(child)
 
 
 def hot_child(child: Any) -> Any:
