@@ -60,16 +60,8 @@ class JsonFormatter(logging.Formatter):
             "logger": logger,
             "message": redactor.redact(message),
         }
-        unmasked = _UNMASKED_NAMES
         for name, value in fields.items():
-            kind = type(value)
-            # Inline for the usual field (a known name, a number, None or a plain string): no call.
-            if name in unmasked and (
-                kind is int or value is None or (kind is str and "=" not in value and ":" not in value)
-            ):
-                line[name] = value
-            else:
-                line[name] = _masked(redactor, name, value)
+            line[name] = _masked(redactor, name, value)
         return self._dump(line)
 
     def _dump(self, line: dict[str, Any]) -> str:
@@ -94,18 +86,11 @@ def _masked(redactor: redaction.Redactor, name: str, value: Any) -> Any:
 
 
 def _masked_dict(redactor: redaction.Redactor, value: dict[Any, Any]) -> dict[str, Any]:
-    """mask_names of a dict field, its usual entries (as in format_info) taken inline."""
-    unmasked = _UNMASKED_NAMES
+    """mask_names of a dict field, entry by entry through _masked."""
     masked: dict[str, Any] = {}
     for key, item in value.items():
         name = key if type(key) is str else str(key)
-        kind = type(item)
-        if name in unmasked and (
-            kind is int or item is None or kind is bool or (kind is str and "=" not in item and ":" not in item)
-        ):
-            masked[name] = item
-        else:
-            masked[name] = _masked(redactor, name, item)
+        masked[name] = _masked(redactor, name, item)
     return masked
 
 
