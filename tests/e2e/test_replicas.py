@@ -163,7 +163,7 @@ def _stream_once(url: str, key: str, outcome: Counter[str], finished: list[str],
         chunks = []
         for chunk in stream:
             if not chunks:
-                # Mid-stream (the slow upstream has ~0.45 s of chunks left): its hold is surely still open;
+                # Mid-stream (the slow upstream has ~0.9 s of chunks left): its hold is surely still open;
                 # marked only now, because the core settles just before the last chunk, not when it is read.
                 in_flight.add(request_id)
             chunks.append(chunk)
@@ -215,7 +215,9 @@ def _revocation_seconds(revoke_on: Replica, check_on: Replica, tmp_key: tuple[st
 
 def test_two_replicas_share_money_survive_a_kill_and_see_revocations(postgres: PostgresServer, tmp_path: Path) -> None:
     database_url = postgres.create_database()
-    with FakeOpenAIUpstream(slow_chunks=10, slow_interval=0.05) as upstream, replicas(
+    # Streams of ~1 s: a stream marked in flight at its first chunk still has ~0.9 s to go when the kill
+    # lands, margin enough for a client thread that reads its first chunk late on a busy box.
+    with FakeOpenAIUpstream(slow_chunks=10, slow_interval=0.1) as upstream, replicas(
         tmp_path, database_url, upstream
     ) as started:
         # Kill the leader, so the survivor must also take over the sweep.
@@ -256,7 +258,7 @@ def test_two_replicas_share_money_survive_a_kill_and_see_revocations(postgres: P
         assert cut, "no stream was in flight on the victim"
         victim.core.send_signal(signal.SIGKILL)
         victim.core.wait(timeout=10)
-        time.sleep(1.5)
+        time.sleep(2.0)  # the survivor's streams (~1 s each) finish meanwhile
         stop.set()
         for worker in workers:
             worker.join(timeout=60)
