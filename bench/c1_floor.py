@@ -12,7 +12,7 @@ the loop thread or handed to a writer thread, to show what durable
 bookkeeping alone adds.
 
     .venv/bin/python bench/c1_floor.py                     # every variant, ~1 minute
-    .venv/bin/python bench/c1_floor.py --variants bare durable-thread --seconds 5
+    .venv/bin/python bench/c1_floor.py --variants bare durable-thread --seconds 5 --concurrency 16
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def _serve(port: int, upstream_port: int, variant: str, db_path: str) -> None:
     uvloop.run(main())
 
 
-def _measure(variant: str, seconds: float, upstream_port: int, gateway_cpus: set[int], other_cpus: set[int]) -> dict:
+def _measure(variant: str, concurrency: int, seconds: float, upstream_port: int, gateway_cpus: set[int], other_cpus: set[int]) -> dict:
     port = _free_port()
     db_path = str(Path(tempfile.mkdtemp(prefix="tollgate-floor-")) / "floor.db")
     proxy = subprocess.Popen(
@@ -204,9 +204,9 @@ def _measure(variant: str, seconds: float, upstream_port: int, gateway_cpus: set
     )
     try:
         _wait_port(port, proxy)
-        direct = _loadgen(upstream_port, "sk-direct", 1, False, seconds, 0.5, other_cpus)
+        direct = _loadgen(upstream_port, "sk-direct", concurrency, False, seconds, 0.5, other_cpus)
         before = _cpu_seconds(proxy.pid)
-        through = _loadgen(port, "sk-floor", 1, False, seconds, 0.5, other_cpus)
+        through = _loadgen(port, "sk-floor", concurrency, False, seconds, 0.5, other_cpus)
         cpu = _cpu_seconds(proxy.pid) - before
     finally:
         proxy.terminate()
@@ -229,6 +229,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, default=1, help="closed-loop clients (the target is about 1)")
     parser.add_argument("--rounds", type=int, default=3, help="each variant this many times, interleaved; medians")
     args = parser.parse_args()
     gateway_cpus, other_cpus = _cpus()
@@ -242,11 +243,11 @@ def main() -> None:
         _wait_port(upstream_port, upstream)
         for _ in range(args.rounds):
             for variant in args.variants:
-                results[variant].append(_measure(variant, args.seconds, upstream_port, gateway_cpus, other_cpus))
+                results[variant].append(_measure(variant, args.concurrency, args.seconds, upstream_port, gateway_cpus, other_cpus))
     finally:
         upstream.terminate()
         upstream.wait()
-    print(f"Medians of {args.rounds} interleaved runs, concurrency 1, unary; proxy on CPU {sorted(gateway_cpus)}\n")
+    print(f"Medians of {args.rounds} interleaved runs, concurrency {args.concurrency}, unary; proxy on CPU {sorted(gateway_cpus)}\n")
     print("| variant | req/s | added p50 ms | added p99 ms | CPU ms/req |")
     print("|---|---|---|---|---|")
     for variant, runs in results.items():
