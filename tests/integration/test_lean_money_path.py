@@ -16,6 +16,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -207,18 +208,22 @@ def _trace_statements(db: Database) -> list[str]:
 
 
 def _trace_wal_syncs(monkeypatch: pytest.MonkeyPatch, statements: list[str]) -> list[str]:
-    """Every fsync the writer makes through WalSync, as the path of the file synced; marked in statements too."""
+    """Every sync the writer makes through WalSync (fdatasync of the WAL, fsync of its directory), as the
+    path of the file synced; the WAL's marked in statements too, as "sync <name>"."""
     synced: list[str] = []
-    real_fsync = wal_sync.os.fsync
 
-    def fsync(fd: int) -> None:
-        real_fsync(fd)
-        path = os.readlink(f"/proc/self/fd/{fd}")
-        synced.append(path)
-        if not Path(path).is_dir():  # the directory is synced once, when the WAL file is opened
-            statements.append(f"fsync {Path(path).name}")
+    def traced(real: Callable[[int], None]) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
+            real(fd)
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            synced.append(path)
+            if not Path(path).is_dir():  # the directory is synced once, when the WAL file is opened
+                statements.append(f"sync {Path(path).name}")
 
-    monkeypatch.setattr(wal_sync.os, "fsync", fsync)
+        return sync
+
+    monkeypatch.setattr(wal_sync.os, "fsync", traced(os.fsync))
+    monkeypatch.setattr(wal_sync.os, "fdatasync", traced(os.fdatasync))
     return synced
 
 
@@ -240,7 +245,7 @@ async def test_only_hold_only_transactions_commit_without_fsync(tmp_path: Any, m
         statements.clear()
 
         await ledger.settle(first, outcome(50))
-        assert statements[-2:] == ["COMMIT", "fsync durability.db-wal"]  # the WAL made durable before the answer
+        assert statements[-2:] == ["COMMIT", "sync durability.db-wal"]  # the WAL made durable before the answer
         assert not any(s.startswith("PRAGMA synchronous") for s in statements)  # no switching per transaction
         statements.clear()
 
@@ -254,18 +259,18 @@ async def test_only_hold_only_transactions_commit_without_fsync(tmp_path: Any, m
         statements.clear()
         await asyncio.gather(ledger.hold(request_id="h3", amount_micros=100, **ids), ledger.settle(second, outcome(1)))
         assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
-        assert statements[-2:] == ["COMMIT", "fsync durability.db-wal"]
+        assert statements[-2:] == ["COMMIT", "sync durability.db-wal"]
         statements.clear()
 
         # Holds queued together share one commit without fsync.
         await asyncio.gather(*(ledger.hold(request_id=f"g{i}", amount_micros=100, **ids) for i in range(3)))
         assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
-        assert not any(s.startswith("fsync") for s in statements)
+        assert not any(s.startswith("sync") for s in statements)
         statements.clear()
 
         # Top-ups (and every other write) stay on the Session path, on pool connections at FULL.
         await store.top_up(key.account_id, 1, "durability-top-up")
-        assert not any(s.startswith(("PRAGMA synchronous", "fsync")) for s in statements)
+        assert not any(s.startswith(("PRAGMA synchronous", "sync")) for s in statements)
         with db.engine.connect() as connection:  # the pool's other connections are all at FULL
             assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
         wal = str(tmp_path / "durability.db-wal")
