@@ -419,3 +419,46 @@ async def test_a_failing_write_in_a_group_rolls_back_alone(tmp_path: Any) -> Non
         assert await store.get_hold("wrong-key") is None and await store.get_hold("too-much") is None
         taken = await store.get_hold("taken")
         assert taken is not None and taken.amount_micros == 100
+
+
+async def test_a_sqlite_settlement_records_its_charge_in_the_closing_update(tmp_path: Any) -> None:
+    """On SQLite the close, the charge and the balance after it are one UPDATE of the hold (_CLOSE_CHARGED)."""
+    async with await Database.open(f"sqlite:///{tmp_path}/fold.db") as db:
+        key = await funded_key(Store(db), 10_000)
+        ledger = Ledger(db, instance_id="fold")
+        ids = {"account_id": key.account_id, "api_key_id": key.key_id}
+        statements = _trace_statements(db)
+        for request_id, cost, charged in (("under", 1_234, 1_234), ("over", 9_999, 3_000), ("negative", -5, 0)):
+            hold = await ledger.hold(request_id=request_id, amount_micros=3_000, **ids)
+            statements.clear()
+            settlement = await ledger.settle(hold, outcome(cost))
+            updates_of_holds = [s for s in statements if s.startswith("UPDATE holds")]
+            assert len(updates_of_holds) == 1 and "charged_micros" in updates_of_holds[0]
+            assert settlement.charged_micros == charged
+            stored = await db.run(lambda session, r=request_id: session.get(Hold, r))
+            assert stored is not None
+            assert (stored.charged_micros, stored.balance_after_micros) == (charged, settlement.balance_after_micros)
+        assert (await Store(db).get_account(key.account_id)).balance_micros == 10_000 - 1_234 - 3_000
+
+
+async def test_a_balance_moved_between_close_and_debit_fails_the_settlement_whole(tmp_path: Any) -> None:
+    """The balance _CLOSE_CHARGED reads must be the one the debit leaves; if not, nothing of the settlement stays."""
+    async with await Database.open(f"sqlite:///{tmp_path}/moved.db") as db:
+        store = Store(db)
+        key = await funded_key(store, 10_000)
+        ledger = Ledger(db, instance_id="moved")
+        hold = await ledger.hold(request_id="r", account_id=key.account_id, api_key_id=key.key_id, amount_micros=500)
+        with db.engine.begin() as connection:  # something that SQLite's one writer rules out: a second balance move
+            connection.exec_driver_sql(
+                "CREATE TRIGGER meddle AFTER UPDATE OF status ON holds BEGIN"
+                " UPDATE accounts SET balance_micros = balance_micros + 1 WHERE id = NEW.account_id; END"
+            )
+        with pytest.raises(RuntimeError, match="recorded balance"):
+            await ledger.settle(hold, outcome(200))
+        assert (await store.get_account(key.account_id)).balance_micros == 10_000
+        still = await store.get_hold("r")
+        assert still is not None and still.status.value == "open"
+        assert await store.get_usage_record("r") is None
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TRIGGER meddle")
+        assert (await ledger.settle(hold, outcome(200))).balance_after_micros == 9_800
