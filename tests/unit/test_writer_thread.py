@@ -109,3 +109,51 @@ async def test_stop_runs_what_was_handed_in_before_it() -> None:
     await asyncio.to_thread(writer.stop)
     assert await asyncio.gather(*futures) == [0, 1, 2]
     assert recorder.groups == [["lean"] * 3]
+
+
+# --- writes that may run on the loop (run_here) -------------------------------------------
+
+
+def _here_writer(recorder: Recorder) -> WriterThread:
+    return WriterThread(
+        recorder, max_group=128, name="test-writer", same_group=lambda a, b: a == b, run_here=lambda k: k == "hold"
+    )
+
+
+async def test_an_idle_writer_lets_a_batch_of_holds_run_as_one_group_on_the_loop() -> None:
+    recorder = Recorder()
+    writer = _here_writer(recorder)
+    loop_thread = threading.get_ident()
+    ran_on = await asyncio.gather(*(writer.submit(lambda _: threading.get_ident(), "hold") for _ in range(3)))
+    assert ran_on == [loop_thread] * 3 and recorder.groups == [["hold"] * 3]
+    # Any other kind in the batch (a settlement: it waits for an fsync) sends the whole batch to the thread.
+    mixed = [writer.submit(lambda _: threading.get_ident(), kind) for kind in ("hold", "settle")]
+    assert loop_thread not in await asyncio.gather(*mixed)
+    await asyncio.to_thread(writer.stop)
+
+
+async def test_holds_queue_behind_a_busy_writer_and_run_on_its_thread() -> None:
+    recorder = Recorder()
+    writer = _here_writer(recorder)
+    recorder.gate.clear()
+    settle = writer.submit(lambda _: threading.get_ident(), "settle")
+    assert await asyncio.to_thread(recorder.running.wait, 10)  # the thread is inside the settle's group
+    hold = writer.submit(lambda _: threading.get_ident(), "hold")
+    await asyncio.sleep(0.05)
+    assert not hold.done()  # it did not overtake the busy thread on the loop
+    recorder.gate.set()
+    writer_thread = await settle
+    assert await hold == writer_thread != threading.get_ident()
+    assert recorder.groups == [["settle"], ["hold"]]
+    await asyncio.to_thread(writer.stop)
+
+
+async def test_a_hold_that_fails_on_the_loop_fails_only_its_caller() -> None:
+    writer = _here_writer(Recorder())
+
+    def refuse(_: Any) -> None:
+        raise ValueError("insufficient balance")
+
+    results = await asyncio.gather(writer.submit(refuse, "hold"), writer.submit(lambda _: "ok", "hold"), return_exceptions=True)
+    assert isinstance(results[0], ValueError) and results[1] == "ok"
+    await asyncio.to_thread(writer.stop)
