@@ -13,9 +13,8 @@ compiled once (store/lean.py), grouped the same way (but without a SAVEPOINT
 per write unless one fails after writing: see _lean_group), on the writer thread's
 own connection, which stays at synchronous=NORMAL. A group made only of
 writes that asked for durable=False (the Ledger's holds) is committed without
-fsync; see _RELAXED_SYNCHRONOUS for why that loses no money (and such a group
-runs on the caller's loop when the writer is idle: store/writer.py). Any other
-write in the group makes the writer fsync the WAL after COMMIT, before any caller
+fsync; see _RELAXED_SYNCHRONOUS for why that loses no money. Any other write
+in the group makes the writer fsync the WAL after COMMIT, before any caller
 hears of it (store/wal_sync.py): the sync synchronous=FULL would do. WAL
 checkpoints run on a thread of their own (store/checkpointer.py), not inside
 the writer's commits.
@@ -98,9 +97,6 @@ class Database:
                 max_group=MAX_WRITES_PER_COMMIT,
                 name="tollgate-db-writer",
                 same_group=lambda a, b: (a == _SESSION) == (b == _SESSION),
-                # Holds (no fsync) may skip the hand-over to an idle writer (writer.py): on a file only,
-                # where the writer's connection may be used from any thread, one at a time.
-                run_here=(lambda kind: kind == _LEAN_RELAXED) if self._keep_writer_connection else None,
             )
             if self._group_writes
             else None

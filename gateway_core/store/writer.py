@@ -7,14 +7,6 @@ loop, one hand-over to the thread per loop iteration (writes queued in the
 same iteration travel together) and one callback per group back on the loop
 that resolves every caller's future of the group. A caller's future resolves
 only after the transaction holding its write has committed (or failed).
-
-Writes whose kind may run on the loop (run_here: on SQLite, holds, whose
-commit waits for no fsync) skip both hand-overs when the thread is idle: the
-iteration's batch then runs as a group right there, on the loop's thread, and
-its futures resolve at once. At low concurrency that saves two thread
-wake-ups per hold; under load the thread is busy and they queue as before.
-A write that waits for the disk never runs on the loop: it would stall every
-other request there for the length of an fsync.
 """
 
 from __future__ import annotations
@@ -32,8 +24,6 @@ Pending = tuple[Callable[[Any], Any], "asyncio.Future[Any]", str]
 Outcome = tuple[bool, Any]
 # Runs one group of writes of the same kind in one transaction; one outcome per write, in order.
 GroupRunner = Callable[[list[Pending]], list[Outcome]]
-# Hands a group's outcomes to its callers' futures (from the writer thread, or on their loop).
-Delivery = Callable[[list[tuple["asyncio.Future[Any]", Outcome]]], None]
 
 _STOP = None
 
@@ -47,19 +37,10 @@ class WriterThread:
     """
 
     def __init__(
-        self,
-        run_group: GroupRunner,
-        *,
-        max_group: int,
-        name: str,
-        same_group: Callable[[str, str], bool],
-        run_here: Callable[[str], bool] | None = None,
+        self, run_group: GroupRunner, *, max_group: int, name: str, same_group: Callable[[str, str], bool]
     ) -> None:
         self._run_group = run_group
         self._same_group = same_group
-        self._run_here = run_here
-        # Held while a group runs, on the thread or on a loop: run_group is never called twice at once.
-        self._running = threading.Lock()
         self._max_group = max_group
         self._queue: queue.SimpleQueue[list[Pending] | None] = queue.SimpleQueue()
         # Writes of each loop's current iteration, handed over together by _hand_over.
@@ -83,20 +64,8 @@ class WriterThread:
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             batch = self._batches.pop(loop, None)
-        if not batch:
-            return
-        if self._may_run_here(batch) and self._running.acquire(blocking=False):
-            try:
-                self._run_writes(batch, deliver=_resolve)  # on this loop: resolve the futures directly
-            finally:
-                self._running.release()
-            return
-        self._queue.put(batch)
-
-    def _may_run_here(self, batch: list[Pending]) -> bool:
-        """Whether batch may run on the loop now: every write allows it and nothing is queued before it."""
-        run_here = self._run_here
-        return run_here is not None and self._queue.empty() and all(run_here(kind) for _, _, kind in batch)
+        if batch:
+            self._queue.put(batch)
 
     def stop(self) -> None:
         """Hands over what is still batched, lets the thread run it all, and waits for the thread to end."""
@@ -123,20 +92,15 @@ class WriterThread:
                     stopping = True
                     break
                 writes.extend(more)
-            with self._running:
-                self._run_writes(writes, deliver=_deliver)
-
-    def _run_writes(self, writes: list[Pending], *, deliver: Delivery) -> None:
-        """Runs writes in groups (the caller holds _running) and hands each group's outcomes to deliver."""
-        # A caller cancelled before its write started: like a never-started job, skip it.
-        writes = [write for write in writes if not write[1].cancelled()]
-        while writes:
-            group = self._take_group(writes)
-            try:
-                outcomes = self._run_group(group)
-            except BaseException as exc:  # noqa: BLE001 - every caller of the group must hear of it
-                outcomes = [(False, exc)] * len(group)
-            deliver([(future, outcome) for (_, future, _), outcome in zip(group, outcomes, strict=True)])
+            # A caller cancelled before its write started: like a never-started job, skip it.
+            writes = [write for write in writes if not write[1].cancelled()]
+            while writes:
+                group = self._take_group(writes)
+                try:
+                    outcomes = self._run_group(group)
+                except BaseException as exc:  # noqa: BLE001 - every caller of the group must hear of it
+                    outcomes = [(False, exc)] * len(group)
+                _deliver(group, outcomes)
 
     def _take_group(self, writes: list[Pending]) -> list[Pending]:
         """Removes and returns the oldest writes that may share a transaction, at most max_group."""
@@ -149,10 +113,10 @@ class WriterThread:
         return group
 
 
-def _deliver(results: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
-    """From the writer thread: resolves each caller's future on its own loop, one callback per loop and group."""
+def _deliver(group: list[Pending], outcomes: list[Outcome]) -> None:
+    """Resolves each caller's future on its own loop: one callback per loop and group."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}
-    for future, outcome in results:
+    for (_, future, _), outcome in zip(group, outcomes, strict=True):
         by_loop.setdefault(future.get_loop(), []).append((future, outcome))
     for loop, results in by_loop.items():
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more

@@ -16,7 +16,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -463,24 +462,3 @@ async def test_a_balance_moved_between_close_and_debit_fails_the_settlement_whol
         with db.engine.begin() as connection:
             connection.exec_driver_sql("DROP TRIGGER meddle")
         assert (await ledger.settle(hold, outcome(200))).balance_after_micros == 9_800
-
-
-async def test_a_hold_on_an_idle_writer_commits_on_the_loop_and_a_settlement_never_does(tmp_path: Any) -> None:
-    """Holds skip the hand-over to an idle writer (no fsync to wait for); settlements always go to the thread."""
-    async with await Database.open(f"sqlite:///{tmp_path}/here.db") as db:
-        key = await funded_key(Store(db), 10_000)
-        ledger = Ledger(db, instance_id="here")
-        await ledger.ensure_instance()
-        threads: list[tuple[str, int]] = []
-
-        def trace(dbapi_connection: sqlite3.Connection, _record: object) -> None:
-            dbapi_connection.set_trace_callback(lambda sql: threads.append((sql, threading.get_ident())))
-
-        event.listen(db.engine, "connect", trace)
-        db.engine.dispose()
-        hold = await ledger.hold(request_id="h", account_id=key.account_id, api_key_id=key.key_id, amount_micros=10)
-        assert [ident for sql, ident in threads if sql == "COMMIT"] == [threading.get_ident()]
-        threads.clear()
-        await ledger.settle(hold, outcome(3))
-        assert [ident for sql, ident in threads if sql == "COMMIT"] != [threading.get_ident()]
-        assert len([sql for sql, _ in threads if sql == "COMMIT"]) == 1
