@@ -206,27 +206,6 @@ async def _victim(url: str, account_id: str, key_id: str) -> None:
     await asyncio.sleep(3600)  # SIGKILLed long before this ends
 
 
-async def _churn(url: str, account_id: str, key_id: str) -> None:
-    """A core settling requests one after another with a WAL checkpoint after every write, until killed.
-
-    Prints each acknowledged settlement (and how many checkpoints had completed) as a JSON line.
-    """
-    from functools import partial
-
-    from gateway_core.store import checkpointer, db as db_module
-
-    db_module.WalCheckpointer = partial(checkpointer.WalCheckpointer, every_writes=1)  # type: ignore[misc]
-    db = await Database.open(url, migrate=False)
-    ledger = Ledger(db, instance_id="churn")
-    await ledger.ensure_instance()
-    for index in range(10**9):
-        hold = await ledger.hold(request_id=f"churn-{index}", account_id=account_id, api_key_id=key_id, amount_micros=10)
-        settlement = await ledger.settle(hold, outcome(index % 11))
-        passes = db._checkpointer.passes if db._checkpointer is not None else -1
-        acknowledged = {"request_id": hold.request_id, "charged": settlement.charged_micros, "checkpoints": passes}
-        print(json.dumps(acknowledged), flush=True)
-
-
 def main(argv: list[str]) -> None:
     command, *args = argv
     if command == "herd":
@@ -234,8 +213,6 @@ def main(argv: list[str]) -> None:
         asyncio.run(_herd(url, account_id, key_id, int(amount), int(count), prefix))
     elif command == "victim":
         asyncio.run(_victim(*args))
-    elif command == "churn":
-        asyncio.run(_churn(*args))
     else:
         raise SystemExit(f"unknown command {command!r}")
 

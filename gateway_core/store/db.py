@@ -15,9 +15,7 @@ own connection, which stays at synchronous=NORMAL. A group made only of
 writes that asked for durable=False (the Ledger's holds) is committed without
 fsync; see _RELAXED_SYNCHRONOUS for why that loses no money. Any other write
 in the group makes the writer fsync the WAL after COMMIT, before any caller
-hears of it (store/wal_sync.py): the sync synchronous=FULL would do. WAL
-checkpoints run on a thread of their own (store/checkpointer.py), not inside
-the writer's commits.
+hears of it (store/wal_sync.py): the fsync synchronous=FULL would do.
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ from sqlalchemy import Engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
-from gateway_core.store.checkpointer import BACKSTOP_PAGES, WalCheckpointer
 from gateway_core.store.engine import WRITE_OPTION, is_sqlite_memory, make_engine
 from gateway_core.store.lean import LeanConnection, statements_for
 from gateway_core.store.migrate import upgrade_engine
@@ -63,8 +60,6 @@ _SESSION, _LEAN_DURABLE, _LEAN_RELAXED = "session", "lean-durable", "lean-relaxe
 _RELAXED_SYNCHRONOUS = 1
 # Where a pooled connection remembers the synchronous level it was set up with.
 _SYNCHRONOUS_INFO_KEY = "tollgate_synchronous"
-# ... and its wal_autocheckpoint, raised to the backstop while the writer has it.
-_AUTOCHECKPOINT_INFO_KEY = "tollgate_wal_autocheckpoint"
 
 
 class Database:
@@ -90,7 +85,6 @@ class Database:
         self._writer_pooled: Any = None
         self._writer_lean: LeanConnection | None = None
         self._writer_wal: WalSync | None = None
-        self._checkpointer: WalCheckpointer | None = None
         self._writer = (
             WriterThread(
                 self._run_group,
@@ -175,15 +169,11 @@ class Database:
         with self._serial:
             try:
                 if group[0][2] == _SESSION:
-                    outcomes = self._group_transaction(fns)
-                else:
-                    durable = any(kind == _LEAN_DURABLE for _, _, kind in group)
-                    outcomes = self._lean_group_transaction(fns, durable)
+                    return self._group_transaction(fns)
+                durable = any(kind == _LEAN_DURABLE for _, _, kind in group)
+                return self._lean_group_transaction(fns, durable)
             except Exception as exc:  # noqa: BLE001 - BEGIN or COMMIT failed: none of the group was written
                 return [(False, exc)] * len(group)
-        if self._checkpointer is not None:
-            self._checkpointer.wrote(len(group))
-        return outcomes
 
     def _lean_group_transaction(self, fns: list[Callable[[LeanConnection], Any]], durable: bool) -> list[_Outcome]:
         """SQLite: runs fns in one BEGIN IMMEDIATE transaction on the writer's connection.
@@ -220,8 +210,6 @@ class Database:
         A connection set up at FULL (or EXTRA) is switched to NORMAL once, here,
         and back when it returns to the pool; one set up below FULL (a
         deployment's or test's choice) is left as it is and never fsynced.
-        Its automatic checkpoint is raised to a backstop the same way, and the
-        database's checkpoint thread started (store/checkpointer.py).
         """
         if self._writer_pooled is not None and self._writer_pool is not self._engine.pool:
             self._drop_writer_connection(invalidate=False)
@@ -232,31 +220,16 @@ class Database:
             level = pooled.info.get(_SYNCHRONOUS_INFO_KEY)
             if level is None:
                 level = pooled.info[_SYNCHRONOUS_INFO_KEY] = int(lean.run_sql("PRAGMA synchronous")[0][0])
-            if self._keep_writer_connection:
+            if self._keep_writer_connection and level > _RELAXED_SYNCHRONOUS:
                 path = next(str(row[2]) for row in lean.run_sql("PRAGMA database_list") if row[1] == "main")
-                if level > _RELAXED_SYNCHRONOUS:
-                    lean.run_sql(f"PRAGMA synchronous={_RELAXED_SYNCHRONOUS}")
-                    self._writer_wal = WalSync(path)
-                self._checkpoint_elsewhere(lean, pooled.info, path)
+                lean.run_sql(f"PRAGMA synchronous={_RELAXED_SYNCHRONOUS}")
+                self._writer_wal = WalSync(path)
         return self._writer_lean, self._writer_wal
-
-    def _checkpoint_elsewhere(self, lean: LeanConnection, info: dict[Any, Any], path: str) -> None:
-        """Leaves the writer connection's checkpoints to the checkpoint thread (started on first use)."""
-        if _AUTOCHECKPOINT_INFO_KEY not in info:
-            info[_AUTOCHECKPOINT_INFO_KEY] = int(lean.run_sql("PRAGMA wal_autocheckpoint")[0][0])
-        lean.run_sql(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
-        if self._checkpointer is None:
-            self._checkpointer = WalCheckpointer(path)
 
     def _drop_writer_connection(self, *, invalidate: bool) -> None:
         """Returns the writer's connection to its pool (or discards it, if it may be broken or mid-transaction)."""
         pooled, lean, wal = self._writer_pooled, self._writer_lean, self._writer_wal
         self._writer_pooled = self._writer_lean = self._writer_wal = None
-        if not invalidate and lean is not None and _AUTOCHECKPOINT_INFO_KEY in pooled.info:
-            try:  # its own checkpoints back on before another caller gets it from the pool
-                lean.run_sql(f"PRAGMA wal_autocheckpoint={pooled.info[_AUTOCHECKPOINT_INFO_KEY]}")
-            except Exception:  # noqa: BLE001 - never hand on a connection in an unknown state: discard it
-                invalidate = True
         if wal is not None:
             with contextlib.suppress(OSError):
                 wal.close()
@@ -386,8 +359,6 @@ class Database:
         if self._writer is not None:  # runs every write handed in before close, then ends
             await asyncio.to_thread(self._writer.stop)
             self._drop_writer_connection(invalidate=False)
-        if self._checkpointer is not None:
-            await asyncio.to_thread(self._checkpointer.stop)
         # Jobs whose caller was cancelled may still be running on the pool: let
         # them finish and check their connections in first, or dispose() would
         # miss those connections and leave them open.
