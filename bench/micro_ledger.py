@@ -6,7 +6,10 @@ compared in the same run, interleaved A B A B, and the median of the rounds is
 printed. CPU is the child's process CPU (all threads: event loop and DB pool)
 from getrusage, split into user and system time; wall time is shown but is
 noise on a shared machine. On PostgreSQL only the gateway's CPU is counted
-(the server's is its own process).
+(the server's is its own process). Request ids are random 128-bit hex, as the
+gateway's are (gateway_core/request_ids.py), so every hold lands on a random
+page of each index keyed by request id; `--sequential-ids` (r0, r1, ...: what
+this benchmark used before round 6) appends them instead and understates that.
 
     .venv/bin/python bench/micro_ledger.py                       # this tree, SQLite
     .venv/bin/python bench/micro_ledger.py --compare /tmp/main   # A/B against another tree
@@ -36,7 +39,7 @@ def _cpu() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
-async def _measure(url: str, concurrency: int, pairs: int) -> dict[str, float]:
+async def _measure(url: str, concurrency: int, pairs: int, sequential_ids: bool) -> dict[str, float]:
     # Imported here: the child's sys.path decides which tree these come from.
     from gateway_core.metering.ledger import Ledger
     from gateway_core.metering.outcome import UsageOutcome, UsageStatus
@@ -65,10 +68,13 @@ async def _measure(url: str, concurrency: int, pairs: int) -> dict[str, float]:
         )
         counter = iter(range(10**9))
 
+        def request_id() -> str:
+            return f"r{next(counter)}" if sequential_ids else os.urandom(16).hex()
+
         async def worker(count: int) -> None:
             for _ in range(count):
                 hold = await ledger.hold(
-                    request_id=f"r{next(counter)}",
+                    request_id=request_id(),
                     account_id=account.id,
                     api_key_id=key.id,
                     amount_micros=100,
@@ -97,13 +103,13 @@ async def _measure(url: str, concurrency: int, pairs: int) -> dict[str, float]:
 
 def _child(args: argparse.Namespace) -> None:
     sys.path.insert(0, args.tree)
-    result = asyncio.run(_measure(args.url, args.concurrency, args.pairs))
+    result = asyncio.run(_measure(args.url, args.concurrency, args.pairs, args.sequential_ids))
     print(json.dumps(result))
 
 
-def _run_child(tree: str, url: str, concurrency: int, pairs: int) -> dict[str, float]:
+def _run_child(tree: str, url: str, concurrency: int, pairs: int, sequential_ids: bool) -> dict[str, float]:
     argv = [sys.executable, __file__, "--child", "--tree", tree, "--url", url]
-    argv += ["--concurrency", str(concurrency), "--pairs", str(pairs)]
+    argv += ["--concurrency", str(concurrency), "--pairs", str(pairs)] + (["--sequential-ids"] if sequential_ids else [])
     out = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=tree).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
 
@@ -119,7 +125,7 @@ def _compare(args: argparse.Namespace, make_url: Any, backend: str) -> None:
         for round_ in range(args.rounds):
             order = trees if round_ % 2 == 0 else list(reversed(trees))
             for label, tree in order:
-                results[label].append(_run_child(tree, make_url(), concurrency, args.pairs))
+                results[label].append(_run_child(tree, make_url(), concurrency, args.pairs, args.sequential_ids))
         for label, tree in trees:
             runs = results[label]
             user = statistics.median(r["user_us"] for r in runs)
@@ -143,6 +149,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2000, help="hold+settle pairs per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per tree and concurrency (median)")
     parser.add_argument("--concurrency-levels", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--sequential-ids", action="store_true", help="r0, r1, ... instead of random request ids")
     parser.add_argument("--postgres", action="store_true", help="also measure on a throwaway PostgreSQL server")
     args = parser.parse_args()
     if args.child:

@@ -96,7 +96,9 @@ def check_invariants(engine: Engine) -> Snapshot:
     INV-CONS per account (ledger sums equal balance and held), INV-NONNEG,
     held within balance, held equal to the open holds (accounts and keys),
     a key's spend equal to what its closed holds charged, and INV-ONE: one
-    usage record per closed hold, none for an open one, with the hold's charge.
+    usage record per closed hold, none for an open one, with the hold's charge;
+    and at most one ledger entry per (kind, request_id), which for hold, settle
+    and release entries the holds table guarantees rather than an index.
     """
     with engine.connect() as connection:
 
@@ -112,6 +114,7 @@ def check_invariants(engine: Engine) -> Snapshot:
         by_account = pairs(_BY_OWNER.format(owner="account_id"))
         by_key = pairs(_BY_OWNER.format(owner="api_key_id"))
         mismatched = connection.exec_driver_sql(_USAGE_MISMATCHES).scalar_one()
+        repeated = list(connection.exec_driver_sql(_REPEATED_ENTRIES))
     for account_id, (balance, held) in accounts.items():
         assert sums.get(account_id, (0, 0)) == (balance, held), f"INV-CONS broken on {account_id}"
         assert 0 <= held <= balance, f"held outside [0, balance] on {account_id}"
@@ -119,6 +122,7 @@ def check_invariants(engine: Engine) -> Snapshot:
     for key_id, spent_and_held in keys.items():
         assert by_key.get(key_id, (0, 0)) == spent_and_held, f"key {key_id} disagrees with its holds"
     assert mismatched == 0, "INV-ONE broken: usage records do not match closed holds"
+    assert repeated == [], f"ledger entries written twice for one request: {repeated}"
     return Snapshot(accounts, keys, holds)
 
 
@@ -135,6 +139,11 @@ _USAGE_MISMATCHES = (
     "      OR (u.status = 'abandoned') <> (h.status = 'released'))))"
     " + (SELECT COUNT(*) FROM usage_records u LEFT JOIN holds h ON h.request_id = u.request_id"
     "  WHERE h.request_id IS NULL)"
+)
+
+_REPEATED_ENTRIES = (
+    "SELECT kind, request_id, COUNT(*) FROM ledger_entries WHERE request_id IS NOT NULL"
+    " GROUP BY kind, request_id HAVING COUNT(*) > 1"
 )
 
 

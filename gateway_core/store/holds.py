@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, case, insert, or_, select, type_coerce, update
+from sqlalchemy import BigInteger, Table, bindparam, case, func, insert, or_, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import NullType
 from sqlmodel import Session
@@ -103,20 +103,40 @@ assert _HOLD_COLUMNS == tuple(field.name for field in fields(HoldRecord)), "hold
 _STATUS_INDEX = _HOLD_COLUMNS.index("status")
 _INSERT_HOLD = insert(_HOLDS)
 # The one guard of exactly-once: only the caller whose UPDATE flips 'open' moves money.
+_CLOSED_HOLD = (
+    _HOLDS.c.account_id,
+    _HOLDS.c.api_key_id,
+    _HOLDS.c.amount_micros,
+    _HOLDS.c.model,
+    _HOLDS.c.provider,
+    _HOLDS.c.upstream_model,
+    # As stored (no conversion): it is only written again, into the usage record (insert_usage).
+    type_coerce(_HOLDS.c.created_at, NullType()),
+)
 _CLOSE = (
     update(_HOLDS)
     .where(_HOLDS.c.request_id == bindparam("b_request_id"), _HOLDS.c.status == HoldStatus.OPEN.value)
     .values(status=bindparam("b_status"), closed_at=bindparam("b_now"))
-    .returning(
-        _HOLDS.c.account_id,
-        _HOLDS.c.api_key_id,
-        _HOLDS.c.amount_micros,
-        _HOLDS.c.model,
-        _HOLDS.c.provider,
-        _HOLDS.c.upstream_model,
-        # As stored (no conversion): it is only written again, into the usage record (insert_usage).
-        type_coerce(_HOLDS.c.created_at, NullType()),
+    .returning(*_CLOSED_HOLD)
+)
+# SQLite: _CLOSE that also records the charge (min(max(cost, 0), amount)) and the balance after it,
+# read from the account in the same statement: one statement per settlement fewer than _CLOSE and
+# _RECORD_CHARGE. Sound because SQLite has one writer: inside this BEGIN IMMEDIATE transaction
+# nothing else moves the balance before _DEBIT_ACCOUNT, whose result _move_money checks against it.
+# PostgreSQL keeps the two statements: under Read Committed another settlement of the account may
+# commit between this read and the debit.
+_CHARGE = func.min(func.max(bindparam("b_cost", type_=BigInteger), 0), _HOLDS.c.amount_micros)
+_BALANCE_BEFORE = select(_ACCOUNTS.c.balance_micros).where(_ACCOUNTS.c.id == _HOLDS.c.account_id).scalar_subquery()
+_CLOSE_CHARGED = (
+    update(_HOLDS)
+    .where(_HOLDS.c.request_id == bindparam("b_request_id"), _HOLDS.c.status == HoldStatus.OPEN.value)
+    .values(
+        status=bindparam("b_status"),
+        closed_at=bindparam("b_now"),
+        charged_micros=_CHARGE,
+        balance_after_micros=_BALANCE_BEFORE - _CHARGE,
     )
+    .returning(*_CLOSED_HOLD, _HOLDS.c.charged_micros, _HOLDS.c.balance_after_micros)
 )
 _RECORD_CHARGE = (
     update(_HOLDS)
@@ -185,6 +205,7 @@ _LEAN_RESERVE_ON_ACCOUNT = LeanStatement(_RESERVE_ON_ACCOUNT, ("b_account_id", "
 _LEAN_RESERVE_ON_KEY = LeanStatement(_RESERVE_ON_KEY, ("b_account_id", "b_amount", "b_key_id"))
 _LEAN_INSERT_HOLD = LeanStatement(_INSERT_HOLD, _HOLD_COLUMNS, column_keys=_HOLD_COLUMNS)
 _LEAN_CLOSE = LeanStatement(_CLOSE, ("b_request_id", "b_status", "b_now"))
+_LEAN_CLOSE_CHARGED = LeanStatement(_CLOSE_CHARGED, ("b_request_id", "b_status", "b_now", "b_cost"))
 _LEAN_RECORD_CHARGE = LeanStatement(_RECORD_CHARGE, ("b_request_id", "b_charged", "b_balance_after"))
 _LEAN_DEBIT_ACCOUNT = LeanStatement(_DEBIT_ACCOUNT, ("b_account_id", "b_charged", "b_held", "b_period", "b_now"))
 _LEAN_DEBIT_KEY = LeanStatement(_DEBIT_KEY, ("b_key_id", "b_charged", "b_held"))
@@ -282,14 +303,30 @@ def settle(lean: LeanConnection, request_id: str, outcome: UsageOutcome) -> Sett
     settlement (or release) that closed it, with replayed=True.
     """
     now = transaction_now(lean)
-    hold = lean.one(_LEAN_CLOSE, (request_id, _SETTLED, now))
-    if hold is None:
+    closed = _close(lean, request_id, _SETTLED, now, outcome.cost_micros)
+    if closed is None:
         return read_settlement(lean, request_id)
+    hold, charged, recorded = closed
     amount = hold[2]
-    charged = min(max(outcome.cost_micros, 0), amount)
     clamped = outcome.clamped or charged != outcome.cost_micros
-    balance_after = _move_money(lean, request_id, hold, charged, now, outcome, clamped)
+    balance_after = _move_money(lean, request_id, hold, charged, now, outcome, clamped, recorded)
     return Settlement(request_id, charged, amount - charged, balance_after, replayed=False)
+
+
+def _close(
+    lean: LeanConnection, request_id: str, status: str, now: datetime, cost: int
+) -> tuple[tuple[Any, ...], int, int | None] | None:
+    """Closes the open hold of request_id: its _CLOSE row, what it charges, and (SQLite) the balance after.
+
+    None if the hold was not open. On SQLite the charge is already recorded on
+    the hold (_CLOSE_CHARGED) and the balance after it is returned for
+    _move_money to check; elsewhere it is None and _move_money records both.
+    """
+    if lean.dialect.name == "sqlite":
+        row = lean.one(_LEAN_CLOSE_CHARGED, (request_id, status, now, cost))
+        return None if row is None else (row[:7], row[7], row[8])
+    hold = lean.one(_LEAN_CLOSE, (request_id, status, now))
+    return None if hold is None else (hold, min(max(cost, 0), hold[2]), None)
 
 
 def release(lean: LeanConnection, request_id: str) -> bool:
@@ -298,9 +335,10 @@ def release(lean: LeanConnection, request_id: str) -> bool:
     False if the hold was no longer open (settled or released by someone else).
     """
     now = transaction_now(lean)
-    hold = lean.one(_LEAN_CLOSE, (request_id, _RELEASED, now))
-    if hold is None:
+    closed = _close(lean, request_id, _RELEASED, now, 0)
+    if closed is None:
         return False
+    hold, _, recorded = closed
     _, _, _, model, provider, upstream_model, _ = hold
     abandoned = UsageOutcome(
         model=model or UNKNOWN,
@@ -316,7 +354,7 @@ def release(lean: LeanConnection, request_id: str) -> bool:
         time_to_first_token_ms=None,
         estimated=True,
     )
-    _move_money(lean, request_id, hold, 0, now, abandoned, False)
+    _move_money(lean, request_id, hold, 0, now, abandoned, False, recorded)
     return True
 
 
@@ -357,14 +395,18 @@ def _move_money(
     now: datetime,
     outcome: UsageOutcome,
     clamped: bool,
+    recorded_balance: int | None,
 ) -> int:
     """Debits charged and un-holds the whole hold (a _CLOSE row) on account and key, ledgers both,
-    records the charge on the hold and writes the usage record; the balance after."""
+    records the charge on the hold (unless _CLOSE_CHARGED did: then recorded_balance is the balance
+    after it) and writes the usage record; the balance after."""
     account_id, key_id, held = hold[0], hold[1], hold[2]
     debited = lean.one(_LEAN_DEBIT_ACCOUNT, (account_id, charged, held, budget_period(now), now))
     if debited is None:  # the hold's foreign key makes this unreachable; never move money half-way
         raise RuntimeError(f"account {account_id!r} of hold {request_id!r} is missing")
     balance_after = int(debited[0])
+    if recorded_balance is not None and recorded_balance != balance_after:  # see _CLOSE_CHARGED: unreachable
+        raise RuntimeError(f"hold {request_id!r} recorded balance {recorded_balance}, the debit left {balance_after}")
     # Entries in _ENTRY_COLUMNS order, stamped with the time of the transaction.
     settle_entry = (account_id, _SETTLE_KIND, -charged, -charged, balance_after, request_id, "", now)
     release_entry = (account_id, _RELEASE_KIND, 0, charged - held, balance_after, request_id, "", now)
@@ -376,6 +418,7 @@ def _move_money(
             lean.count(_LEAN_INSERT_ENTRIES[1], settle_entry)
         elif held > 0:
             lean.count(_LEAN_INSERT_ENTRIES[1], release_entry)
-        lean.count(_LEAN_RECORD_CHARGE, (request_id, charged, balance_after))
+        if recorded_balance is None:
+            lean.count(_LEAN_RECORD_CHARGE, (request_id, charged, balance_after))
         insert_usage(lean, request_id, hold, outcome, charged_micros=charged, clamped=clamped)
     return balance_after

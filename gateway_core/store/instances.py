@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import Executable, Table, and_, delete, exists, or_
+from sqlalchemy import Executable, Table, and_, delete, exists, or_, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from gateway_core.store.clock import db_now
-from gateway_core.store.models import Hold, HoldStatus, Instance
+from gateway_core.store.models import OPEN_HOLD, Hold, Instance
 
 MAX_INSTANCE_ID = 64
 # Rows of instances dead this long, with no open holds, are pruned. Long, so a
@@ -61,7 +61,7 @@ def orphan_request_ids(session: Session, instance_id: str, stale_after_seconds: 
         select(col(Hold.request_id))
         .outerjoin(Instance, col(Instance.id) == col(Hold.instance_id))
         .where(
-            col(Hold.status) == HoldStatus.OPEN.value,
+            text(OPEN_HOLD),  # verbatim, so the partial index of open holds serves it (models.py)
             col(Hold.instance_id) != instance_id,
             or_(col(Instance.id).is_(None), col(Instance.heartbeat_at) < cutoff),
         )
@@ -75,9 +75,7 @@ def prune_dead_instances(session: Session) -> int:
     """Deletes lease rows dead for PRUNE_AFTER that own no open hold; how many went."""
     cutoff = db_now(session) - PRUNE_AFTER
     holds: Table = Hold.__table__  # type: ignore[attr-defined]
-    owns_open_hold = exists().where(
-        and_(holds.c.instance_id == _INSTANCES.c.id, holds.c.status == HoldStatus.OPEN.value)
-    )
+    owns_open_hold = exists().where(and_(holds.c.instance_id == _INSTANCES.c.id, text(OPEN_HOLD))).select_from(holds)
     statement = delete(_INSTANCES).where(_INSTANCES.c.heartbeat_at < cutoff, ~owns_open_hold)
     return int(session.connection().execute(statement).rowcount)
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlmodel import Session, col, select
 
 from gateway_core.errors import invalid_request
 from gateway_core.store.accounts import account_not_found, load_account
-from gateway_core.store.models import Account, LedgerEntry, LedgerKind
+from gateway_core.store.models import NOT_A_REQUEST_ENTRY, Account, LedgerEntry, LedgerKind
 from gateway_core.store.paging import decode_token, encode_token, page_size
 from gateway_core.store.records import AccountRecord, LedgerEntryRecord
 
@@ -42,7 +42,9 @@ def check_top_up(amount_micros: int, request_id: str, note: str) -> None:
 def find_top_up(session: Session, request_id: str) -> LedgerEntry | None:
     """The top-up entry already written for request_id, if any."""
     query = select(LedgerEntry).where(
-        col(LedgerEntry.kind) == LedgerKind.TOP_UP.value, col(LedgerEntry.request_id) == request_id
+        col(LedgerEntry.kind) == LedgerKind.TOP_UP.value,
+        col(LedgerEntry.request_id) == request_id,
+        text(NOT_A_REQUEST_ENTRY),  # verbatim, so the partial unique index serves it (models.py)
     )
     return session.exec(query).first()
 

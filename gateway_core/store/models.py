@@ -9,12 +9,18 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKeyConstraint, Index, String, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKeyConstraint, Index, String, text
 from sqlmodel import Field, SQLModel
 
 from gateway_core.store.types import BigIntegerPK, JSONList, UTCDateTime
 
 _ZERO = {"server_default": "0"}
+
+# Predicates of the partial indexes (migration 0004). A query uses such an index only if its WHERE
+# carries the very same term (SQLite matches it textually): queries add these with sqlalchemy.text().
+OPEN_HOLD = "status = 'open'"
+# Ledger kinds whose at-most-once rule rests on the holds table instead of this index (see LedgerEntry).
+NOT_A_REQUEST_ENTRY = "kind NOT IN ('hold', 'settle', 'release')"
 
 
 class LedgerKind(enum.StrEnum):
@@ -101,7 +107,13 @@ class LedgerEntry(SQLModel, table=True):
     """One append-only change to an account's money.
 
     (kind, request_id) is unique so a top-up, hold or settlement with a given
-    request id happens at most once; NULL request ids never conflict.
+    request id happens at most once; NULL request ids never conflict. For the
+    request path's kinds (hold, settle, release) the holds table enforces it
+    (migration 0004): a HOLD entry is written only in the transaction that
+    inserts the hold (request_id is its primary key), SETTLE and RELEASE only
+    in the one whose conditional UPDATE closes it (once). So the unique index
+    covers the other kinds only, and the two or three entries of every request
+    no longer land on random pages of an index as large as the ledger.
     held_delta_micros is the entry's change to the account's held_micros, so
     that per account sum(amount) == balance and sum(held_delta) == held.
     Triggers (migration 0002) refuse UPDATE and DELETE of these rows.
@@ -110,7 +122,14 @@ class LedgerEntry(SQLModel, table=True):
     __tablename__ = "ledger_entries"
     __table_args__ = (
         ForeignKeyConstraint(["account_id"], ["accounts.id"], name="fk_ledger_entries_account_id_accounts"),
-        UniqueConstraint("kind", "request_id", name="uq_ledger_entries_kind_request_id"),
+        Index(
+            "uq_ledger_entries_kind_request_id",
+            "kind",
+            "request_id",
+            unique=True,
+            sqlite_where=text(NOT_A_REQUEST_ENTRY),
+            postgresql_where=text(NOT_A_REQUEST_ENTRY),
+        ),
         Index("ix_ledger_entries_account_id_id", "account_id", "id"),
     )
 
@@ -150,7 +169,14 @@ class Hold(SQLModel, table=True):
             "charged_micros >= 0 AND charged_micros <= amount_micros", name="ck_holds_charged_within_amount"
         ),
         CheckConstraint("status IN ('open', 'settled', 'released')", name="ck_holds_status"),
-        Index("ix_holds_status_instance_id", "status", "instance_id"),
+        # Only open holds (migration 0004): the orphan sweep's lookup. A hold leaves it when it
+        # closes, so it stays as small as the requests in flight instead of growing with every hold.
+        Index(
+            "ix_holds_open_instance_id",
+            "instance_id",
+            sqlite_where=text(OPEN_HOLD),
+            postgresql_where=text(OPEN_HOLD),
+        ),
     )
 
     request_id: str = Field(sa_type=String(255), primary_key=True)

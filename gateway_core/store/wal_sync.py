@@ -1,7 +1,10 @@
-"""A durable commit for a SQLite connection kept at synchronous=NORMAL: fsync of the WAL file after COMMIT.
+"""A durable commit for a SQLite connection kept at synchronous=NORMAL: fdatasync of the WAL file after COMMIT.
 
 In WAL mode the only thing synchronous=FULL adds to a commit over NORMAL is
-an fsync of the WAL file once the commit's frames are written. The writer
+a sync of the WAL file once the commit's frames are written; on Linux SQLite
+does it with fdatasync (the file's data and its size, not its timestamps),
+and so does WalSync: fsync would also journal the modification time that
+every commit changes, a second write to the disk for nothing a reader needs. The writer
 thread's connection stays at NORMAL (so hold-only transactions need no fsync)
 and, for every other transaction, calls WalSync.sync() once COMMIT has
 returned and before any caller hears of the commit: the same fsync FULL
@@ -17,7 +20,7 @@ import os
 
 
 class WalSync:
-    """fsyncs the WAL file of one SQLite database (its main file's path + '-wal').
+    """Syncs the WAL file of one SQLite database (its main file's path + '-wal') to disk.
 
     Use one per connection, while that connection is open: SQLite deletes a
     WAL file only when the last connection to its database closes, and
@@ -35,7 +38,7 @@ class WalSync:
         if self._fd is None:
             self._open()
         assert self._fd is not None
-        os.fsync(self._fd)
+        os.fdatasync(self._fd)
 
     def _open(self) -> None:
         self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)

@@ -16,6 +16,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -207,18 +208,22 @@ def _trace_statements(db: Database) -> list[str]:
 
 
 def _trace_wal_syncs(monkeypatch: pytest.MonkeyPatch, statements: list[str]) -> list[str]:
-    """Every fsync the writer makes through WalSync, as the path of the file synced; marked in statements too."""
+    """Every sync the writer makes through WalSync (fdatasync of the WAL, fsync of its directory), as the
+    path of the file synced; the WAL's marked in statements too, as "sync <name>"."""
     synced: list[str] = []
-    real_fsync = wal_sync.os.fsync
 
-    def fsync(fd: int) -> None:
-        real_fsync(fd)
-        path = os.readlink(f"/proc/self/fd/{fd}")
-        synced.append(path)
-        if not Path(path).is_dir():  # the directory is synced once, when the WAL file is opened
-            statements.append(f"fsync {Path(path).name}")
+    def traced(real: Callable[[int], None]) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
+            real(fd)
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            synced.append(path)
+            if not Path(path).is_dir():  # the directory is synced once, when the WAL file is opened
+                statements.append(f"sync {Path(path).name}")
 
-    monkeypatch.setattr(wal_sync.os, "fsync", fsync)
+        return sync
+
+    monkeypatch.setattr(wal_sync.os, "fsync", traced(os.fsync))
+    monkeypatch.setattr(wal_sync.os, "fdatasync", traced(os.fdatasync))
     return synced
 
 
@@ -240,7 +245,7 @@ async def test_only_hold_only_transactions_commit_without_fsync(tmp_path: Any, m
         statements.clear()
 
         await ledger.settle(first, outcome(50))
-        assert statements[-2:] == ["COMMIT", "fsync durability.db-wal"]  # the WAL made durable before the answer
+        assert statements[-2:] == ["COMMIT", "sync durability.db-wal"]  # the WAL made durable before the answer
         assert not any(s.startswith("PRAGMA synchronous") for s in statements)  # no switching per transaction
         statements.clear()
 
@@ -254,18 +259,18 @@ async def test_only_hold_only_transactions_commit_without_fsync(tmp_path: Any, m
         statements.clear()
         await asyncio.gather(ledger.hold(request_id="h3", amount_micros=100, **ids), ledger.settle(second, outcome(1)))
         assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
-        assert statements[-2:] == ["COMMIT", "fsync durability.db-wal"]
+        assert statements[-2:] == ["COMMIT", "sync durability.db-wal"]
         statements.clear()
 
         # Holds queued together share one commit without fsync.
         await asyncio.gather(*(ledger.hold(request_id=f"g{i}", amount_micros=100, **ids) for i in range(3)))
         assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
-        assert not any(s.startswith("fsync") for s in statements)
+        assert not any(s.startswith("sync") for s in statements)
         statements.clear()
 
         # Top-ups (and every other write) stay on the Session path, on pool connections at FULL.
         await store.top_up(key.account_id, 1, "durability-top-up")
-        assert not any(s.startswith(("PRAGMA synchronous", "fsync")) for s in statements)
+        assert not any(s.startswith(("PRAGMA synchronous", "sync")) for s in statements)
         with db.engine.connect() as connection:  # the pool's other connections are all at FULL
             assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
         wal = str(tmp_path / "durability.db-wal")
@@ -414,3 +419,46 @@ async def test_a_failing_write_in_a_group_rolls_back_alone(tmp_path: Any) -> Non
         assert await store.get_hold("wrong-key") is None and await store.get_hold("too-much") is None
         taken = await store.get_hold("taken")
         assert taken is not None and taken.amount_micros == 100
+
+
+async def test_a_sqlite_settlement_records_its_charge_in_the_closing_update(tmp_path: Any) -> None:
+    """On SQLite the close, the charge and the balance after it are one UPDATE of the hold (_CLOSE_CHARGED)."""
+    async with await Database.open(f"sqlite:///{tmp_path}/fold.db") as db:
+        key = await funded_key(Store(db), 10_000)
+        ledger = Ledger(db, instance_id="fold")
+        ids = {"account_id": key.account_id, "api_key_id": key.key_id}
+        statements = _trace_statements(db)
+        for request_id, cost, charged in (("under", 1_234, 1_234), ("over", 9_999, 3_000), ("negative", -5, 0)):
+            hold = await ledger.hold(request_id=request_id, amount_micros=3_000, **ids)
+            statements.clear()
+            settlement = await ledger.settle(hold, outcome(cost))
+            updates_of_holds = [s for s in statements if s.startswith("UPDATE holds")]
+            assert len(updates_of_holds) == 1 and "charged_micros" in updates_of_holds[0]
+            assert settlement.charged_micros == charged
+            stored = await db.run(lambda session, r=request_id: session.get(Hold, r))
+            assert stored is not None
+            assert (stored.charged_micros, stored.balance_after_micros) == (charged, settlement.balance_after_micros)
+        assert (await Store(db).get_account(key.account_id)).balance_micros == 10_000 - 1_234 - 3_000
+
+
+async def test_a_balance_moved_between_close_and_debit_fails_the_settlement_whole(tmp_path: Any) -> None:
+    """The balance _CLOSE_CHARGED reads must be the one the debit leaves; if not, nothing of the settlement stays."""
+    async with await Database.open(f"sqlite:///{tmp_path}/moved.db") as db:
+        store = Store(db)
+        key = await funded_key(store, 10_000)
+        ledger = Ledger(db, instance_id="moved")
+        hold = await ledger.hold(request_id="r", account_id=key.account_id, api_key_id=key.key_id, amount_micros=500)
+        with db.engine.begin() as connection:  # something that SQLite's one writer rules out: a second balance move
+            connection.exec_driver_sql(
+                "CREATE TRIGGER meddle AFTER UPDATE OF status ON holds BEGIN"
+                " UPDATE accounts SET balance_micros = balance_micros + 1 WHERE id = NEW.account_id; END"
+            )
+        with pytest.raises(RuntimeError, match="recorded balance"):
+            await ledger.settle(hold, outcome(200))
+        assert (await store.get_account(key.account_id)).balance_micros == 10_000
+        still = await store.get_hold("r")
+        assert still is not None and still.status.value == "open"
+        assert await store.get_usage_record("r") is None
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TRIGGER meddle")
+        assert (await ledger.settle(hold, outcome(200))).balance_after_micros == 9_800
