@@ -6,9 +6,9 @@ compared in the same run, interleaved A B A B, and the median of the rounds is
 printed. CPU is the child's process CPU (all threads: event loop and DB pool)
 from getrusage, split into user and system time; wall time is shown but is
 noise on a shared machine. On PostgreSQL only the gateway's CPU is counted
-(the server's is its own process). Request ids are random 128-bit hex, as the
-gateway's are (gateway_core/request_ids.py), so every hold lands on a random
-page of each index keyed by request id; `--sequential-ids` (r0, r1, ...: what
+(the server's is its own process). Request ids are the measured tree's own
+(gateway_core/request_ids.py new_request_id: random 128-bit hex today), so every
+hold lands where the gateway's would in each index keyed by request id; `--sequential-ids` (r0, r1, ...: what
 this benchmark used before round 6) appends them instead and understates that.
 
     .venv/bin/python bench/micro_ledger.py                       # this tree, SQLite
@@ -43,6 +43,7 @@ async def _measure(url: str, concurrency: int, pairs: int, sequential_ids: bool)
     # Imported here: the child's sys.path decides which tree these come from.
     from gateway_core.metering.ledger import Ledger
     from gateway_core.metering.outcome import UsageOutcome, UsageStatus
+    from gateway_core.request_ids import new_request_id
     from gateway_core.store.store import open_store
 
     store = await open_store(url)
@@ -69,7 +70,7 @@ async def _measure(url: str, concurrency: int, pairs: int, sequential_ids: bool)
         counter = iter(range(10**9))
 
         def request_id() -> str:
-            return f"r{next(counter)}" if sequential_ids else os.urandom(16).hex()
+            return f"r{next(counter)}" if sequential_ids else new_request_id()
 
         async def worker(count: int) -> None:
             for _ in range(count):

@@ -4,7 +4,7 @@ Every page a transaction changes is written to the WAL as one frame at COMMIT
 (two write syscalls) and copied into the database file again at the next
 checkpoint, so frames per request are a cost that does not depend on the
 machine's load. This fills a fresh database with --prefill hold+settle pairs
-(random request ids, as the gateway's), turns automatic checkpoints off, then
+(request ids from the tree's own new_request_id, as the gateway's), turns automatic checkpoints off, then
 reads the frames each of --pairs further holds and settles appended to the WAL
 and names their pages' b-trees (SQLite's dbstat table).
 
@@ -43,6 +43,7 @@ async def _measure(tree: str, prefill: int, pairs: int) -> None:
     from sqlalchemy import event
 
     from gateway_core.metering.ledger import Ledger
+    from gateway_core.request_ids import new_request_id
     from gateway_core.metering.outcome import UsageOutcome, UsageStatus
     from gateway_core.store.store import open_store
 
@@ -61,7 +62,7 @@ async def _measure(tree: str, prefill: int, pairs: int) -> None:
 
     async def hold() -> Any:
         return await ledger.hold(
-            request_id=os.urandom(16).hex(), account_id=account.id, api_key_id=key.id, amount_micros=100
+            request_id=new_request_id(), account_id=account.id, api_key_id=key.id, amount_micros=100
         )
 
     for _ in range(prefill):
