@@ -346,8 +346,11 @@ class _UnaryStreamMethod:
     def __call__(self, request: Any, *, timeout: float | None = None, metadata: MetadataPairs | None = None,
                  **_unused: Any) -> UnaryStreamCall[Any] | InlineStreamCall[Any]:
         services = self._services
+        if services.stopping:  # as a stopping grpc.aio server does: the call fails at its first read
+            refused = _rpc_error(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            return InlineStreamCall(services, None, _Context(metadata, timeout), contextvars.Context(), refused)
         handler = services.handler(self._method)
-        if handler is not None and not services.stopping and services.runs_inline(self._method):
+        if handler is not None and services.runs_inline(self._method):
             return start_inline_stream(services, handler, request, _Context(metadata, timeout))
         return UnaryStreamCall(services, handler, request, metadata, timeout)
 
