@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway_core.chat.pump import QUEUE_DEPTH
+from gateway_core.chat.stream_run import QUEUE_DEPTH
 from gateway_core.in_process import STREAM_WINDOW_MESSAGES
 from gateway_core.server import Core, start_core
 from http_facade.app import create_app
