@@ -69,16 +69,18 @@ class ChatPipeline:
         # Limit leases of admitted requests, by request id; finished when the request settles.
         self._leases: dict[str, Lease] = {}
 
-    async def start_stream(self, request: ChatRequest, metadata: Metadata, time_remaining: float | None) -> StreamRun:
-        """Admits a streamed request: checks the caller and the request, takes the limits, and returns its
-        StreamRun once the hold is written (the upstream request starts in the same step, in the run's task).
+    async def start_stream(self, request: ChatRequest, metadata: Metadata, time_remaining: float | None,
+                           admitted: Callable[[Admission], None]) -> StreamRun:
+        """Admits a streamed request up to its hold (auth, validation, route, limits) and starts its StreamRun.
 
-        Hold, upstream read and settlement run in that one task apart from the caller (see StreamRun), so a
-        caller cancelled at any point after its limits were taken still leaves the request settled exactly
-        once. The caller reads the run, then close()s it however it ends.
+        Hold, upstream read and settlement run in the run's one task apart from the caller, so a caller
+        cancelled at any point after its limits were taken still leaves the request settled exactly once
+        (see StreamRun). admitted(admission) is called in that task once the hold is written, before the
+        upstream request; a refused hold is raised by the run's first read. The caller reads the run, then
+        close()s it however it ends.
         """
         prepared = await self._prepare(request, metadata, time_remaining)
-        return await StreamRun.start(self, prepared)
+        return StreamRun(self, prepared, admitted)
 
     async def _prepare(self, request: ChatRequest, metadata: Metadata, time_remaining: float | None) -> _Prepared:
         """Everything of admission but the hold: auth, validation, route, estimate, limits (lease taken)."""

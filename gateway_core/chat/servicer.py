@@ -67,15 +67,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self, request: chat_pb2.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
         metadata = context.invocation_metadata() or ()
+        headers_sent = False
         with self._observe("stream", request.model, metadata) as observer:
             try:
-                run = await self._pipeline.start_stream(request, metadata, context.time_remaining())
+                run = await self._pipeline.start_stream(
+                    request, metadata, context.time_remaining(), observer.admitted)
                 try:
-                    admission = run.admission
-                    assert admission is not None
-                    observer.admitted(admission)
-                    if admission.limit_headers:
-                        await context.send_initial_metadata(admission.limit_headers)
                     # Pulled from the run directly: a queued chunk costs no coroutine (poll), only a wait does.
                     while True:
                         chunk = run.poll()
@@ -83,6 +80,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                             chunk = await run.next()
                         if chunk is None:
                             break
+                        if not headers_sent:  # the first chunk: the hold is written, its limit headers go first
+                            headers_sent = True
+                            await _send_limit_headers(context, observer)
                         if chunk.HasField("usage"):  # type: ignore[union-attr]
                             observer.usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)  # type: ignore[union-attr]
                         yield chunk  # type: ignore[misc]
@@ -90,10 +90,14 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     run.close()  # the stream ended for us, or we left: the run finishes and settles alone
             except GatewayError as error:
                 observer.failed(error)
+                if not headers_sent:  # admitted, then failed before any chunk: the headers go with the error
+                    await _send_limit_headers(context, observer)
                 await abort(context, error)
             except Exception:  # noqa: BLE001 - the boundary: log once, answer generically
                 log.exception("unexpected failure in StreamChatCompletion")
                 observer.crashed()
+                if not headers_sent:
+                    await _send_limit_headers(context, observer)
                 await abort(context, _INTERNAL)
 
     def _observe(self, mode: str, model: str, metadata: Sequence[tuple[str, Any]]) -> ContextManager[CallObserver]:
@@ -119,7 +123,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
 
 async def _send_limit_headers(context: grpc.aio.ServicerContext, observer: CallObserver) -> None:
-    """x-ratelimit-* of an admitted unary call, as initial metadata ahead of its answer or error."""
+    """x-ratelimit-* of an admitted call, as initial metadata ahead of its answer, first chunk or error."""
     admission = observer.admission
     if admission is not None and admission.limit_headers:
         await context.send_initial_metadata(admission.limit_headers)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway_core.chat.meter import Admission, RequestMeter, billed_usage
@@ -49,7 +50,7 @@ class _Failed:
 class StreamRun:
     """One per streamed request; runs on the caller's event loop; read by one reader.
 
-        run = await StreamRun.start(pipeline, prepared)   # returns once the hold is written
+        run = StreamRun(pipeline, prepared, admitted)   # the hold is written in the run's task
         try:
             while (chunk := run.poll()) is not None:   # or `async for chunk in run`
                 if chunk is EMPTY: chunk = await run.next() ...
@@ -58,17 +59,20 @@ class StreamRun:
 
     The queue carries the upstream's chunks that have choices (their usage is
     replaced by the billed usage), then one final chunk with the billed usage
-    once the settlement is written, then the end.
+    once the settlement is written, then the end; or, instead of the end, the
+    failure (a refused hold's before any chunk). `admission` is set before the
+    first item is queued. The reader waits for nothing but items: no wake-up
+    when the hold is written, the upstream request starts in the same step.
     """
 
     _HOLD, _UPSTREAM, _SETTLE, _DONE = "hold", "upstream", "settle", "done"
 
-    def __init__(self, pipeline: ChatPipeline, prepared: _Prepared) -> None:
+    def __init__(self, pipeline: ChatPipeline, prepared: _Prepared, admitted: Callable[[Admission], None]) -> None:
+        """Starts the run's task; admitted(admission) is called in it once the hold is written."""
         self._pipeline = pipeline
         self._prepared = prepared
+        self._admitted = admitted
         self._queue: Handoff[Any] = Handoff(QUEUE_DEPTH)
-        loop = asyncio.get_running_loop()
-        self._admitted: asyncio.Future[Admission] = loop.create_future()
         self._phase = self._HOLD
         self._abandoned = False
         self._finished = False  # the reader took the end (or the failure)
@@ -77,21 +81,9 @@ class StreamRun:
         # (cancels the task there), and whether it has fired.
         self._cut: asyncio.Handle | None = None
         self._cut_fired = False
+        # Set once the hold is written, before anything is queued: the first item read finds it set.
         self.admission: Admission | None = None
-        self.task = loop.create_task(self._run())
-
-    @classmethod
-    async def start(cls, pipeline: ChatPipeline, prepared: _Prepared) -> StreamRun:
-        """Starts the run; returns it once its hold is written (raises what the hold raised)."""
-        run = cls(pipeline, prepared)
-        try:
-            run.admission = await run._admitted
-        except asyncio.CancelledError:
-            if run._admitted.done() and not run._admitted.cancelled():
-                run._admitted.exception()  # admitted just as the caller left: mark it read
-            run.close()
-            raise
-        return run
+        self.task = asyncio.get_running_loop().create_task(self._run())
 
     # --- the reader's side ---
 
@@ -166,19 +158,18 @@ class StreamRun:
             if self._abandoned:  # close() gave the limits back already; a refused hold has nothing to settle
                 return
             pipeline._drop_lease(prepared)
-            if isinstance(error, Exception):
-                self._admitted.set_exception(error)  # start() raises it
-                return
-            self._admitted.cancel()
-            raise
+            await self._queue.put(_Failed(error))  # the reader raises it before any chunk
+            if not isinstance(error, Exception):
+                raise
+            return
         if self._abandoned:  # the reader left while the hold was written: settle it at zero
             from gateway_core.chat.pipeline import _cancelled_before_upstream  # noqa: PLC0415 - a cycle
 
             self._phase = self._SETTLE
             await pipeline._settle_with_retries(hold, _cancelled_before_upstream(prepared.hold_args))
             return
-        admission = prepared.admission(hold)
-        self._admitted.set_result(admission)
+        admission = self.admission = prepared.admission(hold)
+        self._admitted(admission)
         await self._stream(admission, hold)
 
     async def _stream(self, admission: Admission, hold: Hold) -> None:
