@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,6 @@ from gateway_core.chat.meter import Admission, RequestMeter, billed_usage
 from gateway_core.chat.stream_run import StreamRun
 from gateway_core.chat.validate import validate_request
 from gateway_core.config import MeteringSettings, ModelSettings, Route, RoutingSettings
-from gateway_core.errors import GatewayError
 from gateway_core.limits.enforcer import LimitEnforcer, Lease
 from gateway_core.metering.ledger import Ledger
 from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome, UsageStatus
