@@ -25,7 +25,7 @@ What a server would give the handler is kept:
 - shutdown: InProcessServices.stop() waits for these calls like for handler
   tasks, then cancels them.
 What is not kept is the handler running ahead of a reader that is not reading:
-the chat servicer's stream pump reads the upstream ahead by itself.
+the chat pipeline's StreamRun reads the upstream ahead by itself (a bounded queue).
 """
 
 from __future__ import annotations
@@ -158,6 +158,8 @@ class InlineStreamCall(Generic[ResponseT]):
         if self._reader_cancelled:  # the handler swallowed our cancellation and answered: it still ends here
             self._reader_cancelled = False
             task.uncancel()
+            if self._expired and not self._cancelled:
+                self._outcome = _deadline_exceeded()
             self._close_soon()
         return message
 
