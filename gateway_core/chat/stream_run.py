@@ -183,9 +183,9 @@ class StreamRun:
                     meter.observe(chunk)
                     if chunk.choices and not self._abandoned:  # upstream usage is replaced by the billed usage
                         chunk.provider = meter.admission.provider.name  # the route that answered
-                        if len(queue) < QUEUE_DEPTH:
+                        try:
                             queue.put_nowait(chunk)  # the usual case: room in the queue, no coroutine
-                        else:
+                        except asyncio.QueueFull:
                             await queue.put(chunk)  # a slow reader: wait for room (backpressure)
         except BaseException as error:
             self._end_upstream()
