@@ -11,7 +11,8 @@ OpenAI-style upstream in its own process. This script is the load: raw keep-aliv
 HTTP/1.1 connections, one request in flight on each.
 
 What is measured is CPU time of the gateway process, per thread, from
-/proc/<pid>/task/*/stat: the event-loop thread (the main thread) and the rest
+/proc/<pid>/task/*/sched (the scheduler's sum, microseconds; clock ticks from
+.../stat where the kernel lacks it): the event-loop thread (the main thread) and the rest
 (the SQLite writer, gRPC and other threads), over N requests of one kind,
 rounds interleaved between the trees (A B A B), median and best reported:
 
@@ -213,16 +214,29 @@ async def _load(port: int, key: str, kind: str, count: int, concurrency: int) ->
     await asyncio.gather(*(connection() for _ in range(min(concurrency, count))))
 
 
+def _thread_seconds(pid: int, task: str) -> float:
+    """CPU seconds of one thread: the scheduler's own sum (microsecond precision) where the kernel
+    shows it (/proc/.../sched), else utime + stime in clock ticks (10 ms: needs long rounds)."""
+    try:
+        with open(f"/proc/{pid}/task/{task}/sched") as f:
+            for line in f:
+                if line.startswith("se.sum_exec_runtime"):
+                    return float(line.rsplit(":", 1)[1]) / 1000  # milliseconds
+    except OSError:
+        pass
+    with open(f"/proc/{pid}/task/{task}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def _thread_cpu(pid: int) -> tuple[float, float]:
     """(main thread, other threads) CPU seconds of a process so far."""
     main = other = 0.0
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{task}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
+            seconds = _thread_seconds(pid, task)
+        except (FileNotFoundError, ProcessLookupError):
             continue  # a thread that just ended
-        seconds = (int(fields[11]) + int(fields[12])) / TICKS
         if int(task) == pid:
             main += seconds
         else:

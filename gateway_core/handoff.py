@@ -1,10 +1,10 @@
 """A bounded FIFO between tasks of one event loop, cheaper per item than asyncio.Queue.
 
-A streamed chunk crosses two queues on its way to the client (the stream
-pump's, then the in-process call's window), and asyncio.Queue's put_nowait
-and get_nowait are each a handful of Python calls (full, qsize, _put,
-task-done bookkeeping, _wakeup_next): about a tenth of the core's CPU per
-chunk. Handoff keeps the same contract for what these two queues use
+A streamed chunk crosses a queue on its way to the client (the StreamRun's,
+and over the in-process channel with a non-generator handler also the call's
+window), and asyncio.Queue's put_nowait and get_nowait are each a handful of
+Python calls (full, qsize, _put, task-done bookkeeping, _wakeup_next): about
+a tenth of the core's CPU per chunk. Handoff keeps the same contract for what these queues use
 (put_nowait/put/get_nowait/get, QueueFull/QueueEmpty, waiters woken in
 order, cancellation-safe waits) in one inlined method each, and drops what
 they never use (task_done/join, unbounded queues).

@@ -15,9 +15,11 @@ on, so the facade has one code path for both transports:
   server; cancelling a pending read() cancels the call, as in grpc.aio;
 - failures are real grpc.aio.AioRpcError objects with the code, details and
   trailing metadata (the rich status) the handler aborted with;
-- the handler runs in its own task with its own contextvars, as on a server,
-  and a stream's handler runs ahead of the reader by a bounded window (the
-  analogue of HTTP/2 flow control).
+- the handler runs with its own contextvars, as on a server: a unary one in its
+  own task; a stream's async-generator handler inside the reader's task, one
+  step per read (in_process_stream.InlineStreamCall: no task hand-off per
+  message); any other stream handler in its own task, running ahead of the
+  reader by a bounded window (the analogue of HTTP/2 flow control).
 Messages are not copied: the core never changes a message after handing it
 over, and the facade never changes a request after sending it.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -56,8 +59,12 @@ class InProcessServices:
     def __init__(self, server: grpc.aio.Server | None = None) -> None:
         self._server = server
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        # Stream methods whose handler is an async generator function: run in the reader's task.
+        self._inline_methods: set[str] = set()
         # Strong references: a call's task must not be collected while it runs.
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Stream calls whose handler runs in the reader's task (InlineStreamCall), until their handler ends.
+        self._inline: set[Any] = set()
         self._stopping = False
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
@@ -69,6 +76,8 @@ class InProcessServices:
             self._server.add_registered_method_handlers(service, handlers)
         for name, handler in handlers.items():
             self._handlers[f"/{service}/{name}"] = handler
+            if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
+                self._inline_methods.add(f"/{service}/{name}")
 
     def channel(self) -> InProcessChannel:
         """A channel for generated stubs whose calls run this registry's handlers."""
@@ -76,6 +85,10 @@ class InProcessServices:
 
     def handler(self, method: str) -> grpc.RpcMethodHandler | None:
         return self._handlers.get(method)
+
+    def runs_inline(self, method: str) -> bool:
+        """Whether calls of this stream method run their handler in the reader's task (InlineStreamCall)."""
+        return method in self._inline_methods
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         if self._stopping:  # as a stopping grpc.aio server does: new calls are refused
@@ -87,18 +100,33 @@ class InProcessServices:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def track(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Runs a call's own cleanup in a task that stop() waits for (never refused: the call exists)."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     async def stop(self, grace_seconds: float | None) -> None:
         """Like grpc.aio.Server.stop: refuses new calls, lets running ones finish for up to
         grace_seconds (None: no limit), then cancels the rest and waits for them to end."""
         self._stopping = True
-        running = set(self._tasks)
+        calls = set(self._inline)
+        running: set[asyncio.Future[Any]] = set(self._tasks) | {call.ended() for call in calls}
         if not running:
             return
         _, pending = await asyncio.wait(running, timeout=grace_seconds)
+        for call in calls:
+            call.cancel()  # a no-op for those that ended
         for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+            if task in self._tasks:
+                task.cancel()
+        # Cancelled inline calls end once their reader (or their cleanup task) has run their handler's end.
+        await asyncio.gather(*pending, *set(self._tasks), return_exceptions=True)
 
 
 async def _refuse(error: grpc.aio.AioRpcError) -> Any:
@@ -316,8 +344,16 @@ class _UnaryStreamMethod:
         self._method = method
 
     def __call__(self, request: Any, *, timeout: float | None = None, metadata: MetadataPairs | None = None,
-                 **_unused: Any) -> UnaryStreamCall[Any]:
-        return UnaryStreamCall(self._services, self._services.handler(self._method), request, metadata, timeout)
+                 **_unused: Any) -> UnaryStreamCall[Any] | InlineStreamCall[Any]:
+        services = self._services
+        if services.stopping:  # as a stopping grpc.aio server does: the call fails at its first read
+            refused = _rpc_error(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            return InlineStreamCall(services, None, _Context(metadata, timeout), contextvars.Context(), refused)
+        handler = services.handler(self._method)
+        if handler is not None and services.runs_inline(self._method):
+            return start_inline_stream(services, handler, request, _Context(metadata, timeout))
+        return UnaryStreamCall(services, handler, request, metadata, timeout)
+
 
 
 class UnaryStreamCall(Generic[ResponseT]):
@@ -440,3 +476,7 @@ class UnaryStreamCall(Generic[ResponseT]):
     async def trailing_metadata(self) -> grpc.aio.Metadata:
         return self._context.trailing()
 
+
+
+# Last: in_process_stream builds on this module's context and errors.
+from gateway_core.in_process_stream import InlineStreamCall, start_inline_stream  # noqa: E402

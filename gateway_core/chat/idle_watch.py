@@ -27,7 +27,7 @@ class IdleTimeout(Exception):
 
 
 class IdleWatch:
-    """One per stream, read by one task (the first to read; a stream pump's); not thread-safe.
+    """One per stream, read by one task (the first to read; a StreamRun's); not thread-safe.
 
         with IdleWatch(30.0) as watch:
             while ...:

@@ -42,7 +42,7 @@ class RequestMeter:
         self._output: list[str] = []
 
     def observe(self, chunk: chat_pb2.StreamChatCompletionResponse) -> None:
-        """Feeds one streamed chunk (called by the pump, also after the client left)."""
+        """Feeds one streamed chunk (called by the StreamRun, also after the client left)."""
         if self.template is None:
             self.template = chunk
         if chunk.HasField("usage"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +19,9 @@ from gateway_core.auth import Authenticator, Principal
 from gateway_core.chat.attempts import RouteAttempts
 from gateway_core.background import BackgroundTasks
 from gateway_core.chat.meter import Admission, RequestMeter, billed_usage
-from gateway_core.chat.pump import StreamPump
+from gateway_core.chat.stream_run import StreamRun
 from gateway_core.chat.validate import validate_request
 from gateway_core.config import MeteringSettings, ModelSettings, Route, RoutingSettings
-from gateway_core.errors import GatewayError
 from gateway_core.limits.enforcer import LimitEnforcer, Lease
 from gateway_core.metering.ledger import Ledger
 from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome, UsageStatus
@@ -69,15 +68,18 @@ class ChatPipeline:
         # Limit leases of admitted requests, by request id; finished when the request settles.
         self._leases: dict[str, Lease] = {}
 
-    async def admit(self, request: ChatRequest, metadata: Metadata, time_remaining: float | None) -> Admission:
-        """Checks the caller and the request, then holds the worst-case cost."""
+    async def start_stream(self, request: ChatRequest, metadata: Metadata, time_remaining: float | None,
+                           admitted: Callable[[Admission], None]) -> StreamRun:
+        """Admits a streamed request up to its hold (auth, validation, route, limits) and starts its StreamRun.
+
+        Hold, upstream read and settlement run in the run's one task apart from the caller, so a caller
+        cancelled at any point after its limits were taken still leaves the request settled exactly once
+        (see StreamRun). admitted(admission) is called in that task once the hold is written, before the
+        upstream request; a refused hold is raised by the run's first read. The caller reads the run, then
+        close()s it however it ends.
+        """
         prepared = await self._prepare(request, metadata, time_remaining)
-        try:
-            hold = await self._hold_shielded(prepared.hold_args)
-        except BaseException:
-            self._drop_lease(prepared)
-            raise
-        return prepared.admission(hold)
+        return StreamRun(self, prepared, admitted)
 
     async def _prepare(self, request: ChatRequest, metadata: Metadata, time_remaining: float | None) -> _Prepared:
         """Everything of admission but the hold: auth, validation, route, estimate, limits (lease taken)."""
@@ -159,55 +161,6 @@ class ChatPipeline:
             self._leases[request_id] = lease
         return lease
 
-    async def stream(self, admission: Admission) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
-        """Streams a request; the last message carries the billed usage, after settlement."""
-        meter = RequestMeter(admission)
-        pump = StreamPump(self._attempts.stream(meter), meter.observe)
-        settled = False
-        try:
-            try:
-                async for chunk in pump:
-                    if chunk.choices:  # upstream usage is replaced by the billed usage below
-                        chunk.provider = meter.admission.provider.name
-                        yield chunk
-            except Exception:
-                settled = True
-                await self._settle_shielded(admission.hold, meter.outcome(UsageStatus.UPSTREAM_ERROR))
-                raise
-            settled = True
-            outcome = meter.outcome(UsageStatus.OK)
-            settlement = await self._settle_shielded(admission.hold, outcome)
-            yield _final_chunk(meter, meter.admission, billed_usage(outcome, settlement.charged_micros))
-        finally:
-            if not settled:  # the client left (cancelled, or the generator was closed)
-                pump.detach()
-                self._background.spawn(self._drain_stream(meter, pump), name=f"drain-{admission.call.request_id}")
-
-    async def _hold_shielded(self, hold_args: dict[str, Any]) -> Hold:
-        writing = asyncio.ensure_future(self._ledger.hold(**hold_args))
-        try:
-            return await asyncio.shield(writing)
-        except asyncio.CancelledError:
-            self._background.spawn(self._release_late_hold(writing, hold_args), name="release-late-hold")
-            raise
-
-    async def _release_late_hold(self, writing: asyncio.Future[Hold], hold_args: dict[str, Any]) -> None:
-        """The caller left while its hold was being written: settle it at zero once it lands."""
-        try:
-            hold = await writing
-        except GatewayError:
-            return
-        await self._settle_with_retries(hold, _cancelled_before_upstream(hold_args))
-
-    async def _settle_shielded(self, hold: Hold, outcome: UsageOutcome) -> Settlement:
-        """Settles even if the caller is cancelled meanwhile: the write must land."""
-        settling = asyncio.ensure_future(self._settle_with_retries(hold, outcome))
-        try:
-            return await asyncio.shield(settling)
-        except asyncio.CancelledError:
-            self._background.spawn(_await(settling), name=f"settle-{hold.request_id}")
-            raise
-
     async def _settle_with_retries(self, hold: Hold, outcome: UsageOutcome) -> Settlement:
         """Settles (retrying); however that ends, finishes the request's limit lease: slots back, tokens corrected."""
         try:
@@ -229,24 +182,6 @@ class ChatPipeline:
 
     def _may_drain(self) -> bool:
         return self._drains < self._metering.max_concurrent_drains
-
-    async def _drain_stream(self, meter: RequestMeter, pump: StreamPump) -> None:
-        """Reads an abandoned stream a bounded time for its usage, then bills what was seen."""
-        if self._may_drain():
-            self._drains += 1
-            try:
-                await asyncio.wait_for(asyncio.shield(pump.task), self._metering.drain_seconds)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                self._drains -= 1
-        pump.task.cancel()  # closes the upstream connection if still open
-        await asyncio.gather(pump.task, return_exceptions=True)
-        await self._settle_with_retries(meter.admission.hold, meter.outcome(UsageStatus.CANCELLED))
-
-
-async def _await(future: asyncio.Future[Any]) -> Any:
-    return await future
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a setattr call per field

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager as ContextManager
@@ -14,6 +13,7 @@ from opentelemetry import trace
 from gateway_core.auth import Authenticator
 from gateway_core.chat.pipeline import ChatPipeline
 from gateway_core.errors import GatewayError, Reason, abort
+from gateway_core.handoff import EMPTY
 from gateway_core.observability.chat_calls import CallObserver, observe_call
 from gateway_core.pb.gateway.v1 import chat_pb2, chat_pb2_grpc
 from gateway_core.routing import Router
@@ -67,24 +67,37 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self, request: chat_pb2.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
         metadata = context.invocation_metadata() or ()
+        headers_sent = False
         with self._observe("stream", request.model, metadata) as observer:
             try:
-                admission = await self._pipeline.admit(request, metadata, context.time_remaining())
-                observer.admitted(admission)
-                if admission.limit_headers:
-                    await context.send_initial_metadata(admission.limit_headers)
-                # aclosing: if gRPC closes this generator, the pipeline's own cleanup runs now, not at GC.
-                async with contextlib.aclosing(self._pipeline.stream(admission)) as chunks:
-                    async for chunk in chunks:
-                        if chunk.HasField("usage"):
-                            observer.usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                        yield chunk
+                run = await self._pipeline.start_stream(
+                    request, metadata, context.time_remaining(), observer.admitted)
+                try:
+                    # Pulled from the run directly: a queued chunk costs no coroutine (poll), only a wait does.
+                    while True:
+                        chunk = run.poll()
+                        if chunk is EMPTY:
+                            chunk = await run.next()
+                        if chunk is None:
+                            break
+                        if not headers_sent:  # the first chunk: the hold is written, its limit headers go first
+                            headers_sent = True
+                            await _send_limit_headers(context, observer)
+                        if chunk.HasField("usage"):  # type: ignore[union-attr]
+                            observer.usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)  # type: ignore[union-attr]
+                        yield chunk  # type: ignore[misc]
+                finally:
+                    run.close()  # the stream ended for us, or we left: the run finishes and settles alone
             except GatewayError as error:
                 observer.failed(error)
+                if not headers_sent:  # admitted, then failed before any chunk: the headers go with the error
+                    await _send_limit_headers(context, observer)
                 await abort(context, error)
             except Exception:  # noqa: BLE001 - the boundary: log once, answer generically
                 log.exception("unexpected failure in StreamChatCompletion")
                 observer.crashed()
+                if not headers_sent:
+                    await _send_limit_headers(context, observer)
                 await abort(context, _INTERNAL)
 
     def _observe(self, mode: str, model: str, metadata: Sequence[tuple[str, Any]]) -> ContextManager[CallObserver]:
@@ -110,7 +123,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
 
 async def _send_limit_headers(context: grpc.aio.ServicerContext, observer: CallObserver) -> None:
-    """x-ratelimit-* of an admitted unary call, as initial metadata ahead of its answer or error."""
+    """x-ratelimit-* of an admitted call, as initial metadata ahead of its answer, first chunk or error."""
     admission = observer.admission
     if admission is not None and admission.limit_headers:
         await context.send_initial_metadata(admission.limit_headers)

@@ -4,7 +4,7 @@ The facade writes every message the in-process core has already produced in
 one ASGI write (event_stream._events with UnaryStreamCall.read_nowait). What
 the client reads must not change: each chunk its own `data:` event, in order,
 the usage chunk last, then [DONE]; and a client that does not read still
-holds the core back (the pump's queue and the call's window are bounded).
+holds the core back (the stream run's queue is bounded).
 
 The real core (auth, hold, settle on SQLite, the OpenAI provider against the
 fake upstream) and the real facade app are driven at the ASGI level, so the
@@ -21,8 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway_core.chat.pump import QUEUE_DEPTH
-from gateway_core.in_process import STREAM_WINDOW_MESSAGES
+from gateway_core.chat.stream_run import QUEUE_DEPTH
 from gateway_core.server import Core, start_core
 from http_facade.app import create_app
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
@@ -174,9 +173,9 @@ async def test_a_client_that_does_not_read_holds_the_core_back(
         "model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}, writes, gate))
     await _until(lambda: produced[0] >= QUEUE_DEPTH)
     await asyncio.sleep(0.3)  # time enough to run far ahead, if anything let it
-    # In the blocked write: the first message and what was ready with it (at most a window's worth);
-    # then a window's worth in the call, a queue's worth in the pump, one in each task's hands.
-    assert produced[0] <= 1 + 2 * STREAM_WINDOW_MESSAGES + QUEUE_DEPTH + 3
+    # In the blocked write: the first message and what was queued with it (at most a queue's worth);
+    # then a queue's worth in the stream run's queue, and one in the run's hands.
+    assert produced[0] <= 1 + 2 * QUEUE_DEPTH + 1
     assert writes == []
     gate.set()
     assert await asyncio.wait_for(request, 30) == 200

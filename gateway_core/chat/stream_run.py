@@ -1,0 +1,235 @@
+"""One streamed request's hold, upstream read and settlement, in one task apart from its reader.
+
+A stream used to take a task and a shield to write its hold, a pump task to
+read the upstream and another task and shield to settle: three task starts and
+their wake-ups per stream. StreamRun does all three in one task, as _UnaryRun
+does for unary requests, and hands chunks to the reader through one bounded
+queue; the reader pulls them without a generator of its own (poll(), then
+next() only when it must wait).
+
+Every admitted stream is settled exactly once, whoever leaves when:
+- the reader leaves while the hold is written: the limits go back at once and
+  the hold, once it lands, is settled at zero (no upstream call is made);
+- the reader leaves while the upstream is read: the run stops queueing, reads
+  on for drain_seconds (while fewer than max_concurrent_drains do) to learn
+  the real usage, then closes the upstream and bills what it saw as CANCELLED;
+- the reader leaves while the settlement is written: it completes.
+An abandoned run's task belongs to the pipeline's background tasks from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from gateway_core.chat.meter import Admission, RequestMeter, billed_usage
+from gateway_core.handoff import EMPTY, Handoff
+from gateway_core.metering.outcome import Hold, UsageStatus
+from gateway_core.pb.gateway.v1 import chat_pb2
+
+if TYPE_CHECKING:
+    from gateway_core.chat.pipeline import ChatPipeline, _Prepared
+
+Chunk = chat_pb2.StreamChatCompletionResponse
+# Chunks buffered ahead of a slow reader; beyond this the upstream read waits (backpressure).
+QUEUE_DEPTH = 64
+_END = object()  # queued after the last chunk (the final usage chunk)
+
+
+class _Failed:
+    """Queued instead of _END when the stream failed: the reader raises `error` after the chunks before it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class StreamRun:
+    """One per streamed request; runs on the caller's event loop; read by one reader.
+
+        run = StreamRun(pipeline, prepared, admitted)   # the hold is written in the run's task
+        try:
+            while (chunk := run.poll()) is not None:   # or `async for chunk in run`
+                if chunk is EMPTY: chunk = await run.next() ...
+        finally:
+            run.close()                                 # the reader is done (or gone)
+
+    The queue carries the upstream's chunks that have choices (their usage is
+    replaced by the billed usage), then one final chunk with the billed usage
+    once the settlement is written, then the end; or, instead of the end, the
+    failure (a refused hold's before any chunk). `admission` is set before the
+    first item is queued. The reader waits for nothing but items: no wake-up
+    when the hold is written, the upstream request starts in the same step.
+    """
+
+    _HOLD, _UPSTREAM, _SETTLE, _DONE = "hold", "upstream", "settle", "done"
+
+    def __init__(self, pipeline: ChatPipeline, prepared: _Prepared, admitted: Callable[[Admission], None]) -> None:
+        """Starts the run's task; admitted(admission) is called in it once the hold is written."""
+        self._pipeline = pipeline
+        self._prepared = prepared
+        self._admitted = admitted
+        self._queue: Handoff[Any] = Handoff(QUEUE_DEPTH)
+        self._phase = self._HOLD
+        self._abandoned = False
+        self._finished = False  # the reader took the end (or the failure)
+        self._draining = False
+        # Set once the reader left during the upstream read: the timer that ends the drain
+        # (cancels the task there), and whether it has fired.
+        self._cut: asyncio.Handle | None = None
+        self._cut_fired = False
+        # Set once the hold is written, before anything is queued: the first item read finds it set.
+        self.admission: Admission | None = None
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    # --- the reader's side ---
+
+    def poll(self) -> Chunk | object | None:
+        """The next chunk if one is queued, EMPTY if the reader must wait (next()), None at the end."""
+        if self._finished:
+            return None
+        item = self._queue.poll()
+        if item is EMPTY:
+            return EMPTY
+        return self._taken(item)
+
+    async def next(self) -> Chunk | None:
+        """The next chunk, waiting for it; None at the end; raises the stream's failure."""
+        if self._finished:
+            return None
+        return self._taken(await self._queue.get())  # type: ignore[return-value]
+
+    def __aiter__(self) -> StreamRun:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        item = self.poll()
+        if item is EMPTY:
+            item = await self.next()
+        if item is None:
+            raise StopAsyncIteration
+        return item  # type: ignore[return-value]
+
+    def _taken(self, item: Any) -> Chunk | None:
+        if item is _END:
+            self._finished = True
+            return None
+        if type(item) is _Failed:
+            self._finished = True
+            raise item.error
+        return item  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """The reader is done: if the stream has not ended for it, the run finishes alone."""
+        if self._finished or self._abandoned:
+            return
+        self._abandoned = True
+        self._queue.clear()  # frees a run waiting for room, and nobody will read what is there
+        pipeline = self._pipeline
+        if self.task.done():
+            return
+        pipeline._background.adopt(self.task)
+        if self._phase == self._HOLD:
+            pipeline._drop_lease(self._prepared)
+        elif self._phase == self._UPSTREAM:
+            loop = asyncio.get_running_loop()
+            if pipeline._may_drain():  # read on a bounded time, to bill the real usage
+                pipeline._drains += 1
+                self._draining = True
+                self._cut = loop.call_later(pipeline._metering.drain_seconds, self._cut_now)
+            else:
+                self._cut = loop.call_soon(self._cut_now)  # stop the upstream read now
+
+    def _cut_now(self) -> None:
+        if self._phase == self._UPSTREAM and not self.task.done():
+            self._cut_fired = True
+            self.task.cancel()
+
+    # --- the task ---
+
+    async def _run(self) -> None:
+        pipeline, prepared = self._pipeline, self._prepared
+        try:
+            hold = await pipeline._ledger.hold(**prepared.hold_args)
+        except BaseException as error:
+            if self._abandoned:  # close() gave the limits back already; a refused hold has nothing to settle
+                return
+            pipeline._drop_lease(prepared)
+            await self._queue.put(_Failed(error))  # the reader raises it before any chunk
+            if not isinstance(error, Exception):
+                raise
+            return
+        if self._abandoned:  # the reader left while the hold was written: settle it at zero
+            from gateway_core.chat.pipeline import _cancelled_before_upstream  # noqa: PLC0415 - a cycle
+
+            self._phase = self._SETTLE
+            await pipeline._settle_with_retries(hold, _cancelled_before_upstream(prepared.hold_args))
+            return
+        admission = self.admission = prepared.admission(hold)
+        self._admitted(admission)
+        await self._stream(admission, hold)
+
+    async def _stream(self, admission: Admission, hold: Hold) -> None:
+        pipeline = self._pipeline
+        meter = RequestMeter(admission)
+        queue = self._queue
+        self._phase = self._UPSTREAM
+        try:
+            async with contextlib.aclosing(pipeline._attempts.stream(meter)) as chunks:
+                async for chunk in chunks:
+                    meter.observe(chunk)
+                    if chunk.choices and not self._abandoned:  # upstream usage is replaced by the billed usage
+                        chunk.provider = meter.admission.provider.name  # the route that answered
+                        try:
+                            queue.put_nowait(chunk)  # the usual case: room in the queue, no coroutine
+                        except asyncio.QueueFull:
+                            await queue.put(chunk)  # a slow reader: wait for room (backpressure)
+        except BaseException as error:
+            self._end_upstream()
+            if self._abandoned:  # the drain ended (cut, or the upstream failed): bill what was seen
+                await self._bill_abandoned(meter)
+                if isinstance(error, Exception) or self._cut_fired:
+                    return
+                raise
+            status = UsageStatus.CANCELLED if isinstance(error, asyncio.CancelledError) else UsageStatus.UPSTREAM_ERROR
+            await pipeline._settle_with_retries(hold, meter.outcome(status))
+            if not self._abandoned:
+                await queue.put(_Failed(error))  # after the chunks before it
+            if not isinstance(error, Exception):
+                raise
+            return
+        self._end_upstream()
+        if self._abandoned:  # drained to the end after the reader left
+            await self._bill_abandoned(meter)
+            return
+        outcome = meter.outcome(UsageStatus.OK)
+        settlement = await pipeline._settle_with_retries(hold, outcome)
+        self._phase = self._DONE
+        if not self._abandoned:
+            await queue.put(_final_chunk(meter, billed_usage(outcome, settlement.charged_micros)))
+        if not self._abandoned:  # (it may have left while waiting for room)
+            await queue.put(_END)
+
+    def _end_upstream(self) -> None:
+        """The upstream read is over: no cut may reach the settlement, and a cut that did its job is undone
+        from the task's cancellation count (as asyncio.timeout does), so later awaits see a plain task."""
+        self._phase = self._SETTLE
+        if self._cut is not None:
+            self._cut.cancel()
+            if self._cut_fired:
+                self.task.uncancel()
+
+    async def _bill_abandoned(self, meter: RequestMeter) -> None:
+        if self._draining:
+            self._draining = False
+            self._pipeline._drains -= 1
+        await self._pipeline._settle_with_retries(meter.admission.hold, meter.outcome(UsageStatus.CANCELLED))
+
+
+def _final_chunk(meter: RequestMeter, usage: Any) -> Chunk:
+    from gateway_core.chat.pipeline import _final_chunk as final  # noqa: PLC0415 - pipeline imports this module
+
+    return final(meter, meter.admission, usage)
