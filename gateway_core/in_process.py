@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 from gateway_core.handoff import EMPTY, Handoff
+from gateway_core.observability import after_answer
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -58,6 +59,8 @@ class InProcessServices:
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         # Strong references: a call's task must not be collected while it runs.
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Deferred observation of unary calls that ended, until it has run (see run_after_answer).
+        self._after_answer: set[after_answer.AfterAnswer] = set()
         self._stopping = False
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
@@ -87,6 +90,20 @@ class InProcessServices:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def run_after_answer(self, task: asyncio.Task[Any], deferred: after_answer.AfterAnswer) -> None:
+        """Runs a call's deferred observation once task (the call's, still running) is done.
+
+        As a done callback added at the end of the handler, it is called after the
+        caller's wake-up, which was added when the caller started awaiting the call:
+        the caller's step (the facade writing the response) runs first, in the same pass.
+        """
+        self._after_answer.add(deferred)
+
+        def run(_task: asyncio.Task[Any]) -> None:
+            self._after_answer.discard(deferred)
+            deferred.run()
+
+        task.add_done_callback(run)
 
     async def stop(self, grace_seconds: float | None) -> None:
         """Like grpc.aio.Server.stop: refuses new calls, lets running ones finish for up to
@@ -99,6 +116,12 @@ class InProcessServices:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        self.run_deferred()
+
+    def run_deferred(self) -> None:
+        """Runs deferred observation still waiting for its call's done callback (at stop: nothing is lost)."""
+        while self._after_answer:
+            self._after_answer.pop().run()
 
 
 async def _refuse(error: grpc.aio.AioRpcError) -> Any:
@@ -250,6 +273,7 @@ class UnaryUnaryCall(Generic[ResponseT]):
     def __init__(self, services: InProcessServices, handler: grpc.RpcMethodHandler | None, request: Any,
                  metadata: MetadataPairs | None, timeout: float | None) -> None:
         self._context = _Context(metadata, timeout)
+        self._services = services
         self._task = services.spawn(self._run(handler, request, timeout))
 
     async def _run(self, handler: grpc.RpcMethodHandler | None, request: Any, timeout: float | None) -> ResponseT:
@@ -270,6 +294,8 @@ class UnaryUnaryCall(Generic[ResponseT]):
                 task.cancel()
 
             deadline = asyncio.get_running_loop().call_at(self._context.deadline(), expire)
+        # The handler's observation (log lines, metrics) waits until the caller has the answer.
+        deferred, token = after_answer.open_for_call()
         try:
             response: ResponseT = await handler.unary_unary(request, self._context)
         except asyncio.CancelledError:
@@ -286,6 +312,9 @@ class UnaryUnaryCall(Generic[ResponseT]):
         finally:
             if deadline is not None:
                 deadline.cancel()
+            after_answer.close_for_call(token)
+            if deferred.close():
+                self._services.run_after_answer(task, deferred)
         if expired:  # the handler swallowed the deadline's cancellation and answered: as asyncio.timeout
             task.uncancel()
         return response
