@@ -13,9 +13,9 @@ from gateway_core.providers.base import Provider, UpstreamCall
 from gateway_core.tokens import estimate_text_tokens
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a setattr call per field (twice per request)
 class Admission:
-    """A request that passed auth, validation and routing, with its money held."""
+    """A request that passed auth, validation and routing, with its money held. Never changed."""
 
     model: ModelSettings
     provider: Provider
