@@ -7,8 +7,9 @@ the client receives. So a call that knows when its answer has been taken (the
 in-process unary call under `tollgate serve`, in_process.py) opens an
 AfterAnswer while its handler runs; `after_answer(work, ...)` then only queues
 the work, and the call runs the queue once its caller has been handed the
-answer: in the same event-loop pass, after the caller's step (which, for the
-facade, writes the response).
+answer: alone, in the same event-loop pass, after the caller's step (which, for
+the facade, writes the response); under load, together with other calls' a few
+milliseconds later (InProcessServices.run_after_answer).
 
 Everywhere else (calls through a real gRPC server, streams, a settlement that
 outlives its call, code called with no call around it) `after_answer` runs the

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway_core.in_process import InProcessServices
+from gateway_core.in_process import AFTER_ANSWER_BATCH_SECONDS, InProcessServices
 from gateway_core.observability.after_answer import after_answer
 from gateway_core.pb.gateway.admin.v1 import admin_pb2, admin_pb2_grpc
 from gateway_core.pb.gateway.v1 import chat_pb2, chat_pb2_grpc, types_pb2
@@ -159,3 +159,21 @@ async def test_a_cancelled_call_still_runs_its_deferred_work_once() -> None:
         await call
     await asyncio.sleep(0)
     assert servicer.ran == []  # cancelled before it deferred anything: nothing to run, nothing invented
+
+
+async def test_under_load_deferred_work_runs_as_one_batch_soon_after_the_answers() -> None:
+    servicer = _Deferring(delay=0.02)
+    stub, services = _stub(servicer)
+    answers = await asyncio.gather(
+        *(stub.CreateChatCompletion(chat_pb2.CreateChatCompletionRequest(model=f"m{i}")) for i in range(4)))
+    assert [a.model for a in answers] == ["m0", "m1", "m2", "m3"]
+    await asyncio.sleep(0)
+    assert servicer.ran == []  # calls ran side by side: their work waits for the batch
+    await asyncio.sleep(AFTER_ANSWER_BATCH_SECONDS * 3)
+    assert sorted(servicer.ran) == ["m0", "m1", "m2", "m3"]  # each exactly once
+    # Alone again: the next call's work runs right after its answer, not later.
+    await stub.CreateChatCompletion(chat_pb2.CreateChatCompletionRequest(model="alone"))
+    await asyncio.sleep(0)
+    assert servicer.ran[-1] == "alone" and len(servicer.ran) == 5
+    await services.stop(grace_seconds=1)
+    assert len(servicer.ran) == 5
