@@ -41,8 +41,10 @@ MetadataPairs = Sequence[tuple[str, str | bytes]]
 
 # How many messages a stream's handler may produce before the reader takes them.
 STREAM_WINDOW_MESSAGES = 32
-# How long a unary call's deferred observation may wait to run with other calls' (see run_after_answer).
-AFTER_ANSWER_BATCH_SECONDS = 0.01
+# How long a unary call's deferred observation may wait to run with other calls', and how many
+# calls' make a batch run at once (see InProcessServices.run_after_answer).
+AFTER_ANSWER_BATCH_SECONDS = 0.05
+AFTER_ANSWER_BATCH_CALLS = 256
 _END = object()
 _CANCELLED = object()
 _NO_METADATA = grpc.aio.Metadata()
@@ -61,9 +63,8 @@ class InProcessServices:
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         # Strong references: a call's task must not be collected while it runs.
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Deferred observation of unary calls that ended, until it has run (see run_after_answer),
-        # and whether a timer will run what waits in the batch.
-        self._after_answer: set[after_answer.AfterAnswer] = set()
+        # Deferred observation of unary calls that ended, waiting to run (see run_after_answer),
+        # and the timer (or next-pass callback) that will run it.
         self._batch: list[after_answer.AfterAnswer] = []
         self._batch_timer: asyncio.TimerHandle | None = None
         self._stopping = False
@@ -96,36 +97,33 @@ class InProcessServices:
         return task
 
     def run_after_answer(self, task: asyncio.Task[Any], deferred: after_answer.AfterAnswer) -> None:
-        """Runs a call's deferred observation after its caller has the answer.
+        """Runs a call's deferred observation after its caller has the answer, batched with other calls'.
 
-        When the call is the only one running (concurrency 1, where every
-        microsecond before the answer is latency) it runs once task (the call's,
-        still running) is done: as a done callback added at the end of the
-        handler it is called after the caller's wake-up, which was added when the
-        caller started awaiting the call, so the caller's step (the facade writing
-        the response) runs first, in the same pass. Under load it joins a batch
-        run AFTER_ANSWER_BATCH_SECONDS later: the same lines and counts, written
-        together, cost the loop less than each between two requests' work.
+        task is the call's own, still running. The batch runs AFTER_ANSWER_BATCH_SECONDS
+        after its first call ended, or once AFTER_ANSWER_BATCH_CALLS have gathered as
+        soon as the last of them is done: as a done callback added at the end of its
+        handler it is called after the caller's wake-up (added when the caller began
+        awaiting the call), so the answer is written first even then. Run one after
+        another, the same lines and counts cost the loop much less than each run
+        between two requests' work (measured: about 60-90 us less loop CPU per unary
+        request at concurrency 1), and at concurrency 1 the next request no longer
+        waits behind the previous one's bookkeeping.
         """
-        self._after_answer.add(deferred)
-        if self._batch_timer is None and len(self._tasks) <= 1:  # this call's own task only
-
-            def run(_task: asyncio.Task[Any]) -> None:
-                self._after_answer.discard(deferred)
-                deferred.run()
-
-            task.add_done_callback(run)
-            return
-        self._batch.append(deferred)
-        if self._batch_timer is None:
+        batch = self._batch
+        batch.append(deferred)
+        if len(batch) >= AFTER_ANSWER_BATCH_CALLS:
+            if self._batch_timer is not None:
+                self._batch_timer.cancel()
+                self._batch_timer = None
+            self._batch = []
+            task.add_done_callback(lambda _task: _run_all(batch))
+        elif self._batch_timer is None:
             self._batch_timer = asyncio.get_running_loop().call_later(AFTER_ANSWER_BATCH_SECONDS, self._run_batch)
 
     def _run_batch(self) -> None:
         self._batch_timer = None
         batch, self._batch = self._batch, []
-        for deferred in batch:
-            self._after_answer.discard(deferred)
-            deferred.run()
+        _run_all(batch)
 
     async def stop(self, grace_seconds: float | None) -> None:
         """Like grpc.aio.Server.stop: refuses new calls, lets running ones finish for up to
@@ -133,6 +131,7 @@ class InProcessServices:
         self._stopping = True
         running = set(self._tasks)
         if not running:
+            self.run_deferred()
             return
         _, pending = await asyncio.wait(running, timeout=grace_seconds)
         for task in pending:
@@ -141,13 +140,15 @@ class InProcessServices:
         self.run_deferred()
 
     def run_deferred(self) -> None:
-        """Runs deferred observation still waiting for its turn (at stop: nothing is lost)."""
+        """Runs deferred observation still waiting for its batch (at stop: nothing is lost)."""
         if self._batch_timer is not None:
             self._batch_timer.cancel()
-            self._batch_timer = None
-        self._batch = []
-        while self._after_answer:
-            self._after_answer.pop().run()
+        self._run_batch()
+
+
+def _run_all(batch: list[after_answer.AfterAnswer]) -> None:
+    for deferred in batch:
+        deferred.run()
 
 
 async def _refuse(error: grpc.aio.AioRpcError) -> Any:

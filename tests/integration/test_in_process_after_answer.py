@@ -1,11 +1,12 @@
-"""An in-process unary call hands its answer over first and writes its observation right after.
+"""An in-process unary call hands its answer over first and writes its observation after it, batched.
 
 The real core (SQLite file, mock provider) is called through its in-process
 channel, as the facade calls it under `tollgate serve`: when the caller resumes
 with the answer, the request's access line and upstream_attempt line are not
-written yet; one event-loop pass later each is there exactly once. A scripted
-servicer shows that a failure in deferred work is logged without touching the
-answer, and that a stopping core runs what was deferred before it is done.
+written yet; once the batch has run (AFTER_ANSWER_BATCH_SECONDS) each is there
+exactly once. A scripted servicer shows that a failure in deferred work is
+logged without touching the answer, that a full batch runs at once but still
+after the answer, and that a stopping core runs what was deferred before it is done.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from gateway_core import in_process
 from gateway_core.in_process import AFTER_ANSWER_BATCH_SECONDS, InProcessServices
 from gateway_core.observability.after_answer import after_answer
 from gateway_core.pb.gateway.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -65,7 +67,9 @@ async def test_the_lines_of_a_unary_call_follow_its_answer_once(tmp_path: Path, 
         assert response.usage.cost_micros > 0
         assert _access_lines(caplog, "req-after-answer-1") == []
         assert _attempt_lines(caplog, "req-after-answer-1") == []
-        await asyncio.sleep(0)  # one pass: the call's deferred work runs right after the caller's step
+        await asyncio.sleep(0)
+        assert _access_lines(caplog, "req-after-answer-1") == []  # waiting for its batch
+        await _batch_ran()
         [line] = _access_lines(caplog, "req-after-answer-1")
         [attempt] = _attempt_lines(caplog, "req-after-answer-1")
         assert (line.status, line.mode, line.model) == ("ok", "unary", "mock-chat")
@@ -89,7 +93,7 @@ async def test_a_refused_call_gets_its_line_after_its_error(tmp_path: Path, capl
             await chat.CreateChatCompletion(_request(), metadata=metadata, timeout=10)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert _access_lines(caplog, "req-after-answer-2") == []
-        await asyncio.sleep(0)
+        await _batch_ran()
         [line] = _access_lines(caplog, "req-after-answer-2")
         assert line.status == "INVALID_API_KEY"
     finally:
@@ -128,13 +132,13 @@ async def test_a_failure_in_deferred_work_is_logged_and_leaves_the_answer_alone(
     with caplog.at_level(logging.ERROR, logger="tollgate.observability"):
         response = await stub.CreateChatCompletion(chat_pb2.CreateChatCompletionRequest(model="broken"))
         assert response.id == "cmpl-after"
-        await asyncio.sleep(0)
+        await _batch_ran()
     assert servicer.ran == ["broken"]  # queued after the failing piece, still run
     [failure] = [r for r in caplog.records if r.name == "tollgate.observability"]
     assert "_broken" in failure.getMessage() and failure.exc_info is not None
     # The next call is untouched by the last one's failure.
     assert (await stub.CreateChatCompletion(chat_pb2.CreateChatCompletionRequest(model="next"))).model == "next"
-    await asyncio.sleep(0)
+    await _batch_ran()
     assert servicer.ran == ["broken", "next"]
 
 
@@ -157,23 +161,47 @@ async def test_a_cancelled_call_still_runs_its_deferred_work_once() -> None:
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    await asyncio.sleep(0)
+    await _batch_ran()
     assert servicer.ran == []  # cancelled before it deferred anything: nothing to run, nothing invented
 
 
-async def test_under_load_deferred_work_runs_as_one_batch_soon_after_the_answers() -> None:
+async def test_calls_side_by_side_share_one_batch_run_once_soon_after_the_answers() -> None:
     servicer = _Deferring(delay=0.02)
     stub, services = _stub(servicer)
     answers = await asyncio.gather(
         *(stub.CreateChatCompletion(chat_pb2.CreateChatCompletionRequest(model=f"m{i}")) for i in range(4)))
     assert [a.model for a in answers] == ["m0", "m1", "m2", "m3"]
     await asyncio.sleep(0)
-    assert servicer.ran == []  # calls ran side by side: their work waits for the batch
-    await asyncio.sleep(AFTER_ANSWER_BATCH_SECONDS * 3)
+    assert servicer.ran == []
+    await _batch_ran()
     assert sorted(servicer.ran) == ["m0", "m1", "m2", "m3"]  # each exactly once
-    # Alone again: the next call's work runs right after its answer, not later.
-    await stub.CreateChatCompletion(chat_pb2.CreateChatCompletionRequest(model="alone"))
-    await asyncio.sleep(0)
-    assert servicer.ran[-1] == "alone" and len(servicer.ran) == 5
     await services.stop(grace_seconds=1)
-    assert len(servicer.ran) == 5
+    assert len(servicer.ran) == 4
+
+
+async def test_a_full_batch_runs_at_once_yet_after_the_last_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(in_process, "AFTER_ANSWER_BATCH_CALLS", 3)
+    servicer = _Deferring()
+    stub, _ = _stub(servicer)
+    for model in ("a", "b"):
+        await stub.CreateChatCompletion(chat_pb2.CreateChatCompletionRequest(model=model))
+    assert servicer.ran == []
+    answer = await stub.CreateChatCompletion(chat_pb2.CreateChatCompletionRequest(model="c"))  # the third: full
+    assert answer.model == "c" and servicer.ran == []  # the caller has its answer before the batch runs
+    await asyncio.sleep(0)  # the same pass: no waiting for the timer
+    assert servicer.ran == ["a", "b", "c"]
+    await _batch_ran()
+    assert servicer.ran == ["a", "b", "c"]
+
+
+async def test_stopping_with_no_call_running_runs_the_waiting_batch() -> None:
+    servicer = _Deferring()
+    stub, services = _stub(servicer)
+    await stub.CreateChatCompletion(chat_pb2.CreateChatCompletionRequest(model="last"))
+    assert servicer.ran == []
+    await services.stop(grace_seconds=1)
+    assert servicer.ran == ["last"]
+
+
+async def _batch_ran() -> None:
+    await asyncio.sleep(AFTER_ANSWER_BATCH_SECONDS * 2)
