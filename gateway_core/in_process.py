@@ -32,6 +32,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
+from gateway_core.deadline_timer import DeadlineTimer
 from gateway_core.handoff import EMPTY, Handoff
 from gateway_core.observability import after_answer
 
@@ -67,6 +68,8 @@ class InProcessServices:
         # and the timer (or next-pass callback) that will run it.
         self._batch: list[after_answer.AfterAnswer] = []
         self._batch_timer: asyncio.TimerHandle | None = None
+        # The deadlines of running unary calls, on one timer.
+        self.deadlines = DeadlineTimer()
         self._stopping = False
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
@@ -307,20 +310,20 @@ class UnaryUnaryCall(Generic[ResponseT]):
         if handler is None or handler.unary_unary is None:
             raise _unimplemented()
         # The deadline as asyncio.timeout would enforce it (cancel the handler's task when it passes,
-        # report DEADLINE_EXCEEDED if that cancellation is what ended it), with one timer handle
-        # and no context-manager coroutines per call.
-        deadline: asyncio.TimerHandle | None = None
+        # report DEADLINE_EXCEEDED if that cancellation is what ended it), with no timer handle
+        # (the services' DeadlineTimer) and no context-manager coroutines per call.
+        deadlines = self._services.deadlines if timeout is not None else None
         expired = False
         task = asyncio.current_task()
         assert task is not None
         cancelling = task.cancelling()
-        if timeout is not None:
+        if deadlines is not None:
             def expire() -> None:
                 nonlocal expired
                 expired = True
                 task.cancel()
 
-            deadline = asyncio.get_running_loop().call_at(self._context.deadline(), expire)
+            deadlines.add(task, self._context.deadline(), expire)
         # The handler's observation (log lines, metrics) waits until the caller has the answer.
         deferred, token = after_answer.open_for_call()
         try:
@@ -337,8 +340,8 @@ class UnaryUnaryCall(Generic[ResponseT]):
                 task.uncancel()
             raise _call_error(exc, self._context, expired) from None
         finally:
-            if deadline is not None:
-                deadline.cancel()
+            if deadlines is not None:
+                deadlines.remove(task)
             after_answer.close_for_call(token)
             if deferred.close():
                 self._services.run_after_answer(task, deferred)
