@@ -20,6 +20,11 @@ on, so the facade has one code path for both transports:
   analogue of HTTP/2 flow control).
 Messages are not copied: the core never changes a message after handing it
 over, and the facade never changes a request after sending it.
+
+One thing a server cannot do: a unary call's observation (access and
+upstream_attempt lines, their metrics; observability/after_answer.py) is
+queued while its handler runs and written after the caller has the answer,
+batched with other calls' (InProcessServices.run_after_answer).
 """
 
 from __future__ import annotations
