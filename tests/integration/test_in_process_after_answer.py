@@ -181,6 +181,7 @@ async def test_calls_side_by_side_share_one_batch_run_once_soon_after_the_answer
 
 async def test_a_full_batch_runs_at_once_yet_after_the_last_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(in_process, "AFTER_ANSWER_BATCH_CALLS", 3)
+    monkeypatch.setattr(in_process, "AFTER_ANSWER_BATCH_SECONDS", 30.0)  # only a full batch can run it here
     servicer = _Deferring()
     stub, _ = _stub(servicer)
     for model in ("a", "b"):
@@ -194,7 +195,8 @@ async def test_a_full_batch_runs_at_once_yet_after_the_last_answer(monkeypatch: 
     assert servicer.ran == ["a", "b", "c"]
 
 
-async def test_stopping_with_no_call_running_runs_the_waiting_batch() -> None:
+async def test_stopping_with_no_call_running_runs_the_waiting_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(in_process, "AFTER_ANSWER_BATCH_SECONDS", 30.0)  # only stop can run it here
     servicer = _Deferring()
     stub, services = _stub(servicer)
     await stub.CreateChatCompletion(chat_pb2.CreateChatCompletionRequest(model="last"))
