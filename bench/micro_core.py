@@ -235,6 +235,8 @@ async def _profile(stub: Any, kind: str, count: int, key: str) -> None:
     await _measure(stub, kind, count, key)
     profiler.disable()
     pstats.Stats(profiler).sort_stats(os.environ.get("MICRO_SORT", "tottime")).print_stats(int(os.environ.get("MICRO_ROWS", "45")))
+    if os.environ.get("MICRO_DUMP"):
+        profiler.dump_stats(os.environ["MICRO_DUMP"])
 
 
 def _report(results: dict[str, list[tuple[float, float]]], best: bool = False) -> None:

@@ -22,6 +22,11 @@ on, so the facade has one code path for both transports:
   reader by a bounded window (the analogue of HTTP/2 flow control).
 Messages are not copied: the core never changes a message after handing it
 over, and the facade never changes a request after sending it.
+
+One thing a server cannot do: a unary call's observation (access and
+upstream_attempt lines, their metrics; observability/after_answer.py) is
+queued while its handler runs and written after the caller has the answer,
+batched with other calls' (InProcessServices.run_after_answer).
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
+from gateway_core.deadline_timer import DeadlineTimer
 from gateway_core.handoff import EMPTY, Handoff
+from gateway_core.observability import after_answer
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -43,6 +50,10 @@ MetadataPairs = Sequence[tuple[str, str | bytes]]
 
 # How many messages a stream's handler may produce before the reader takes them.
 STREAM_WINDOW_MESSAGES = 32
+# How long a unary call's deferred observation may wait to run with other calls', and how many
+# calls' make a batch run at once (see InProcessServices.run_after_answer).
+AFTER_ANSWER_BATCH_SECONDS = 0.05
+AFTER_ANSWER_BATCH_CALLS = 256
 _END = object()
 _CANCELLED = object()
 _NO_METADATA = grpc.aio.Metadata()
@@ -65,6 +76,12 @@ class InProcessServices:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Stream calls whose handler runs in the reader's task (InlineStreamCall), until their handler ends.
         self._inline: set[Any] = set()
+        # Deferred observation of unary calls that ended, waiting to run (see run_after_answer),
+        # and the timer (or next-pass callback) that will run it.
+        self._batch: list[after_answer.AfterAnswer] = []
+        self._batch_timer: asyncio.TimerHandle | None = None
+        # The deadlines of running unary calls, on one timer.
+        self.deadlines = DeadlineTimer()
         self._stopping = False
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
@@ -111,6 +128,35 @@ class InProcessServices:
     def stopping(self) -> bool:
         return self._stopping
 
+    def run_after_answer(self, task: asyncio.Task[Any], deferred: after_answer.AfterAnswer) -> None:
+        """Runs a call's deferred observation after its caller has the answer, batched with other calls'.
+
+        task is the call's own, still running. The batch runs AFTER_ANSWER_BATCH_SECONDS
+        after its first call ended, or once AFTER_ANSWER_BATCH_CALLS have gathered as
+        soon as the last of them is done: as a done callback added at the end of its
+        handler it is called after the caller's wake-up (added when the caller began
+        awaiting the call), so the answer is written first even then. Run one after
+        another, the same lines and counts cost the loop much less than each run
+        between two requests' work (measured: about 60-90 us less loop CPU per unary
+        request at concurrency 1), and at concurrency 1 the next request no longer
+        waits behind the previous one's bookkeeping.
+        """
+        batch = self._batch
+        batch.append(deferred)
+        if len(batch) >= AFTER_ANSWER_BATCH_CALLS:
+            if self._batch_timer is not None:
+                self._batch_timer.cancel()
+                self._batch_timer = None
+            self._batch = []
+            task.add_done_callback(lambda _task: _run_all(batch))
+        elif self._batch_timer is None:
+            self._batch_timer = asyncio.get_running_loop().call_later(AFTER_ANSWER_BATCH_SECONDS, self._run_batch)
+
+    def _run_batch(self) -> None:
+        self._batch_timer = None
+        batch, self._batch = self._batch, []
+        _run_all(batch)
+
     async def stop(self, grace_seconds: float | None) -> None:
         """Like grpc.aio.Server.stop: refuses new calls, lets running ones finish for up to
         grace_seconds (None: no limit), then cancels the rest and waits for them to end."""
@@ -118,6 +164,7 @@ class InProcessServices:
         calls = set(self._inline)
         running: set[asyncio.Future[Any]] = set(self._tasks) | {call.ended() for call in calls}
         if not running:
+            self.run_deferred()
             return
         _, pending = await asyncio.wait(running, timeout=grace_seconds)
         for call in calls:
@@ -127,6 +174,18 @@ class InProcessServices:
                 task.cancel()
         # Cancelled inline calls end once their reader (or their cleanup task) has run their handler's end.
         await asyncio.gather(*pending, *set(self._tasks), return_exceptions=True)
+        self.run_deferred()
+
+    def run_deferred(self) -> None:
+        """Runs deferred observation still waiting for its batch (at stop: nothing is lost)."""
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+        self._run_batch()
+
+
+def _run_all(batch: list[after_answer.AfterAnswer]) -> None:
+    for deferred in batch:
+        deferred.run()
 
 
 async def _refuse(error: grpc.aio.AioRpcError) -> Any:
@@ -278,26 +337,29 @@ class UnaryUnaryCall(Generic[ResponseT]):
     def __init__(self, services: InProcessServices, handler: grpc.RpcMethodHandler | None, request: Any,
                  metadata: MetadataPairs | None, timeout: float | None) -> None:
         self._context = _Context(metadata, timeout)
+        self._services = services
         self._task = services.spawn(self._run(handler, request, timeout))
 
     async def _run(self, handler: grpc.RpcMethodHandler | None, request: Any, timeout: float | None) -> ResponseT:
         if handler is None or handler.unary_unary is None:
             raise _unimplemented()
         # The deadline as asyncio.timeout would enforce it (cancel the handler's task when it passes,
-        # report DEADLINE_EXCEEDED if that cancellation is what ended it), with one timer handle
-        # and no context-manager coroutines per call.
-        deadline: asyncio.TimerHandle | None = None
+        # report DEADLINE_EXCEEDED if that cancellation is what ended it), with no timer handle
+        # (the services' DeadlineTimer) and no context-manager coroutines per call.
+        deadlines = self._services.deadlines if timeout is not None else None
         expired = False
         task = asyncio.current_task()
         assert task is not None
         cancelling = task.cancelling()
-        if timeout is not None:
+        if deadlines is not None:
             def expire() -> None:
                 nonlocal expired
                 expired = True
                 task.cancel()
 
-            deadline = asyncio.get_running_loop().call_at(self._context.deadline(), expire)
+            deadlines.add(task, self._context.deadline(), expire)
+        # The handler's observation (log lines, metrics) waits until the caller has the answer.
+        deferred, token = after_answer.open_for_call()
         try:
             response: ResponseT = await handler.unary_unary(request, self._context)
         except asyncio.CancelledError:
@@ -312,8 +374,11 @@ class UnaryUnaryCall(Generic[ResponseT]):
                 task.uncancel()
             raise _call_error(exc, self._context, expired) from None
         finally:
-            if deadline is not None:
-                deadline.cancel()
+            if deadlines is not None:
+                deadlines.remove(task)
+            after_answer.close_for_call(token)
+            if deferred.close():
+                self._services.run_after_answer(task, deferred)
         if expired:  # the handler swallowed the deadline's cancellation and answered: as asyncio.timeout
             task.uncancel()
         return response

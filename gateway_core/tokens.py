@@ -38,6 +38,8 @@ IMAGE_TOKENS_DEFAULT = 765
 AUDIO_BYTES_PER_TOKEN = 1600
 FILE_BYTES_PER_TOKEN = 4
 
+# ASCII texts at most this long are counted piece by piece (_count_short_ascii), longer ones by _count.
+SHORT_ASCII_CHARS = 48
 # Texts at least this long (and at most SAMPLE_THRESHOLD) have their counts remembered by digest.
 CACHE_MIN_CHARS = 2 * 1024
 CACHE_ENTRIES = 4096
@@ -61,6 +63,8 @@ def estimate_text_tokens(text: str) -> int:
     if not text:  # most optional fields of a message are empty: no regex passes for them
         return 0
     if len(text) <= SAMPLE_THRESHOLD:
+        if len(text) <= SHORT_ASCII_CHARS and text.isascii():
+            return _count_short_ascii(text)
         if len(text) < CACHE_MIN_CHARS:
             return _count(text)
         return _cached_count(text)
@@ -88,6 +92,24 @@ def _cached_count(text: str) -> int:
         if len(_COUNTS) >= CACHE_ENTRIES:
             _COUNTS.pop(next(iter(_COUNTS)), None)  # the oldest entry (dicts keep insertion order)
         _COUNTS[key] = tokens
+    return tokens
+
+
+def _count_short_ascii(text: str) -> int:
+    """_count of a short ASCII text, piece by piece: one regex pass and a loop over a handful of
+    pieces cost about half of _count's five passes (a chat's many short messages: "Thanks!")."""
+    tokens = 0
+    for piece in _PIECES.findall(text):
+        first, size = piece[0], len(piece)
+        if first.isalpha():  # ASCII here, as in _count: a word of up to 6 letters is one token
+            tokens += 1 if size <= 6 else (size + 3) // 4
+        elif first.isdigit():
+            tokens += (size + 2) // 3
+        elif first.isspace():
+            if piece != " ":
+                tokens += (size + 7) // 8
+        else:  # a punctuation run
+            tokens += (size + 1) // 2
     return tokens
 
 

@@ -35,6 +35,7 @@ from gateway_core.config import ModelSettings, ProviderSettings, Route, RoutingS
 from gateway_core.errors import GatewayError, Reason
 from gateway_core.metrics import FALLBACKS, UPSTREAM_ATTEMPTS, UPSTREAM_RETRIES, HotLabels
 from gateway_core.observability import json_lines
+from gateway_core.observability.after_answer import after_answer
 from gateway_core.pb.gateway.v1 import chat_pb2
 from gateway_core.providers.base import Provider, ProviderError, UpstreamCall
 
@@ -344,8 +345,9 @@ def _log_attempt(
     meter: RequestMeter, route: Route, number: int, outcome: str, began: float, *,
     error: ProviderError | None = None, streamed: bool = False,
 ) -> None:
-    """One line per attempt, as text and as `extra` fields for structured handlers; one count."""
-    _UPSTREAM_ATTEMPTS.labels(route.provider, route.model, outcome).inc()
+    """One line per attempt, as text and as `extra` fields for structured handlers; one count.
+
+    The fields are taken now; the line and the count follow once the call's answer is out."""
     fields = {
         "request_id": meter.admission.call.request_id,
         "model": meter.admission.model.name,
@@ -357,6 +359,11 @@ def _log_attempt(
         "upstream_status": None if error is None else error.upstream_status,
         "streamed": streamed,
     }
+    after_answer(_write_attempt, fields)
+
+
+def _write_attempt(fields: dict[str, object]) -> None:
+    _UPSTREAM_ATTEMPTS.labels(fields["provider"], fields["route"], fields["outcome"]).inc()
     if json_lines.info_line(log, _ATTEMPT_MESSAGE % fields, {"upstream_attempt": fields}):
         return
     log.info(_ATTEMPT_MESSAGE, fields, extra={"upstream_attempt": fields})

@@ -13,9 +13,9 @@ from gateway_core.providers.base import Provider, UpstreamCall
 from gateway_core.tokens import estimate_text_tokens
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a setattr call per field (twice per request)
 class Admission:
-    """A request that passed auth, validation and routing, with its money held."""
+    """A request that passed auth, validation and routing, with its money held. Never changed."""
 
     model: ModelSettings
     provider: Provider
@@ -40,6 +40,7 @@ class RequestMeter:
         self.first_token_at: float | None = None
         self.template: chat_pb2.StreamChatCompletionResponse | None = None
         self._output: list[str] = []
+        self._response: chat_pb2.CreateChatCompletionResponse | None = None
 
     def observe(self, chunk: chat_pb2.StreamChatCompletionResponse) -> None:
         """Feeds one streamed chunk (called by the StreamRun, also after the client left)."""
@@ -62,26 +63,38 @@ class RequestMeter:
                 self.first_token_at = time.monotonic()
 
     def observe_response(self, response: chat_pb2.CreateChatCompletionResponse) -> None:
-        """Feeds a whole (unary) response."""
+        """Feeds a whole (unary) response. Its text is gathered only if an estimate needs it
+        (the upstream reported no usage): an answer's text is not copied to be counted unread."""
         self.first_token_at = time.monotonic()
         if response.HasField("usage"):
             self.usage = response.usage
-        for choice in response.choices:
-            message = choice.message
-            self._output.append(message.content + message.refusal)
-            if message.tool_calls:
-                self._output.extend(c.function.name + c.function.arguments for c in message.tool_calls)
+        self._response = response
+
+    def _response_output(self) -> list[str]:
+        """The observed unary response's text, one entry per choice plus its tool calls."""
+        output: list[str] = []
+        if self._response is not None:
+            for choice in self._response.choices:
+                message = choice.message
+                output.append(message.content + message.refusal)
+                if message.tool_calls:
+                    output.extend(c.function.name + c.function.arguments for c in message.tool_calls)
+        return output
 
     @property
     def produced_output(self) -> bool:
-        return bool(self._output) or (self.usage is not None and self.usage.completion_tokens > 0)
+        # A response with a choice counts as output even if its text is empty (as its entry would).
+        return (
+            bool(self._output) or (self._response is not None and len(self._response.choices) > 0)
+            or (self.usage is not None and self.usage.completion_tokens > 0)
+        )
 
     def checked_usage(self) -> CheckedUsage:
         """The upstream's usage checked into range, or an estimate from what was seen."""
         limit = self.admission.max_completion_tokens
         if self.usage is not None and not self.usage.estimated:
             return check_usage(self.usage, max_completion_tokens=limit)
-        completion = estimate_text_tokens("".join(self._output))
+        completion = estimate_text_tokens("".join(self._output + self._response_output()))
         return CheckedUsage(self.admission.prompt_estimate, min(completion, limit), 0, 0, True, completion > limit)
 
     def outcome(self, status: UsageStatus) -> UsageOutcome:

@@ -49,7 +49,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             try:
                 # One call for admit + complete: the pipeline runs hold, upstream and settle in one task.
                 response = await self._pipeline.unary(request, metadata, context.time_remaining(), observer.admitted)
-                await _send_limit_headers(context, observer)
+                admission = observer.admission  # _send_limit_headers, inline: most calls have no limits to send
+                if admission is not None and admission.limit_headers:
+                    await context.send_initial_metadata(admission.limit_headers)
                 observer.usage(response.usage.prompt_tokens, response.usage.completion_tokens)
                 return response
             except GatewayError as error:

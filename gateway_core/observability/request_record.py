@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from gateway_core import metrics
 from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome, UsageStatus
 from gateway_core.observability import json_lines
+from gateway_core.observability.after_answer import after_answer
 
 access_log = logging.getLogger("tollgate.access")
 
@@ -79,12 +80,12 @@ class RequestRecord:
         self.status = status
 
     def end_call(self) -> None:
-        """The gRPC call is over; writes the line now unless a settlement is still to come."""
+        """The gRPC call is over; writes the line (once the answer is out) unless a settlement is still to come."""
         if self.ended_at is None:
             self.ended_at = time.monotonic()
         if self.admitted and not self.settled:
             return
-        self._write()
+        after_answer(self._write)
 
     def settle(self, outcome: UsageOutcome, settlement: Settlement) -> None:
         """The ledger settled this request's hold (maybe after the client left)."""
@@ -140,16 +141,20 @@ def observe_settlement(hold: Hold, outcome: UsageOutcome, settlement: Settlement
     """
     try:
         if not settlement.replayed:
-            model, provider = outcome.model, outcome.provider
-            # The ledger stores out-of-range counts as zero; so do the counters (which cannot go down).
-            _TOKENS.labels(model, provider, "prompt").inc(max(outcome.prompt_tokens, 0))
-            _TOKENS.labels(model, provider, "completion").inc(max(outcome.completion_tokens, 0))
-            _COST_MICROS.labels(model, provider).inc(max(settlement.charged_micros, 0))
+            after_answer(_count_settlement, outcome, settlement.charged_micros)
         record = current.get()
         if record is not None and record.admitted and record.request_id == hold.request_id:
             record.settle(outcome, settlement)
     except Exception:  # noqa: BLE001 - observation only; logged, never propagated into the money path
         logging.getLogger("tollgate.metrics").exception("recording settlement of %s failed", hold.request_id)
+
+
+def _count_settlement(outcome: UsageOutcome, charged_micros: int) -> None:
+    model, provider = outcome.model, outcome.provider
+    # The ledger stores out-of-range counts as zero; so do the counters (which cannot go down).
+    _TOKENS.labels(model, provider, "prompt").inc(max(outcome.prompt_tokens, 0))
+    _TOKENS.labels(model, provider, "completion").inc(max(outcome.completion_tokens, 0))
+    _COST_MICROS.labels(model, provider).inc(max(charged_micros, 0))
 
 
 def current_record() -> RequestRecord | None:

@@ -21,9 +21,9 @@ from gateway_core.pb.gateway.v1 import chat_pb2
 ChatRequest = chat_pb2.CreateChatCompletionRequest | chat_pb2.StreamChatCompletionRequest
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a setattr call per field (twice per request)
 class UpstreamCall:
-    """One call to make upstream, as decided by the servicer."""
+    """One call to make upstream, as decided by the servicer. Never changed (dataclasses.replace makes another)."""
 
     request: ChatRequest
     # The provider's own model id (the route's `model`).

@@ -120,3 +120,14 @@ def test_fast_count_on_a_realistic_prompt() -> None:
     text = ("Hello there, gateway! Summarise:\n\n  def f(x):\n\treturn x**2  # 12345678\n"
             "Ünïcödé — 中文 😀 words supercalifragilistic, 3.14159\u00a0\u00a0end.\n") * 50
     assert tokens_module._count(text) == _reference_count(text) > 0
+
+
+@hypothesis.given(hypothesis.strategies.text(alphabet=_TRICKY, max_size=tokens_module.SHORT_ASCII_CHARS)
+                  | hypothesis.strategies.text(alphabet=hypothesis.strategies.characters(max_codepoint=127),
+                                               max_size=tokens_module.SHORT_ASCII_CHARS))
+@hypothesis.settings(max_examples=400, deadline=None)
+def test_short_ascii_texts_count_as_the_piece_by_piece_count(text: str) -> None:
+    expected = _reference_count(text)
+    assert tokens_module.estimate_text_tokens(text) == expected
+    if text.isascii():
+        assert tokens_module._count_short_ascii(text) == expected
