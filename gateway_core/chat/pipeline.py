@@ -20,6 +20,7 @@ from gateway_core.chat.attempts import RouteAttempts
 from gateway_core.background import BackgroundTasks
 from gateway_core.chat.meter import Admission, RequestMeter, billed_usage
 from gateway_core.chat.stream_run import StreamRun
+from gateway_core.chat.upstream_drain import UpstreamDrain
 from gateway_core.chat.validate import validate_request
 from gateway_core.config import MeteringSettings, ModelSettings, Route, RoutingSettings
 from gateway_core.limits.enforcer import LimitEnforcer, Lease
@@ -223,11 +224,7 @@ class _UnaryRun:
         self._admitted = admitted
         self._phase = self._HOLD
         self._abandoned = False
-        self._draining = False
-        # Set once the caller left during the upstream call: the timer that ends the drain
-        # (cancels the task there), and whether it has fired.
-        self._cut: asyncio.Handle | None = None
-        self._cut_fired = False
+        self._drain: UpstreamDrain | None = None  # set once the caller left during the upstream call
 
     async def run(self, answer: asyncio.Future[chat_pb2.CreateChatCompletionResponse]) -> None:
         """Runs the request and sets answer to the billed response or the error, unless the caller
@@ -285,20 +282,14 @@ class _UnaryRun:
         return response
 
     def _end_upstream(self) -> None:
-        """The upstream call is over: no cut may reach the settlement, and a cut that did its job is undone
-        from the task's cancellation count (as asyncio.timeout does), so later awaits see a plain task."""
+        """The upstream call is over: no cut may reach the settlement (UpstreamDrain.end_upstream)."""
         self._phase = self._SETTLE
-        if self._cut is not None:
-            self._cut.cancel()
-            if self._cut_fired:
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
+        if self._drain is not None:
+            self._drain.end_upstream(asyncio.current_task())
 
     async def _bill_abandoned(self, meter: RequestMeter) -> None:
-        if self._draining:
-            self._draining = False
-            self._pipeline._drains -= 1
+        if self._drain is not None:
+            self._drain.release()
         await self._pipeline._settle_with_retries(meter.admission.hold, meter.outcome(UsageStatus.CANCELLED))
 
     def abandon(self, work: asyncio.Task[Any]) -> None:
@@ -311,19 +302,14 @@ class _UnaryRun:
         if self._phase == self._HOLD:
             pipeline._drop_lease(self._prepared)
         elif self._phase == self._UPSTREAM:
-            loop = asyncio.get_running_loop()
 
-            def cut() -> None:  # ends the upstream call: the task goes on to bill what it saw
+            def cut() -> bool:  # ends the upstream call: the task goes on to bill what it saw
                 if self._phase == self._UPSTREAM and not work.done():
-                    self._cut_fired = True
                     work.cancel()
+                    return True
+                return False
 
-            if pipeline._may_drain():  # wait a bounded time for the answer, to bill its real usage
-                pipeline._drains += 1
-                self._draining = True
-                self._cut = loop.call_later(pipeline._metering.drain_seconds, cut)
-            else:
-                self._cut = loop.call_soon(cut)  # stop the upstream call now
+            self._drain = UpstreamDrain(pipeline, cut)
 
 
 def _cancelled_before_upstream(hold_args: dict[str, Any]) -> UsageOutcome:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway_core.chat.meter import Admission, RequestMeter, billed_usage
+from gateway_core.chat.upstream_drain import UpstreamDrain
 from gateway_core.handoff import EMPTY, Handoff
 from gateway_core.metering.outcome import Hold, UsageStatus
 from gateway_core.pb.gateway.v1 import chat_pb2
@@ -76,11 +77,7 @@ class StreamRun:
         self._phase = self._HOLD
         self._abandoned = False
         self._finished = False  # the reader took the end (or the failure)
-        self._draining = False
-        # Set once the reader left during the upstream read: the timer that ends the drain
-        # (cancels the task there), and whether it has fired.
-        self._cut: asyncio.Handle | None = None
-        self._cut_fired = False
+        self._drain: UpstreamDrain | None = None  # set once the reader left during the upstream read
         # Set once the hold is written, before anything is queued: the first item read finds it set.
         self.admission: Admission | None = None
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -135,18 +132,14 @@ class StreamRun:
         if self._phase == self._HOLD:
             pipeline._drop_lease(self._prepared)
         elif self._phase == self._UPSTREAM:
-            loop = asyncio.get_running_loop()
-            if pipeline._may_drain():  # read on a bounded time, to bill the real usage
-                pipeline._drains += 1
-                self._draining = True
-                self._cut = loop.call_later(pipeline._metering.drain_seconds, self._cut_now)
-            else:
-                self._cut = loop.call_soon(self._cut_now)  # stop the upstream read now
+            self._drain = UpstreamDrain(pipeline, self._cut_now)
 
-    def _cut_now(self) -> None:
+    def _cut_now(self) -> bool:
+        """Ends the upstream read (the drain is over): the task goes on to bill what it saw."""
         if self._phase == self._UPSTREAM and not self.task.done():
-            self._cut_fired = True
             self.task.cancel()
+            return True
+        return False
 
     # --- the task ---
 
@@ -191,7 +184,7 @@ class StreamRun:
             self._end_upstream()
             if self._abandoned:  # the drain ended (cut, or the upstream failed): bill what was seen
                 await self._bill_abandoned(meter)
-                if isinstance(error, Exception) or self._cut_fired:
+                if isinstance(error, Exception) or (self._drain is not None and self._drain.fired):
                     return
                 raise
             status = UsageStatus.CANCELLED if isinstance(error, asyncio.CancelledError) else UsageStatus.UPSTREAM_ERROR
@@ -214,18 +207,14 @@ class StreamRun:
             await queue.put(_END)
 
     def _end_upstream(self) -> None:
-        """The upstream read is over: no cut may reach the settlement, and a cut that did its job is undone
-        from the task's cancellation count (as asyncio.timeout does), so later awaits see a plain task."""
+        """The upstream read is over: no cut may reach the settlement (UpstreamDrain.end_upstream)."""
         self._phase = self._SETTLE
-        if self._cut is not None:
-            self._cut.cancel()
-            if self._cut_fired:
-                self.task.uncancel()
+        if self._drain is not None:
+            self._drain.end_upstream(self.task)
 
     async def _bill_abandoned(self, meter: RequestMeter) -> None:
-        if self._draining:
-            self._draining = False
-            self._pipeline._drains -= 1
+        if self._drain is not None:
+            self._drain.release()
         await self._pipeline._settle_with_retries(meter.admission.hold, meter.outcome(UsageStatus.CANCELLED))
 
 
