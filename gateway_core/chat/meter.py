@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from gateway_core.config import ModelSettings, Route
 from gateway_core.metering.outcome import Hold, UsageOutcome, UsageStatus
@@ -133,4 +134,13 @@ def billed_usage(outcome: UsageOutcome, charged_micros: int) -> types_pb2.Usage:
         reasoning_tokens=outcome.reasoning_tokens,
         cost_micros=charged_micros,
         estimated=outcome.estimated,
+    )
+
+
+def cancelled_before_upstream(hold_args: dict[str, Any]) -> UsageOutcome:
+    """What a hold whose caller left before any upstream call is settled with: nothing."""
+    return UsageOutcome(
+        model=hold_args["model"], provider=hold_args["provider"], upstream_model=hold_args["upstream_model"],
+        prompt_tokens=0, completion_tokens=0, cached_tokens=0, reasoning_tokens=0, cost_micros=0,
+        status=UsageStatus.CANCELLED, latency_ms=0, time_to_first_token_ms=None, estimated=True,
     )

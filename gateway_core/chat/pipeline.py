@@ -18,7 +18,7 @@ from typing import Any
 from gateway_core.auth import Authenticator, Principal
 from gateway_core.chat.attempts import RouteAttempts
 from gateway_core.background import BackgroundTasks
-from gateway_core.chat.meter import Admission, RequestMeter, billed_usage
+from gateway_core.chat.meter import Admission, RequestMeter, billed_usage, cancelled_before_upstream
 from gateway_core.chat.stream_run import StreamRun
 from gateway_core.chat.upstream_drain import UpstreamDrain
 from gateway_core.chat.validate import validate_request
@@ -27,7 +27,7 @@ from gateway_core.limits.enforcer import LimitEnforcer, Lease
 from gateway_core.metering.ledger import Ledger
 from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome, UsageStatus
 from gateway_core.metering.usage import apply_output_limit, hold_micros
-from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
+from gateway_core.pb.gateway.v1 import chat_pb2
 from gateway_core.providers.base import ChatRequest, Provider, UpstreamCall
 from gateway_core.request_ids import new_request_id
 from gateway_core.routing import Router
@@ -256,7 +256,7 @@ class _UnaryRun:
                 return None  # as _release_late_hold: a refused hold has nothing to settle
             raise
         if self._abandoned:  # the caller left while the hold was written: settle it at zero
-            await pipeline._settle_with_retries(hold, _cancelled_before_upstream(prepared.hold_args))
+            await pipeline._settle_with_retries(hold, cancelled_before_upstream(prepared.hold_args))
             return None
         admission = prepared.admission(hold)
         self._admitted(admission)
@@ -310,28 +310,6 @@ class _UnaryRun:
                 return False
 
             self._drain = UpstreamDrain(pipeline, cut)
-
-
-def _cancelled_before_upstream(hold_args: dict[str, Any]) -> UsageOutcome:
-    """What a hold whose caller left before any upstream call is settled with: nothing."""
-    return UsageOutcome(
-        model=hold_args["model"], provider=hold_args["provider"], upstream_model=hold_args["upstream_model"],
-        prompt_tokens=0, completion_tokens=0, cached_tokens=0, reasoning_tokens=0, cost_micros=0,
-        status=UsageStatus.CANCELLED, latency_ms=0, time_to_first_token_ms=None, estimated=True,
-    )
-
-
-def _final_chunk(
-    meter: RequestMeter, admission: Admission, usage: types_pb2.Usage
-) -> chat_pb2.StreamChatCompletionResponse:
-    template = meter.template
-    return chat_pb2.StreamChatCompletionResponse(
-        id=template.id if template else "chatcmpl-" + admission.call.request_id,
-        created=template.created if template else int(time.time()),
-        model=admission.call.client_model,
-        provider=admission.provider.name,
-        usage=usage,
-    )
 
 
 def _metadata_value(metadata: Metadata, key: str) -> str:

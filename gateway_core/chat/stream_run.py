@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway_core.chat.meter import Admission, RequestMeter, billed_usage
+from gateway_core.chat.meter import Admission, RequestMeter, billed_usage, cancelled_before_upstream
 from gateway_core.chat.upstream_drain import UpstreamDrain
 from gateway_core.handoff import EMPTY, Handoff
 from gateway_core.metering.outcome import Hold, UsageStatus
-from gateway_core.pb.gateway.v1 import chat_pb2
+from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
 
 if TYPE_CHECKING:
     from gateway_core.chat.pipeline import ChatPipeline, _Prepared
@@ -156,10 +157,8 @@ class StreamRun:
                 raise
             return
         if self._abandoned:  # the reader left while the hold was written: settle it at zero
-            from gateway_core.chat.pipeline import _cancelled_before_upstream  # noqa: PLC0415 - a cycle
-
             self._phase = self._SETTLE
-            await pipeline._settle_with_retries(hold, _cancelled_before_upstream(prepared.hold_args))
+            await pipeline._settle_with_retries(hold, cancelled_before_upstream(prepared.hold_args))
             return
         admission = self.admission = prepared.admission(hold)
         self._admitted(admission)
@@ -218,7 +217,13 @@ class StreamRun:
         await self._pipeline._settle_with_retries(meter.admission.hold, meter.outcome(UsageStatus.CANCELLED))
 
 
-def _final_chunk(meter: RequestMeter, usage: Any) -> Chunk:
-    from gateway_core.chat.pipeline import _final_chunk as final  # noqa: PLC0415 - pipeline imports this module
-
-    return final(meter, meter.admission, usage)
+def _final_chunk(meter: RequestMeter, usage: types_pb2.Usage) -> Chunk:
+    """The stream's last chunk: no choices, the billed usage, the id and time of the upstream's chunks."""
+    template, admission = meter.template, meter.admission
+    return chat_pb2.StreamChatCompletionResponse(
+        id=template.id if template else "chatcmpl-" + admission.call.request_id,
+        created=template.created if template else int(time.time()),
+        model=admission.call.client_model,
+        provider=admission.provider.name,
+        usage=usage,
+    )
