@@ -49,9 +49,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             try:
                 # One call for admit + complete: the pipeline runs hold, upstream and settle in one task.
                 response = await self._pipeline.unary(request, metadata, context.time_remaining(), observer.admitted)
-                admission = observer.admission  # _send_limit_headers, inline: most calls have no limits to send
-                if admission is not None and admission.limit_headers:
-                    await context.send_initial_metadata(admission.limit_headers)
+                if headers := _limit_headers(observer):  # no coroutine for the usual call without limits
+                    await context.send_initial_metadata(headers)
                 observer.usage(response.usage.prompt_tokens, response.usage.completion_tokens)
                 return response
             except GatewayError as error:
@@ -124,8 +123,13 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         )
 
 
+def _limit_headers(observer: CallObserver) -> Sequence[tuple[str, str]]:
+    """x-ratelimit-* of an admitted call (none if it was not admitted or has no limits)."""
+    admission = observer.admission
+    return admission.limit_headers if admission is not None else ()
+
+
 async def _send_limit_headers(context: grpc.aio.ServicerContext, observer: CallObserver) -> None:
     """x-ratelimit-* of an admitted call, as initial metadata ahead of its answer, first chunk or error."""
-    admission = observer.admission
-    if admission is not None and admission.limit_headers:
-        await context.send_initial_metadata(admission.limit_headers)
+    if headers := _limit_headers(observer):
+        await context.send_initial_metadata(headers)
