@@ -112,14 +112,14 @@ class InProcessServices:
             coroutine.close()
             coroutine = _refuse(_rpc_error(grpc.StatusCode.UNAVAILABLE, "the server is shutting down"))
         # A fresh context, as a server gives each RPC: nothing of the caller's leaks in.
-        task = asyncio.get_running_loop().create_task(coroutine, context=contextvars.Context())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._kept(asyncio.get_running_loop().create_task(coroutine, context=contextvars.Context()))
 
     def track(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Runs a call's own cleanup in a task that stop() waits for (never refused: the call exists)."""
-        task = asyncio.get_running_loop().create_task(coroutine)
+        return self._kept(asyncio.get_running_loop().create_task(coroutine))
+
+    def _kept(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+        """task, referenced until it ends (and waited for by stop())."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -420,7 +420,6 @@ class _UnaryStreamMethod:
         return UnaryStreamCall(services, handler, request, metadata, timeout)
 
 
-
 class UnaryStreamCall(Generic[ResponseT]):
     """An in-process server-streaming call: read() / async for, cancel(), like grpc.aio.UnaryStreamCall.
 
@@ -540,7 +539,6 @@ class UnaryStreamCall(Generic[ResponseT]):
 
     async def trailing_metadata(self) -> grpc.aio.Metadata:
         return self._context.trailing()
-
 
 
 # Last: in_process_stream builds on this module's context and errors.
