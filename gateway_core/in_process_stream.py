@@ -208,11 +208,7 @@ class InlineStreamCall(Generic[ResponseT]):
             return False
         self._cancelled = self._context._cancelled = True
         self._stop_timer()
-        if self._reader is not None:  # the handler waits in the reader's task: cancel it there
-            self._reader_cancelled = True
-            self._reader.cancel()
-        else:
-            self._close_soon()
+        self._stop_handler()
         return True
 
     def cancelled(self) -> bool:
@@ -232,11 +228,16 @@ class InlineStreamCall(Generic[ResponseT]):
         if self._finished:
             return
         self._expired = True
+        if self._reader is None:
+            self._outcome = _deadline_exceeded()
+        self._stop_handler()
+
+    def _stop_handler(self) -> None:
+        """Throws CancelledError into the handler: where it waits in the reader's task, or (nobody reading) soon."""
         if self._reader is not None:
             self._reader_cancelled = True
             self._reader.cancel()
         else:
-            self._outcome = _deadline_exceeded()
             self._close_soon()
 
     def _close_soon(self) -> None:
@@ -262,10 +263,8 @@ class InlineStreamCall(Generic[ResponseT]):
                 await _Steps(self._messages.athrow(asyncio.CancelledError()), context)
             # It swallowed the cancellation and yielded again: close it for good.
             await _Steps(self._messages.aclose(), context)
-        except (asyncio.CancelledError, StopAsyncIteration):
-            pass
-        except Exception:  # noqa: BLE001 - the call is over; a failing cleanup is the handler's to log
-            pass
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - ended (StopAsyncIteration), cancelled or
+            pass  # failed: the call is over either way, and a failing cleanup is the handler's to log
         finally:
             self._finish(self._outcome or _cancelled_error())
 
