@@ -79,7 +79,7 @@ input_price = 0.15
 output_price = 0.60
 max_output_tokens = 4096
 """
-KINDS = ("unary", "burst16", "burst256", "spaced16", "spaced64")
+KINDS = ("unary", "burst1", "burst16", "burst256", "spaced16", "spaced64")
 
 
 # --- the fake upstream (its own process) ---------------------------------------------------
@@ -340,7 +340,7 @@ async def _profile(gateway: Gateway, kind: str, args: argparse.Namespace) -> Non
 
 
 def _counts(requests: int) -> dict[str, int]:
-    return {"unary": requests, "burst16": requests, "burst256": max(requests // 8, 20),
+    return {"unary": requests, "burst1": requests, "burst16": requests, "burst256": max(requests // 8, 20),
             "spaced16": requests // 2, "spaced64": max(requests // 4, 20)}
 
 
