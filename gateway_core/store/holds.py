@@ -65,7 +65,9 @@ _BUDGET_PERIOD = case(
     (_ACCOUNTS.c.budget_period >= bindparam("b_period"), _ACCOUNTS.c.budget_period), else_=bindparam("b_period")
 )
 # Holds b_amount if the account's available balance covers it and its monthly
-# budget (0 = none) has room; the month rolls over in this same statement.
+# budget (0 = none) has room; the month rolls over in this same statement. Without RETURNING:
+# on SQLite a RETURNING clause costs more than the rest of such an UPDATE (it is run through
+# an ephemeral table), and the hold's ledger entry reads the balance itself (_INSERT_HOLD_ENTRY).
 _RESERVE_ON_ACCOUNT = (
     update(_ACCOUNTS)
     .where(_ACCOUNTS.c.id == bindparam("b_account_id"))
@@ -83,7 +85,6 @@ _RESERVE_ON_ACCOUNT = (
         budget_held_micros=_ACCOUNTS.c.budget_held_micros + bindparam("b_amount"),
         updated_at=bindparam("b_now"),
     )
-    .returning(_ACCOUNTS.c.balance_micros)
 )
 # Holds b_amount against the key (of that account) if its spend limit allows; 0 means no limit.
 _RESERVE_ON_KEY = (
@@ -122,9 +123,11 @@ _CLOSE = (
 # SQLite: _CLOSE that also records the charge (min(max(cost, 0), amount)) and the balance after it,
 # read from the account in the same statement: one statement per settlement fewer than _CLOSE and
 # _RECORD_CHARGE. Sound because SQLite has one writer: inside this BEGIN IMMEDIATE transaction
-# nothing else moves the balance before _DEBIT_ACCOUNT, whose result _move_money checks against it.
-# PostgreSQL keeps the two statements: under Read Committed another settlement of the account may
-# commit between this read and the debit.
+# nothing else moves the balance before the debit, which applies only if it leaves exactly the
+# recorded balance (_DEBIT_RECORDED). PostgreSQL keeps the two statements: under Read Committed
+# another settlement of the account may commit between this read and the debit.
+# No RETURNING (see _RESERVE_ON_ACCOUNT): the closed hold is read back by _SELECT_CLOSED, a lookup
+# by primary key that costs less than RETURNING's ephemeral table.
 _CHARGE = func.min(func.max(bindparam("b_cost", type_=BigInteger), 0), _HOLDS.c.amount_micros)
 _BALANCE_BEFORE = select(_ACCOUNTS.c.balance_micros).where(_ACCOUNTS.c.id == _HOLDS.c.account_id).scalar_subquery()
 _CLOSE_CHARGED = (
@@ -136,7 +139,9 @@ _CLOSE_CHARGED = (
         charged_micros=_CHARGE,
         balance_after_micros=_BALANCE_BEFORE - _CHARGE,
     )
-    .returning(*_CLOSED_HOLD, _HOLDS.c.charged_micros, _HOLDS.c.balance_after_micros)
+)
+_SELECT_CLOSED = select(*_CLOSED_HOLD, _HOLDS.c.charged_micros, _HOLDS.c.balance_after_micros).where(
+    _HOLDS.c.request_id == bindparam("b_request_id")
 )
 _RECORD_CHARGE = (
     update(_HOLDS)
@@ -144,22 +149,32 @@ _RECORD_CHARGE = (
     .values(charged_micros=bindparam("b_charged"), balance_after_micros=bindparam("b_balance_after"))
 )
 # The CHECK on accounts (0 <= held <= balance) backs this up inside the database.
+_DEBIT = {
+    "balance_micros": _ACCOUNTS.c.balance_micros - bindparam("b_charged"),
+    "held_micros": _ACCOUNTS.c.held_micros - bindparam("b_held"),
+    "budget_spent_micros": _BUDGET_SPENT + bindparam("b_charged"),
+    "budget_period": _BUDGET_PERIOD,
+    # Holds taken before migration 0003 never added to budget_held_micros.
+    "budget_held_micros": case(
+        (_ACCOUNTS.c.budget_held_micros >= bindparam("b_held"), _ACCOUNTS.c.budget_held_micros - bindparam("b_held")),
+        else_=0,
+    ),
+    "updated_at": bindparam("b_now"),
+}
 _DEBIT_ACCOUNT = (
     update(_ACCOUNTS)
     .where(_ACCOUNTS.c.id == bindparam("b_account_id"))
-    .values(
-        balance_micros=_ACCOUNTS.c.balance_micros - bindparam("b_charged"),
-        held_micros=_ACCOUNTS.c.held_micros - bindparam("b_held"),
-        budget_spent_micros=_BUDGET_SPENT + bindparam("b_charged"),
-        budget_period=_BUDGET_PERIOD,
-        # Holds taken before migration 0003 never added to budget_held_micros.
-        budget_held_micros=case(
-            (_ACCOUNTS.c.budget_held_micros >= bindparam("b_held"), _ACCOUNTS.c.budget_held_micros - bindparam("b_held")),
-            else_=0,
-        ),
-        updated_at=bindparam("b_now"),
-    )
+    .values(_DEBIT)
     .returning(_ACCOUNTS.c.balance_micros)
+)
+# SQLite (see _CLOSE_CHARGED): the debit, only if it leaves the balance the closing UPDATE recorded.
+_DEBIT_RECORDED = (
+    update(_ACCOUNTS)
+    .where(
+        _ACCOUNTS.c.id == bindparam("b_account_id"),
+        _ACCOUNTS.c.balance_micros - bindparam("b_charged") == bindparam("b_balance_after"),
+    )
+    .values(_DEBIT)
 )
 _DEBIT_KEY = (
     update(_KEYS)
@@ -192,6 +207,13 @@ def _insert_entries(count: int) -> Any:
 
 
 _INSERT_ENTRIES = {1: _insert_entries(1), 2: _insert_entries(2)}
+# A hold's entry, with the balance read in the statement itself: the account's row was just
+# updated (and, on PostgreSQL, locked) by _RESERVE_ON_ACCOUNT in this same transaction.
+_INSERT_HOLD_ENTRY = insert(_ENTRIES).values(
+    {name: bindparam(f"b_{name}", type_=_ENTRIES.c[name].type) for name in _ENTRY_COLUMNS}
+    | {"balance_after_micros": select(_ACCOUNTS.c.balance_micros).where(_ACCOUNTS.c.id == bindparam("b_account_id"))
+       .scalar_subquery()}
+)
 _SELECT_HOLD = select(_HOLDS).where(_HOLDS.c.request_id == bindparam("b_request_id"))
 # Read only to word a refusal (the UPDATEs decided): is it the balance or the monthly budget?
 _SELECT_BUDGET = select(
@@ -206,6 +228,13 @@ _LEAN_RESERVE_ON_KEY = LeanStatement(_RESERVE_ON_KEY, ("b_account_id", "b_amount
 _LEAN_INSERT_HOLD = LeanStatement(_INSERT_HOLD, _HOLD_COLUMNS, column_keys=_HOLD_COLUMNS)
 _LEAN_CLOSE = LeanStatement(_CLOSE, ("b_request_id", "b_status", "b_now"))
 _LEAN_CLOSE_CHARGED = LeanStatement(_CLOSE_CHARGED, ("b_request_id", "b_status", "b_now", "b_cost"))
+_LEAN_SELECT_CLOSED = LeanStatement(_SELECT_CLOSED, ("b_request_id",))
+_LEAN_DEBIT_RECORDED = LeanStatement(
+    _DEBIT_RECORDED, ("b_account_id", "b_charged", "b_held", "b_period", "b_now", "b_balance_after")
+)
+_LEAN_INSERT_HOLD_ENTRY = LeanStatement(
+    _INSERT_HOLD_ENTRY, tuple(f"b_{name}" for name in _ENTRY_COLUMNS if name != "balance_after_micros")
+)
 _LEAN_RECORD_CHARGE = LeanStatement(_RECORD_CHARGE, ("b_request_id", "b_charged", "b_balance_after"))
 _LEAN_DEBIT_ACCOUNT = LeanStatement(_DEBIT_ACCOUNT, ("b_account_id", "b_charged", "b_held", "b_period", "b_now"))
 _LEAN_DEBIT_KEY = LeanStatement(_DEBIT_KEY, ("b_key_id", "b_charged", "b_held"))
@@ -254,8 +283,7 @@ def reserve(lean: LeanConnection, request: HoldRequest) -> HoldRecord:
     now = transaction_now(lean)
     period = budget_period(now)
     account_id, amount, request_id = request.account_id, request.amount_micros, request.request_id
-    reserved = lean.one(_LEAN_RESERVE_ON_ACCOUNT, (account_id, amount, now, period))
-    if reserved is None:
+    if lean.count(_LEAN_RESERVE_ON_ACCOUNT, (account_id, amount, now, period)) != 1:
         raise _account_cannot_cover(lean, request, period)
     if lean.count(_LEAN_RESERVE_ON_KEY, (account_id, amount, request.api_key_id)) != 1:
         key = lean.one(_LEAN_SELECT_KEY_ACCOUNT, (request.api_key_id,))
@@ -275,7 +303,7 @@ def reserve(lean: LeanConnection, request: HoldRequest) -> HoldRecord:
             Reason.ALREADY_EXISTS, "a request with this request_id was already admitted", param="request_id"
         ) from None
     if amount > 0:  # a free request moves no money, so it needs no entry
-        lean.count(_LEAN_INSERT_ENTRIES[1], (account_id, _HOLD_KIND, 0, amount, reserved[0], request_id, "", now))
+        lean.count(_LEAN_INSERT_HOLD_ENTRY, (account_id, _HOLD_KIND, 0, amount, request_id, "", now))
     return HoldRecord(*row[:4], HoldStatus.OPEN, *row[5:])
 
 
@@ -319,12 +347,16 @@ def _close(
     """Closes the open hold of request_id: its _CLOSE row, what it charges, and (SQLite) the balance after.
 
     None if the hold was not open. On SQLite the charge is already recorded on
-    the hold (_CLOSE_CHARGED) and the balance after it is returned for
-    _move_money to check; elsewhere it is None and _move_money records both.
+    the hold (_CLOSE_CHARGED), read back with the balance after it
+    (_SELECT_CLOSED) for _move_money's debit to match; elsewhere it is None and
+    _move_money records both.
     """
     if lean.dialect.name == "sqlite":
-        row = lean.one(_LEAN_CLOSE_CHARGED, (request_id, status, now, cost))
-        return None if row is None else (row[:7], row[7], row[8])
+        if lean.count(_LEAN_CLOSE_CHARGED, (request_id, status, now, cost)) != 1:
+            return None
+        row = lean.one(_LEAN_SELECT_CLOSED, (request_id,))
+        assert row is not None  # closed just now, in this transaction
+        return row[:7], row[7], row[8]
     hold = lean.one(_LEAN_CLOSE, (request_id, status, now))
     return None if hold is None else (hold, min(max(cost, 0), hold[2]), None)
 
@@ -401,12 +433,20 @@ def _move_money(
     records the charge on the hold (unless _CLOSE_CHARGED did: then recorded_balance is the balance
     after it) and writes the usage record; the balance after."""
     account_id, key_id, held = hold[0], hold[1], hold[2]
-    debited = lean.one(_LEAN_DEBIT_ACCOUNT, (account_id, charged, held, budget_period(now), now))
-    if debited is None:  # the hold's foreign key makes this unreachable; never move money half-way
-        raise RuntimeError(f"account {account_id!r} of hold {request_id!r} is missing")
-    balance_after = int(debited[0])
-    if recorded_balance is not None and recorded_balance != balance_after:  # see _CLOSE_CHARGED: unreachable
-        raise RuntimeError(f"hold {request_id!r} recorded balance {recorded_balance}, the debit left {balance_after}")
+    period = budget_period(now)
+    if recorded_balance is None:
+        debited = lean.one(_LEAN_DEBIT_ACCOUNT, (account_id, charged, held, period, now))
+        if debited is None:  # the hold's foreign key makes this unreachable; never move money half-way
+            raise RuntimeError(f"account {account_id!r} of hold {request_id!r} is missing")
+        balance_after = int(debited[0])
+    else:
+        debit = (account_id, charged, held, period, now, recorded_balance)
+        if lean.count(_LEAN_DEBIT_RECORDED, debit) != 1:  # see _CLOSE_CHARGED: unreachable
+            raise RuntimeError(
+                f"hold {request_id!r} recorded balance {recorded_balance}, which the debit of account"
+                f" {account_id!r} would not leave"
+            )
+        balance_after = recorded_balance
     # Entries in _ENTRY_COLUMNS order, stamped with the time of the transaction.
     settle_entry = (account_id, _SETTLE_KIND, -charged, -charged, balance_after, request_id, "", now)
     release_entry = (account_id, _RELEASE_KIND, 0, charged - held, balance_after, request_id, "", now)
