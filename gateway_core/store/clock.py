@@ -38,9 +38,12 @@ def db_now(session: Session) -> datetime:
 
 
 def transaction_now(lean: LeanConnection) -> datetime:
-    """db_now() for a LeanConnection's transaction."""
+    """db_now() for a LeanConnection's transaction; on SQLite the same value for the whole transaction."""
     if lean.dialect.name == "sqlite":
-        return sqlite_now()
+        now = lean.transaction_time
+        if now is None:
+            now = lean.transaction_time = sqlite_now()
+        return now
     row = lean.first(_POSTGRESQL_NOW, {})
     assert row is not None
     return _aware_utc(row[0])

@@ -260,6 +260,7 @@ class Database:
         """
         connection = lean.driver_connection
         lean.run_sql("BEGIN IMMEDIATE")
+        lean.transaction_time = None  # a new transaction: a new time (store/clock.py)
         try:
             outcomes: list[_Outcome] = []
             for fn in fns:
@@ -285,6 +286,7 @@ class Database:
     def _lean_group_with_savepoints(lean: LeanConnection, fns: list[Callable[[LeanConnection], Any]]) -> list[_Outcome]:
         """fns in one transaction, each in a SAVEPOINT: one that fails rolls back only itself."""
         lean.run_sql("BEGIN IMMEDIATE")
+        lean.transaction_time = None  # a new transaction: a new time (store/clock.py)
         try:
             outcomes: list[_Outcome] = []
             for fn in fns:

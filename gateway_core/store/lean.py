@@ -303,6 +303,11 @@ class LeanConnection:
         self.dialect = statements.dialect
         self._dbapi_error = statements.dialect.loaded_dbapi.Error
         self.disconnected = False
+        # SQLite: the current transaction's time, taken by its first store.clock.transaction_now()
+        # and shared by every write of the transaction (a group commit's too), so it is read and
+        # converted once. Whoever begins a transaction on a LeanConnection that outlives it (the
+        # writer thread's) sets it back to None.
+        self.transaction_time: datetime | None = None
 
     def one(self, statement: LeanStatement, args: Sequence[Any]) -> tuple[Any, ...] | None:
         """Runs a statement returning at most one row (RETURNING or SELECT by key); that row, converted, or None."""

@@ -31,7 +31,7 @@ from gateway_core.errors import GatewayError, Reason
 from gateway_core.metering.ledger import Ledger
 from gateway_core.store import Database, Store
 from gateway_core.store import holds as hold_sql
-from gateway_core.store import wal_sync
+from gateway_core.store import clock, wal_sync
 from gateway_core.store.clock import db_now
 from gateway_core.store.lean import LeanConnection, lean_connection
 from gateway_core.store.models import Account, Hold, LedgerEntry, UsageRecord
@@ -339,6 +339,36 @@ async def test_sqlite_time_is_the_machine_clock_in_milliseconds(tmp_path: Any) -
         assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= now <= after
         sqlite_now = datetime.fromisoformat(str(sqlite_text)).replace(tzinfo=UTC)
         assert abs((sqlite_now - now).total_seconds()) < 1  # the same clock SQLite's own 'now' reads
+
+
+async def test_the_writes_of_one_sqlite_transaction_share_its_time(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group commit is one transaction, so its writes share one database time, read once; the next takes a new one."""
+    async with await Database.open(f"sqlite:///{tmp_path}/group-time.db") as db:
+        store = Store(db)
+        key = await funded_key(store, 10_000)
+        ledger = Ledger(db, instance_id="group-time")
+        await ledger.ensure_instance()
+        ids = {"account_id": key.account_id, "api_key_id": key.key_id}
+        statements = _trace_statements(db)
+        reads: list[datetime] = []
+
+        def counted_now() -> datetime:
+            reads.append(real_now())
+            return reads[-1]
+
+        real_now = clock.sqlite_now
+        monkeypatch.setattr(clock, "sqlite_now", counted_now)
+        together = [f"together-{index}" for index in range(4)]
+        held = await asyncio.gather(*(ledger.hold(request_id=request_id, amount_micros=10, **ids) for request_id in together))
+        assert statements.count("COMMIT") == 1 and len(reads) == 1  # one transaction for the four, one time
+        await asyncio.sleep(0.005)  # SQLite's time has milliseconds: the next transaction's differs
+        settled = await asyncio.gather(*(ledger.settle(hold, outcome(5)) for hold in held[:2]))
+        assert statements.count("COMMIT") == 2 and len(reads) == 2
+        assert all(not settlement.replayed for settlement in settled)
+        monkeypatch.undo()
+        rows = [await store.get_hold(request_id) for request_id in together]
+        assert {hold.created_at for hold in rows if hold is not None} == {reads[0]}
+        assert {hold.closed_at for hold in rows[:2] if hold is not None} == {reads[1]} and reads[1] > reads[0]
 
 
 async def test_a_group_that_cannot_begin_fails_its_callers_and_its_connection_is_replaced(tmp_path: Any) -> None:
