@@ -102,9 +102,9 @@ class Ledger:
             # instance-less hold and release it at once.
             await self.heartbeat()
         # durable=False: losing it to a power cut is losing a hold never answered (store/db.py).
-        record = await self._db.run_lean(partial(holds.reserve, request=request), durable=False)
-        self._opened(record.request_id)
-        return Hold(record.request_id, record.account_id, record.api_key_id, record.amount_micros)
+        hold = await self._db.run_lean(partial(holds.reserve, request=request), durable=False)
+        self._opened(hold.request_id)
+        return hold
 
     async def settle(self, hold: Hold, outcome: UsageOutcome) -> Settlement:
         """Charges min(max(cost, 0), hold) once, releases the rest, records the usage.

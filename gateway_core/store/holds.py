@@ -29,6 +29,7 @@ from sqlalchemy.types import NullType
 from sqlmodel import Session
 
 from gateway_core.errors import GatewayError, Reason, invalid_request
+from gateway_core.metering.outcome import Hold as AdmittedHold
 from gateway_core.metering.outcome import Settlement, UsageOutcome, UsageStatus
 from gateway_core.store.accounts import account_not_found
 from gateway_core.store.api_keys import key_not_found
@@ -273,7 +274,7 @@ def check_hold_request(request: HoldRequest) -> None:
         raise invalid_request(f"model and provider names are at most {MAX_NAME} characters", param="model")
 
 
-def reserve(lean: LeanConnection, request: HoldRequest) -> HoldRecord:
+def reserve(lean: LeanConnection, request: HoldRequest) -> AdmittedHold:
     """Reserves amount_micros on the account and its key, or raises INSUFFICIENT_BALANCE.
 
     A request_id seen before is ALREADY_EXISTS. Any error leaves nothing
@@ -304,7 +305,8 @@ def reserve(lean: LeanConnection, request: HoldRequest) -> HoldRecord:
         ) from None
     if amount > 0:  # a free request moves no money, so it needs no entry
         lean.count(_LEAN_INSERT_HOLD_ENTRY, (account_id, _HOLD_KIND, 0, amount, request_id, "", now))
-    return HoldRecord(*row[:4], HoldStatus.OPEN, *row[5:])
+    # What the Ledger hands out, built here on the writer thread rather than from a full HoldRecord on the loop.
+    return AdmittedHold(request_id, account_id, request.api_key_id, amount)
 
 
 def budget_period(now: datetime) -> int:

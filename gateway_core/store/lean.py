@@ -272,6 +272,9 @@ class StatementCache:
         return found
 
 
+# What unawaited() returns where the driver has no pipeline: nullcontext is reusable and re-entrant.
+_AS_USUAL = contextlib.nullcontext()
+
 _CACHES: weakref.WeakKeyDictionary[Dialect, StatementCache] = weakref.WeakKeyDictionary()
 _CACHES_LOCK = threading.Lock()
 
@@ -320,8 +323,7 @@ class LeanConnection:
             return row  # type: ignore[no-any-return]
         return prepared.convert(row)
 
-    @contextlib.contextmanager
-    def unawaited(self) -> Iterator[None]:
+    def unawaited(self) -> contextlib.AbstractContextManager[None]:
         """Statements run inside are sent without waiting for each one's result, where the driver can.
 
         On PostgreSQL (psycopg's pipeline mode) that is one round trip for
@@ -331,8 +333,11 @@ class LeanConnection:
         """
         pipeline = getattr(self._dbapi_connection, "pipeline", None)
         if pipeline is None:
-            yield
-            return
+            return _AS_USUAL  # (SQLite) shared, rather than a generator built per settlement
+        return self._pipelined(pipeline)
+
+    @contextlib.contextmanager
+    def _pipelined(self, pipeline: Callable[[], contextlib.AbstractContextManager[Any]]) -> Iterator[None]:
         try:
             with pipeline():
                 yield
