@@ -43,7 +43,7 @@ def insert_usage(
 ) -> None:
     """Writes the one usage record of a closing hold; a second one fails on the primary key.
 
-    hold is the closed hold's row as store/holds.py's _CLOSE returns it:
+    hold is the closed hold's row as store/holds.py's _CLOSE returns it (_SELECT_CLOSED on SQLite):
     (account_id, api_key_id, amount_micros, model, provider, upstream_model,
     created_at as stored). The record is dated at admission (the hold's database time).
     Negative token counts (untrusted upstream numbers) are stored as 0 and flagged clamped.
