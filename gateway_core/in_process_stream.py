@@ -18,8 +18,9 @@ What a server would give the handler is kept:
   nobody reads, a short task throws CancelledError into the handler where it
   stopped, so its cleanup (settling, draining) runs at once, as a cancelled
   handler task's would;
-- the deadline: one loop timer; it passing cancels the handler the same way,
-  and the call ends with DEADLINE_EXCEEDED;
+- the deadline: an entry on the services' DeadlineTimer (one loop timer for
+  every in-process call's deadline, not one per call); it passing cancels the
+  handler the same way, and the call ends with DEADLINE_EXCEEDED;
 - errors: the handler's exceptions become the AioRpcError a grpc.aio server
   would report (in_process._call_error);
 - shutdown: InProcessServices.stop() waits for these calls like for handler
@@ -104,13 +105,14 @@ class InlineStreamCall(Generic[ResponseT]):
         self._cancelled = False
         self._expired = False
         self._ended: asyncio.Future[None] | None = None  # for InProcessServices.stop(), made when asked
-        self._timer: asyncio.TimerHandle | None = None
+        self._timed = False  # the deadline is on the services' DeadlineTimer (one timer for every call)
         if refused is not None or messages is None:
             self._finish(refused)
             return
         services._inline.add(self)
         if context._deadline is not None:
-            self._timer = asyncio.get_running_loop().call_at(context._deadline, self._expire)
+            self._timed = True
+            services.deadlines.add(self, context._deadline, self._expire)
 
     # --- reading ---
 
@@ -224,7 +226,7 @@ class InlineStreamCall(Generic[ResponseT]):
         return self._context.trailing()
 
     def _expire(self) -> None:
-        self._timer = None
+        self._timed = False
         if self._finished:
             return
         self._expired = True
@@ -294,9 +296,9 @@ class InlineStreamCall(Generic[ResponseT]):
         return grpc.aio.EOF
 
     def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._timed:
+            self._timed = False
+            self._services.deadlines.remove(self)
 
     def ended(self) -> asyncio.Future[None]:
         """A future done once the handler is over (for a server's graceful stop)."""

@@ -39,6 +39,9 @@ def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
 
 
+# An http.response.start message's key (an extension of this server's) saying the app writes the
+# body's first part in the same event-loop step: the head waits for that write, no flush of its own.
+BODY_FOLLOWS = "tollgate.body_follows"
 STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _DISCONNECT = {"type": "http.disconnect"}
@@ -245,8 +248,9 @@ class RequestCycle:
         content.append(b"\r\n")
         # With a Content-Length the body must follow to complete the response, and the head
         # is worth nothing to the client without it: it waits for that write, whenever it comes
-        # (closing flushes it too). Other heads (a stream's) leave at the end of this step at the latest.
-        protocol.write_head(b"".join(content), flush_soon=self._chunked is not False)
+        # (closing flushes it too). Other heads (a stream's) leave at the end of this step at the latest,
+        # or with the body's first write if the app promised it in this step (BODY_FOLLOWS).
+        protocol.write_head(b"".join(content), flush_soon=self._chunked is not False and BODY_FOLLOWS not in message)
 
     def _write_body(self, body: bytes, more_body: bool) -> None:
         write = self._protocol.write

@@ -92,6 +92,7 @@ async def _stream(facade: Facade, request: pb.StreamChatCompletionRequest | pb.C
             cast(pb.StreamChatCompletionResponse, first),
             include_usage=include_usage,
             heartbeat_seconds=facade.heartbeat_seconds,
+            heartbeats=facade.heartbeats,
             headers=limits,
             receive=receive,
             send=send,
