@@ -14,6 +14,7 @@ call's own cost, per stream and per chunk, which bench/micro_stream.py mixes
 with the core's.
 
 Kinds (each stream asks for include_usage):
+- unary    a non-streaming request (the stream's fixed cost is measured against it);
 - burstN   first chunk (a wait before it), then N-1 more chunks and the finish chunk
            ready together (one wait), then the usage chunk after the settlement (one wait);
 - spacedN  the same with a wait before every message (one upstream read per chunk).
@@ -42,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from micro_facade import _Client, _cpu_ns  # noqa: E402 - bench/ is put on the path just above
 
-KINDS = ("burst1", "burst16", "burst256", "spaced16")
+KINDS = ("unary", "burst1", "burst16", "burst256", "spaced16")
 
 
 def _servicer() -> Any:
@@ -68,7 +69,17 @@ def _servicer() -> Any:
         loop.call_soon(future.set_result, None)
         await future
 
+    answer = pb.CreateChatCompletionResponse(
+        **head, usage=usage.usage,
+        choices=[pb.Choice(index=0, finish_reason=types_pb2.FINISH_REASON_STOP,
+                           message=pb.Message(role=types_pb2.ROLE_ASSISTANT, content="tok " * 16))])
+
     class Servicer(chat_pb2_grpc.ChatServiceServicer):
+        async def CreateChatCompletion(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
+            await context.send_initial_metadata(limits)
+            await wake()
+            return answer
+
         async def StreamChatCompletion(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
             kind = request.model.rstrip("0123456789")
             count = int(request.model[len(kind):])
@@ -114,6 +125,8 @@ def _serve(port_file: str) -> None:
 
 
 def _body(kind: str) -> bytes:
+    if kind == "unary":
+        return b'{"model":"unary","messages":[{"role":"user","content":"Say something short."}],"max_tokens":1024}'
     return (b'{"model":"%s","messages":[{"role":"user","content":"Say something short."}],'
             b'"max_tokens":1024,"stream":true,"stream_options":{"include_usage":true}}' % kind.encode())
 
@@ -164,7 +177,7 @@ def main() -> None:
         return
     trees = [ROOT.parent] + [Path(t).resolve() for t in args.compare]
     kinds = args.kinds.split(",")
-    counts = {"burst1": args.requests, "burst16": args.requests, "burst256": max(args.requests // 8, 20),
+    counts = {"unary": args.requests, "burst1": args.requests, "burst16": args.requests, "burst256": max(args.requests // 8, 20),
               "spaced16": args.requests // 2}
     results: dict[tuple[int, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:

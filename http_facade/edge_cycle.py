@@ -19,7 +19,7 @@ import asyncio
 import http
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -54,6 +54,18 @@ _INTERNAL_ERROR_BODY = {"type": "http.response.body", "body": b"Internal Server 
 
 logger = logging.getLogger("uvicorn.error")
 access_logger = logging.getLogger("uvicorn.access")
+
+
+class _Sent:
+    """An awaitable that is already done: what RequestCycle.send returns once it has written."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Iterator[None]:
+        return iter(())
+
+
+_SENT = _Sent()
 
 
 class RequestCycle:
@@ -193,11 +205,25 @@ class RequestCycle:
         self.body = b""
         return {"type": "http.request", "body": body, "more_body": self.more_body}
 
-    async def send(self, message: Any) -> None:
-        """Writes an ASGI response message; after a disconnect, drops it (as uvicorn does)."""
-        protocol = self._protocol
-        if protocol.write_paused and not self.disconnected:
-            await protocol.drain()
+    def send(self, message: Any) -> Awaitable[None]:
+        """Writes an ASGI response message; after a disconnect, drops it (as uvicorn does).
+
+        A plain function returning an awaitable: a write that need not wait for
+        a slow client (nearly all) is done before it returns, and what it
+        returns is a shared awaitable that is already done, so the app's
+        `await send(...)` costs no coroutine per write. Waiting for room
+        (backpressure) takes a coroutine, as before.
+        """
+        if self._protocol.write_paused and not self.disconnected:
+            return self._send_when_writable(message)
+        self._send_now(message)
+        return _SENT
+
+    async def _send_when_writable(self, message: Any) -> None:
+        await self._protocol.drain()
+        self._send_now(message)
+
+    def _send_now(self, message: Any) -> None:
         if self.disconnected:
             return
         if not self.response_started:
