@@ -222,6 +222,16 @@ class InlineStreamCall(Generic[ResponseT]):
     async def initial_metadata(self) -> grpc.aio.Metadata:
         return self._context.initial()
 
+    def initial_metadata_pairs(self) -> tuple[tuple[str, str | bytes], ...]:
+        """The initial metadata the handler has sent so far, as (key, value) pairs, without waiting.
+
+        Not part of grpc.aio's API: once the first message is read, the handler
+        has sent its initial metadata (it goes before any message), and a reader
+        that knows this (the facade) reads it here without a coroutine and a
+        grpc.aio.Metadata per call.
+        """
+        return self._context._initial
+
     async def trailing_metadata(self) -> grpc.aio.Metadata:
         return self._context.trailing()
 

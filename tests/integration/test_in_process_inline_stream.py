@@ -91,6 +91,7 @@ async def test_the_handler_runs_in_the_readers_task_with_contextvars_of_its_own(
         assert seen_by.get() == "reader"  # nor the handler's out
         assert servicer.cleanup == ["done"]
         assert dict(await call.initial_metadata()) == {"x-first": "before the first message"}
+        assert call.initial_metadata_pairs() == (("x-first", "before the first message"),)  # the same, at once
         assert call.done()
 
 
