@@ -708,6 +708,13 @@ def test_chunk_encoder_encode_is_the_events_joined() -> None:
     pb.ChoiceDelta(index=1, delta=pb.Delta(content="second choice")),
     pb.ChoiceDelta(index=0, delta=pb.Delta(content="x", role=types_pb2.ROLE_UNSPECIFIED)),
     pb.ChoiceDelta(index=0, delta=pb.Delta(refusal="no")),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(role=types_pb2.ROLE_ASSISTANT)),
+    pb.ChoiceDelta(index=2, delta=pb.Delta(role=types_pb2.ROLE_TOOL, content="t"),
+                   finish_reason=types_pb2.FINISH_REASON_LENGTH),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(role=99, content="unknown role")),  # type: ignore[arg-type]
+    pb.ChoiceDelta(index=0, delta=pb.Delta(), finish_reason=99),  # type: ignore[arg-type]
+    pb.ChoiceDelta(index=0, delta=pb.Delta(), finish_reason=types_pb2.FINISH_REASON_TOOL_CALLS),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(role=types_pb2.ROLE_ASSISTANT, content=""), logprobs_json='{"c":[]}'),
     pb.ChoiceDelta(index=0, delta=pb.Delta(content="")),
     pb.ChoiceDelta(index=0, delta=pb.Delta()),
     pb.ChoiceDelta(index=0, delta=pb.Delta(role=types_pb2.ROLE_ASSISTANT, content="first")),
