@@ -22,12 +22,17 @@ Kinds (each stream asks for include_usage):
 Each tree's server runs in its own child process (PYTHONPATH=tree), driven by
 one raw keep-alive client, one request at a time; CPU of the server process
 from /proc/<pid>/task/*/schedstat, rounds alternated between trees (A B A B).
+On a shared, busy machine CPU time swings by 10-20 % between rounds;
+`--callgrind N` counts user-space instructions instead (valgrind, about 50x
+slower, the same however busy the machine is; kernel work such as the socket
+writes is not in it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import os
 import socket
 import statistics
@@ -132,11 +137,19 @@ def _body(kind: str) -> bytes:
 
 
 class _Server:
-    def __init__(self, tree: Path, tmp: str) -> None:
+    def __init__(self, tree: Path, tmp: str, callgrind: bool = False) -> None:
         port_file = os.path.join(tmp, f"port-{abs(hash(str(tree)))}")
         env = {**os.environ, "PYTHONPATH": str(tree)}
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", port_file], env=env)
-        deadline = time.monotonic() + 30
+        command = [sys.executable, __file__, "--serve", port_file]
+        self._callgrind_out = ""
+        if callgrind:  # instruction counts: slow (about 50x), but the same on a busy machine as on a quiet one
+            self._callgrind_out = os.path.join(tmp, f"callgrind-{abs(hash(str(tree)))}")
+            env["PYTHONMALLOC"] = "malloc"
+            command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self._callgrind_out}",
+                       "--dump-instr=no", *command]
+        self.proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL if callgrind else None)
+        deadline = time.monotonic() + (300 if callgrind else 30)
         while not (os.path.exists(port_file) and os.path.getsize(port_file)):
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"the facade of {tree} did not start")
@@ -159,9 +172,41 @@ class _Server:
             self.client.request("POST", "/v1/chat/completions", body)
         return (_cpu_ns(self.proc.pid) - start) / count / 1e3
 
+    def instructions(self, kind: str, count: int) -> float:
+        """Thousands of user-space instructions per request (callgrind, every thread of the server)."""
+        body = _body(kind)
+        for _ in range(max(count // 5, 5)):
+            assert self.client.request("POST", "/v1/chat/completions", body) == 200
+        subprocess.run(["callgrind_control", "--zero", str(self.proc.pid)], check=True, capture_output=True)
+        for _ in range(count):
+            self.client.request("POST", "/v1/chat/completions", body)
+        dumped = set(glob.glob(self._callgrind_out + "*"))
+        subprocess.run(["callgrind_control", "--dump", str(self.proc.pid)], check=True, capture_output=True)
+        total = 0
+        for path in set(glob.glob(self._callgrind_out + "*")) - dumped:
+            with open(path) as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith(("summary:", "totals:")))
+        return total / count / 1e3
+
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(10)
+        self.proc.wait(60)
+
+
+def _instructions(args: argparse.Namespace) -> None:
+    trees = [ROOT.parent] + [Path(t).resolve() for t in args.compare]
+    kinds = args.kinds.split(",")
+    print(f"thousands of user-space instructions per request (callgrind, {args.callgrind} requests of each kind)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for tree in trees:
+            server = _Server(tree, tmp, callgrind=True)
+            try:
+                counts = {kind: server.instructions(kind, args.callgrind) for kind in kinds}
+            finally:
+                server.stop()
+            print(f"  {tree}")
+            for kind, thousands in counts.items():
+                print(f"    {kind:<9} {thousands:9.1f}")
 
 
 def main() -> None:
@@ -170,10 +215,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=1500, help="streams per round of burst1/burst16")
     parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--callgrind", type=int, metavar="N",
+                        help="instead: thousands of instructions per request over N requests of each kind, "
+                             "under valgrind's callgrind (deterministic; needs valgrind)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         _serve(args.serve)
+        return
+    if args.callgrind:
+        _instructions(args)
         return
     trees = [ROOT.parent] + [Path(t).resolve() for t in args.compare]
     kinds = args.kinds.split(",")
