@@ -386,6 +386,11 @@ class UnaryUnaryCall(Generic[ResponseT]):
     def __await__(self) -> Any:
         return self._task.__await__()
 
+    def initial_metadata_pairs(self) -> tuple[tuple[str, str | bytes], ...]:
+        """The initial metadata the handler has sent so far, as (key, value) pairs, without waiting
+        (complete once the response is in; see InlineStreamCall.initial_metadata_pairs)."""
+        return self._context._initial
+
     def cancel(self) -> bool:
         self._context._cancelled = True
         return self._task.cancel()

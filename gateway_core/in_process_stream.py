@@ -18,8 +18,9 @@ What a server would give the handler is kept:
   nobody reads, a short task throws CancelledError into the handler where it
   stopped, so its cleanup (settling, draining) runs at once, as a cancelled
   handler task's would;
-- the deadline: one loop timer; it passing cancels the handler the same way,
-  and the call ends with DEADLINE_EXCEEDED;
+- the deadline: an entry on the services' DeadlineTimer (one loop timer for
+  every in-process call's deadline, not one per call); it passing cancels the
+  handler the same way, and the call ends with DEADLINE_EXCEEDED;
 - errors: the handler's exceptions become the AioRpcError a grpc.aio server
   would report (in_process._call_error);
 - shutdown: InProcessServices.stop() waits for these calls like for handler
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import types
 from collections.abc import AsyncGenerator, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -104,42 +106,66 @@ class InlineStreamCall(Generic[ResponseT]):
         self._cancelled = False
         self._expired = False
         self._ended: asyncio.Future[None] | None = None  # for InProcessServices.stop(), made when asked
-        self._timer: asyncio.TimerHandle | None = None
+        self._timed = False  # the deadline is on the services' DeadlineTimer (one timer for every call)
         if refused is not None or messages is None:
             self._finish(refused)
             return
         services._inline.add(self)
         if context._deadline is not None:
-            self._timer = asyncio.get_running_loop().call_at(context._deadline, self._expire)
+            self._timed = True
+            services.deadlines.add(self, context._deadline, self._expire)
 
     # --- reading ---
 
-    async def read(self) -> Any:
-        """The next message, grpc.aio.EOF after the last one; raises the call's error if it failed."""
+    @types.coroutine
+    def read(self) -> Generator[Any, Any, Any]:
+        """The next message, grpc.aio.EOF after the last one; raises the call's error if it failed.
+
+        A generator-based coroutine that runs the handler's steps itself (each
+        inside the handler's context, as _Steps does): one object per read, and
+        the reader's task is looked up only when a step really waits.
+        """
         if self._cancelled:
             raise asyncio.CancelledError()
         if self._finished:
             return self._end()
         if self._closing is not None:  # the deadline passed while nobody read: its cleanup first
-            await asyncio.shield(self._closing)
+            yield from asyncio.shield(self._closing)
             return self._end()
         assert self._messages is not None
-        step, yielded = self._step, self._yielded
-        if step is None:
-            step, yielded = self._messages.__anext__(), _START
-        else:
-            self._step = self._yielded = None
+        step = self._step
         self._started = True
-        task = asyncio.current_task()
-        assert task is not None
-        cancelling = task.cancelling()
-        self._reader = task
+        run = self._handler_context.run
+        task: asyncio.Task[Any] | None = None
+        cancelling = 0
         try:
-            message = await _Steps(step, self._handler_context, yielded)
+            if step is None:
+                step = self._messages.__anext__()
+                value = run(step.send, None)
+            else:  # a step read_nowait began, which had to wait: resumed here
+                value = self._yielded
+                self._step = self._yielded = None
+            # The step waits: from now on cancel() reaches the handler by cancelling this task.
+            task = asyncio.current_task()
+            assert task is not None
+            cancelling = task.cancelling()
+            self._reader = task
+            while True:
+                try:
+                    sent = yield value
+                except GeneratorExit:
+                    step.close()
+                    raise
+                except BaseException as error:  # noqa: BLE001 - thrown in by the task (a cancellation): passed on
+                    value = run(step.throw, error)
+                else:
+                    value = run(step.send, sent)
+        except StopIteration as produced:
+            message = produced.value
         except StopAsyncIteration:
             return self._finish(None)
         except asyncio.CancelledError:
-            if self._reader_cancelled and task.uncancel() <= cancelling:
+            if self._reader_cancelled and task is not None and task.uncancel() <= cancelling:
                 self._reader_cancelled = False
                 if self._expired and not self._cancelled:  # our deadline, and no cancel() besides
                     raise self._finish_error(_deadline_exceeded()) from None
@@ -149,13 +175,13 @@ class InlineStreamCall(Generic[ResponseT]):
             self._finish(_cancelled_error())
             raise
         except Exception as error:
-            if self._reader_cancelled:  # the handler turned our cancellation into an error of its own
+            if self._reader_cancelled and task is not None:  # the handler turned our cancellation into an error
                 self._reader_cancelled = False
                 task.uncancel()
             raise self._finish_error(self._error_of(error)) from None
         finally:
             self._reader = None
-        if self._reader_cancelled:  # the handler swallowed our cancellation and answered: it still ends here
+        if self._reader_cancelled and task is not None:  # the handler swallowed our cancellation and answered
             self._reader_cancelled = False
             task.uncancel()
             if self._expired and not self._cancelled:
@@ -220,11 +246,21 @@ class InlineStreamCall(Generic[ResponseT]):
     async def initial_metadata(self) -> grpc.aio.Metadata:
         return self._context.initial()
 
+    def initial_metadata_pairs(self) -> tuple[tuple[str, str | bytes], ...]:
+        """The initial metadata the handler has sent so far, as (key, value) pairs, without waiting.
+
+        Not part of grpc.aio's API: once the first message is read, the handler
+        has sent its initial metadata (it goes before any message), and a reader
+        that knows this (the facade) reads it here without a coroutine and a
+        grpc.aio.Metadata per call.
+        """
+        return self._context._initial
+
     async def trailing_metadata(self) -> grpc.aio.Metadata:
         return self._context.trailing()
 
     def _expire(self) -> None:
-        self._timer = None
+        self._timed = False
         if self._finished:
             return
         self._expired = True
@@ -294,9 +330,9 @@ class InlineStreamCall(Generic[ResponseT]):
         return grpc.aio.EOF
 
     def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._timed:
+            self._timed = False
+            self._services.deadlines.remove(self)
 
     def ended(self) -> asyncio.Future[None]:
         """A future done once the handler is over (for a server's graceful stop)."""

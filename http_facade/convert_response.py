@@ -92,16 +92,21 @@ class ChunkEncoder:
         # only serializes its choices. Same bytes as orjson.dumps of the whole dict.
         self._prefix = b"data: " + orjson.dumps(self._head)[:-1] + b',"choices":'
         self._choices_end = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+        # Most of a stream is chunks of choice 0 carrying only text: all their bytes but the text's.
+        self._text_head = self._prefix + b'[{"index":0,"delta":{"content":'
+        self._text_tail = b'},"logprobs":null,"finish_reason":null}]' + self._choices_end
 
     def encode(self, message: pb.StreamChatCompletionResponse) -> bytes:
         """The SSE events for one gRPC message as one byte string (b"" for none); see events()."""
         data = b""
         choices = message.choices
-        if choices:
-            body = _content_only_choices(choices[0]) if len(choices) == 1 else None
-            if body is None:
-                body = orjson.dumps([_choice_delta(c) for c in choices])
-            data = self._prefix + body + self._choices_end
+        count = len(choices)
+        if count:
+            text = _text_only(choices[0]) if count == 1 else None
+            if text is not None:
+                data = self._text_head + orjson.dumps(text) + self._text_tail
+            else:
+                data = self._prefix + orjson.dumps([_choice_delta(c) for c in choices]) + self._choices_end
         if self._include_usage and message.HasField("usage"):
             data += self._prefix + b'[],"usage":' + orjson.dumps(usage_json(message.usage)) + b"}\n\n"
         return data
@@ -152,19 +157,24 @@ def _content(message: pb.Message) -> str | None:
     return "".join(texts) if texts else None
 
 
-def _content_only_choices(choice: pb.ChoiceDelta) -> bytes | None:
-    """The choices JSON of a chunk whose one choice carries only text (most of a stream), or None.
+_CONTENT_FIELD = pb.Delta.DESCRIPTOR.fields_by_name["content"]
 
-    The same bytes as orjson.dumps([_choice_delta(choice)]) for such a choice,
-    without building the dicts; any other shape takes that general path.
+
+def _text_only(choice: pb.ChoiceDelta) -> str | None:
+    """The text of a choice 0 whose delta carries only text (most of a stream), or None.
+
+    ChunkEncoder writes such a choice as the same bytes orjson.dumps would make
+    of _choice_delta(choice), without building the dicts; any other shape
+    (another index, a role, a finish reason, tool calls...) takes that general path.
     """
-    if choice.finish_reason or choice.logprobs_json:
+    if choice.index or choice.finish_reason or choice.logprobs_json:
         return None
-    delta = choice.delta
-    if delta.role or delta.extra_json or delta.tool_calls or delta.HasField("refusal") or not delta.HasField("content"):
+    # The delta's set fields in one call: only `content` (set, even if empty) is text only.
+    fields = choice.delta.ListFields()
+    if len(fields) != 1:
         return None
-    return b'[{"index":%d,"delta":{"content":%b},"logprobs":null,"finish_reason":null}]' % (
-        choice.index, orjson.dumps(delta.content))
+    field, text = fields[0]
+    return text if field is _CONTENT_FIELD else None
 
 
 def _choice_delta(choice: pb.ChoiceDelta) -> dict[str, Any]:

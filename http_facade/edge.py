@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,7 +53,9 @@ class _Exchange:
                 return True
         return False
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        """Passes message on to the server's send, whose awaitable it returns (no coroutine of its
+        own: every streamed write passes here)."""
         if message["type"] == "http.response.start":
             self.started = True
             self.status = int(message["status"])
@@ -60,7 +63,7 @@ class _Exchange:
             message = {**message, "headers": headers}
         elif not message.get("more_body", False) and message["type"] == "http.response.body":
             self.ended = True
-        await self._send(message)
+        return self._send(message)
 
 
 class EdgeMiddleware:

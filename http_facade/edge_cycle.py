@@ -19,7 +19,7 @@ import asyncio
 import http
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
 
 
+# An http.response.start message's key (an extension of this server's) saying the app writes the
+# body's first part in the same event-loop step: the head waits for that write, no flush of its own.
+BODY_FOLLOWS = "tollgate.body_follows"
 STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _DISCONNECT = {"type": "http.disconnect"}
@@ -51,6 +54,18 @@ _INTERNAL_ERROR_BODY = {"type": "http.response.body", "body": b"Internal Server 
 
 logger = logging.getLogger("uvicorn.error")
 access_logger = logging.getLogger("uvicorn.access")
+
+
+class _Sent:
+    """An awaitable that is already done: what RequestCycle.send returns once it has written."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Iterator[None]:
+        return iter(())
+
+
+_SENT = _Sent()
 
 
 class RequestCycle:
@@ -190,11 +205,25 @@ class RequestCycle:
         self.body = b""
         return {"type": "http.request", "body": body, "more_body": self.more_body}
 
-    async def send(self, message: Any) -> None:
-        """Writes an ASGI response message; after a disconnect, drops it (as uvicorn does)."""
-        protocol = self._protocol
-        if protocol.write_paused and not self.disconnected:
-            await protocol.drain()
+    def send(self, message: Any) -> Awaitable[None]:
+        """Writes an ASGI response message; after a disconnect, drops it (as uvicorn does).
+
+        A plain function returning an awaitable: a write that need not wait for
+        a slow client (nearly all) is done before it returns, and what it
+        returns is a shared awaitable that is already done, so the app's
+        `await send(...)` costs no coroutine per write. Waiting for room
+        (backpressure) takes a coroutine, as before.
+        """
+        if self._protocol.write_paused and not self.disconnected:
+            return self._send_when_writable(message)
+        self._send_now(message)
+        return _SENT
+
+    async def _send_when_writable(self, message: Any) -> None:
+        await self._protocol.drain()
+        self._send_now(message)
+
+    def _send_now(self, message: Any) -> None:
         if self.disconnected:
             return
         if not self.response_started:
@@ -245,8 +274,9 @@ class RequestCycle:
         content.append(b"\r\n")
         # With a Content-Length the body must follow to complete the response, and the head
         # is worth nothing to the client without it: it waits for that write, whenever it comes
-        # (closing flushes it too). Other heads (a stream's) leave at the end of this step at the latest.
-        protocol.write_head(b"".join(content), flush_soon=self._chunked is not False)
+        # (closing flushes it too). Other heads (a stream's) leave at the end of this step at the latest,
+        # or with the body's first write if the app promised it in this step (BODY_FOLLOWS).
+        protocol.write_head(b"".join(content), flush_soon=self._chunked is not False and BODY_FOLLOWS not in message)
 
     def _write_body(self, body: bytes, more_body: bool) -> None:
         write = self._protocol.write

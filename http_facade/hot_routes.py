@@ -13,7 +13,7 @@ No policy lives here either: the core authenticates, limits, routes and meters.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import orjson
@@ -50,8 +50,9 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             return
         call = facade.chat.CreateChatCompletion(chat.request, metadata=metadata, timeout=facade.call_timeout_seconds)
         response = await unless_disconnected(call, receive, call.cancel)
-        initial = await call.initial_metadata()
-        limits = rate_limit_headers(initial) if initial is not None else {}
+        limits = _limit_headers_at_once(call)
+        if limits is None:
+            limits = await _limit_headers(call)
     except grpc.aio.AioRpcError as exc:
         await send_error(send, from_rpc_error(exc))
         return
@@ -86,12 +87,15 @@ async def _stream(facade: Facade, request: pb.StreamChatCompletionRequest | pb.C
             headers = [(k.encode(), v.encode()) for k, v in SSE_HEADERS.items()]
             await send_body(send, 200, DONE, headers, content_type=_DONE_CONTENT_TYPE)
             return
-        limits = rate_limit_headers(await call.initial_metadata() or ())
+        limits = _limit_headers_at_once(call)
+        if limits is None:
+            limits = await _limit_headers(call)
         await stream_chat(
             call,
             cast(pb.StreamChatCompletionResponse, first),
             include_usage=include_usage,
             heartbeat_seconds=facade.heartbeat_seconds,
+            heartbeats=facade.heartbeats,
             headers=limits,
             receive=receive,
             send=send,
@@ -99,6 +103,22 @@ async def _stream(facade: Facade, request: pb.StreamChatCompletionRequest | pb.C
         )
     finally:
         watch.stop()
+
+
+async def _limit_headers(call: Any) -> dict[str, str]:
+    """The x-ratelimit-* headers of a core call's initial metadata, once its answer (or first message) is in."""
+    initial = await call.initial_metadata()
+    return rate_limit_headers(initial) if initial is not None else {}
+
+
+def _limit_headers_at_once(call: Any) -> dict[str, str] | None:
+    """As _limit_headers, without waiting, for an in-process call (initial_metadata_pairs), else None.
+
+    The in-process call hands over its metadata pairs: no coroutine and no
+    grpc.aio.Metadata per request.
+    """
+    pairs_now = getattr(call, "initial_metadata_pairs", None)
+    return rate_limit_headers(pairs_now()) if pairs_now is not None else None
 
 
 async def list_models(scope: Scope, receive: Receive, send: Send) -> None:

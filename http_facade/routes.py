@@ -11,7 +11,7 @@ and translates JSON <-> protobuf both ways.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.responses import Response
 from starlette.types import Scope
 
+from gateway_core.deadline_timer import DeadlineTimer
 from gateway_core.pb.gateway.v1 import chat_pb2 as pb
 from gateway_core.pb.gateway.v1 import chat_pb2_grpc, metering_pb2_grpc
 from http_facade.asgi_io import wanted_headers
@@ -51,6 +52,8 @@ class Facade:
     max_body_bytes: int
     heartbeat_seconds: float
     limits: EdgeLimits = EdgeLimits()
+    # One timer for every stream's heartbeat (event_stream._Heartbeat), not one per stream.
+    heartbeats: DeadlineTimer = field(default_factory=DeadlineTimer)
 
 
 @router.get("/v1/models/{model_id:path}")

@@ -41,6 +41,8 @@ class ScriptedChat(chat_pb2_grpc.ChatServiceServicer):
             await abort(context, GatewayError(Reason.INSUFFICIENT_BALANCE, "no money", retry_after_seconds=3))
         if request.model == "crash":
             raise RuntimeError("boom")
+        if request.model == "limits":
+            await context.send_initial_metadata((("x-ratelimit-limit-requests", "5"),))
         if request.model == "hang":
             try:
                 await asyncio.sleep(30)
@@ -98,6 +100,18 @@ async def test_unary_answer_metadata_and_deadline_reach_the_handler(transport: s
     assert servicer.seen_metadata["authorization"] == "Bearer sk-tg-x"
     assert servicer.seen_metadata["x-request-id"] == "req_1"
     assert servicer.seen_time_remaining is not None and 4 < servicer.seen_time_remaining <= 5
+
+
+async def test_unary_initial_metadata_pairs_are_what_both_transports_report() -> None:
+    seen = {}
+    for transport in TRANSPORTS:
+        async with chat_stub(transport) as (stub, _):
+            call = stub.CreateChatCompletion(chat_pb2.CreateChatCompletionRequest(model="limits"), timeout=5)
+            await call
+            seen[transport] = {k: v for k, v in await call.initial_metadata() if k.startswith("x-ratelimit")}
+            if transport == "in_process":  # at once, as pairs, once the answer is in (not grpc.aio's API)
+                assert call.initial_metadata_pairs() == (("x-ratelimit-limit-requests", "5"),)
+    assert seen["in_process"] == seen["grpc"] == {"x-ratelimit-limit-requests": "5"}
 
 
 async def _unary_failure(transport: str, model: str, timeout: float | None = None) -> tuple[Any, ...]:

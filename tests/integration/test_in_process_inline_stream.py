@@ -91,6 +91,7 @@ async def test_the_handler_runs_in_the_readers_task_with_contextvars_of_its_own(
         assert seen_by.get() == "reader"  # nor the handler's out
         assert servicer.cleanup == ["done"]
         assert dict(await call.initial_metadata()) == {"x-first": "before the first message"}
+        assert call.initial_metadata_pairs() == (("x-first", "before the first message"),)  # the same, at once
         assert call.done()
 
 
@@ -183,6 +184,31 @@ async def test_a_deadline_passing_during_a_read_is_deadline_exceeded_and_the_rea
         assert servicer.cleanup == ["cancelled"]
         task = asyncio.current_task()
         assert task is not None and task.cancelling() == 0
+
+
+@pytest.mark.parametrize("ending", ["read to the end", "cancelled"])
+async def test_a_calls_deadline_is_an_entry_on_the_services_one_timer_until_the_call_ends(ending: str) -> None:
+    async with stepped() as (stub, servicer, services):
+        before = asyncio.get_running_loop().time()
+        calls = [stub.StreamChatCompletion(chat_pb2.StreamChatCompletionRequest(model="gated"), timeout=60)
+                 for _ in range(3)]
+        assert len(services.deadlines) == 3  # one timer for all of them, no timer handle per call
+        assert services.deadlines._armed_at >= before + 60  # armed for the earliest deadline
+        call = calls[0]
+        assert (await call.read()).id == "chunk-0"
+        if ending == "read to the end":
+            servicer.gate.set()
+            assert [message.id async for message in call] == ["chunk-1", "chunk-2"]
+        else:
+            call.cancel()
+        assert len(services.deadlines) == 2  # this call's entry is gone, the others' stay
+        for other in calls[1:]:
+            other.cancel()
+        assert len(services.deadlines) == 0
+    async with stepped() as (stub, _, services):  # a call without a timeout adds nothing
+        call = stub.StreamChatCompletion(chat_pb2.StreamChatCompletionRequest(model="ok"))
+        assert isinstance(call, InlineStreamCall) and len(services.deadlines) == 0
+        assert [message.id async for message in call] == ["chunk-0", "chunk-1", "chunk-2"]
 
 
 async def test_stop_waits_for_an_inline_stream_within_its_grace_then_cancels_it() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from uvicorn.server import ServerState
 
 from http_facade.disconnect import DisconnectWatch
+from http_facade.edge_cycle import BODY_FOLLOWS
 from http_facade.edge_limits import EdgeLimits
 from http_facade.edge_protocol import EdgeHttpProtocol
 from http_facade.serving import uvicorn_config
@@ -102,6 +103,91 @@ async def test_a_large_body_leaves_with_its_head_in_one_send() -> None:
     assert raw.writes == [b"HTTP/1.1 200 OK\r\n\r\n" + body]
     await asyncio.sleep(0)
     assert len(raw.writes) == 1, "the queued flush finds nothing left to send"
+    protocol.connection_lost(None)
+
+
+async def _stream_app(scope: Any, receive: Any, send: Any, *, promise: bool) -> None:
+    """Starts a chunked response, optionally promising its first write in the same step (BODY_FOLLOWS)."""
+    if scope["type"] != "http":
+        return
+    await receive()
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+    if promise:
+        start[BODY_FOLLOWS] = True
+    await send(start)
+    await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+    await asyncio.sleep(3600)  # a stream waiting for its next chunk
+
+
+async def test_a_stream_head_promised_a_first_write_leaves_with_it_and_queues_no_flush() -> None:
+    flushes: list[object] = []
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await _stream_app(scope, receive, send, promise=True)
+
+    protocol, raw = _connected(app)
+    original = protocol.write_head
+    protocol.write_head = lambda head, *, flush_soon=True: (flushes.append(flush_soon),  # type: ignore[method-assign]
+                                                             original(head, flush_soon=flush_soon))[1]
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert flushes == [False], "no flush callback for a head whose body follows in the same step"
+    assert len(raw.writes) == 1
+    head, _, body = raw.writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in head
+    assert body == b"9\r\ndata: 1\n\n\r\n"
+    assert BODY_FOLLOWS.encode() not in raw.writes[0]  # the promise is no header
+    protocol.connection_lost(None)
+    for task in asyncio.all_tasks() - {asyncio.current_task()}:
+        task.cancel()
+
+
+async def test_a_stream_head_without_the_promise_still_gets_its_flush() -> None:
+    flushes: list[object] = []
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await _stream_app(scope, receive, send, promise=False)
+
+    protocol, raw = _connected(app)
+    original = protocol.write_head
+    protocol.write_head = lambda head, *, flush_soon=True: (flushes.append(flush_soon),  # type: ignore[method-assign]
+                                                             original(head, flush_soon=flush_soon))[1]
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert flushes == [True]
+    assert len(raw.writes) == 1  # the head still rode with the first write, which came first
+    protocol.connection_lost(None)
+    for task in asyncio.all_tasks() - {asyncio.current_task()}:
+        task.cancel()
+
+
+async def test_send_writes_before_it_returns_and_waits_only_for_room() -> None:
+    sent: list[Any] = []
+    release = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        first = send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+        sent.append(first)
+        await first
+        protocol.pause_writing()  # the client reads slowly: the next send waits for room
+        waiting = asyncio.ensure_future(send({"type": "http.response.body", "body": b"done"}))
+        await asyncio.sleep(0)
+        sent.append(waiting.done())
+        await release.wait()
+        await waiting
+
+    protocol, raw = _connected(app)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not asyncio.iscoroutine(sent[0]), "a write that need not wait costs no coroutine"
+    assert sent[1] is False and raw.writes == [], "a paused transport holds the body (and its head) back"
+    protocol.resume_writing()
+    release.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(raw.writes) == 1 and raw.writes[0].endswith(b"\r\n\r\ndone")
     protocol.connection_lost(None)
 
 

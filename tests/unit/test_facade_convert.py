@@ -694,15 +694,27 @@ def test_chunk_encoder_encode_is_the_events_joined() -> None:
         usage=types_pb2.Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3),
     )
     only_usage = pb.StreamChatCompletionResponse(usage=types_pb2.Usage(prompt_tokens=1, total_tokens=1))
+    text = pb.StreamChatCompletionResponse(choices=[pb.ChoiceDelta(index=0, delta=pb.Delta(content="t"))])
     for include_usage in (False, True):
         encoder = ChunkEncoder(first, include_usage=include_usage)
-        for message in (first, tool, last, only_usage, pb.StreamChatCompletionResponse()):
+        for message in (first, tool, text, last, only_usage, pb.StreamChatCompletionResponse()):
             assert encoder.encode(message) == b"".join(encoder.events(message))
 
 
 @pytest.mark.parametrize("choice", [
     pb.ChoiceDelta(index=0, delta=pb.Delta(content="plain")),
     pb.ChoiceDelta(index=3, delta=pb.Delta(content='quotes " and \\ and \n and \u00e9 and \U0001f600')),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(content='quotes " and \\ and \n and \u00e9 and \U0001f600')),
+    pb.ChoiceDelta(index=1, delta=pb.Delta(content="second choice")),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(content="x", role=types_pb2.ROLE_UNSPECIFIED)),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(refusal="no")),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(role=types_pb2.ROLE_ASSISTANT)),
+    pb.ChoiceDelta(index=2, delta=pb.Delta(role=types_pb2.ROLE_TOOL, content="t"),
+                   finish_reason=types_pb2.FINISH_REASON_LENGTH),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(role=99, content="unknown role")),  # type: ignore[arg-type]
+    pb.ChoiceDelta(index=0, delta=pb.Delta(), finish_reason=99),  # type: ignore[arg-type]
+    pb.ChoiceDelta(index=0, delta=pb.Delta(), finish_reason=types_pb2.FINISH_REASON_TOOL_CALLS),
+    pb.ChoiceDelta(index=0, delta=pb.Delta(role=types_pb2.ROLE_ASSISTANT, content=""), logprobs_json='{"c":[]}'),
     pb.ChoiceDelta(index=0, delta=pb.Delta(content="")),
     pb.ChoiceDelta(index=0, delta=pb.Delta()),
     pb.ChoiceDelta(index=0, delta=pb.Delta(role=types_pb2.ROLE_ASSISTANT, content="first")),
