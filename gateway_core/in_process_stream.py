@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import types
 from collections.abc import AsyncGenerator, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -117,55 +116,32 @@ class InlineStreamCall(Generic[ResponseT]):
 
     # --- reading ---
 
-    @types.coroutine
-    def read(self) -> Generator[Any, Any, Any]:
-        """The next message, grpc.aio.EOF after the last one; raises the call's error if it failed.
-
-        A generator-based coroutine that runs the handler's steps itself (each
-        inside the handler's context, as _Steps does): one object per read, and
-        the reader's task is looked up only when a step really waits.
-        """
+    async def read(self) -> Any:
+        """The next message, grpc.aio.EOF after the last one; raises the call's error if it failed."""
         if self._cancelled:
             raise asyncio.CancelledError()
         if self._finished:
             return self._end()
         if self._closing is not None:  # the deadline passed while nobody read: its cleanup first
-            yield from asyncio.shield(self._closing)
+            await asyncio.shield(self._closing)
             return self._end()
         assert self._messages is not None
-        step = self._step
+        step, yielded = self._step, self._yielded
+        if step is None:
+            step, yielded = self._messages.__anext__(), _START
+        else:
+            self._step = self._yielded = None
         self._started = True
-        run = self._handler_context.run
-        task: asyncio.Task[Any] | None = None
-        cancelling = 0
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        self._reader = task
         try:
-            if step is None:
-                step = self._messages.__anext__()
-                value = run(step.send, None)
-            else:  # a step read_nowait began, which had to wait: resumed here
-                value = self._yielded
-                self._step = self._yielded = None
-            # The step waits: from now on cancel() reaches the handler by cancelling this task.
-            task = asyncio.current_task()
-            assert task is not None
-            cancelling = task.cancelling()
-            self._reader = task
-            while True:
-                try:
-                    sent = yield value
-                except GeneratorExit:
-                    step.close()
-                    raise
-                except BaseException as error:  # noqa: BLE001 - thrown in by the task (a cancellation): passed on
-                    value = run(step.throw, error)
-                else:
-                    value = run(step.send, sent)
-        except StopIteration as produced:
-            message = produced.value
+            message = await _Steps(step, self._handler_context, yielded)
         except StopAsyncIteration:
             return self._finish(None)
         except asyncio.CancelledError:
-            if self._reader_cancelled and task is not None and task.uncancel() <= cancelling:
+            if self._reader_cancelled and task.uncancel() <= cancelling:
                 self._reader_cancelled = False
                 if self._expired and not self._cancelled:  # our deadline, and no cancel() besides
                     raise self._finish_error(_deadline_exceeded()) from None
@@ -175,13 +151,13 @@ class InlineStreamCall(Generic[ResponseT]):
             self._finish(_cancelled_error())
             raise
         except Exception as error:
-            if self._reader_cancelled and task is not None:  # the handler turned our cancellation into an error
+            if self._reader_cancelled:  # the handler turned our cancellation into an error of its own
                 self._reader_cancelled = False
                 task.uncancel()
             raise self._finish_error(self._error_of(error)) from None
         finally:
             self._reader = None
-        if self._reader_cancelled and task is not None:  # the handler swallowed our cancellation and answered
+        if self._reader_cancelled:  # the handler swallowed our cancellation and answered: it still ends here
             self._reader_cancelled = False
             task.uncancel()
             if self._expired and not self._cancelled:
