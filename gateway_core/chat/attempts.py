@@ -24,9 +24,9 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
-from gateway_core.chat.idle_watch import IdleTimeout, IdleWatch
+from gateway_core.chat.idle_watch import IdleWatch
 from gateway_core.chat.meter import Admission, RequestMeter
 from gateway_core.chat.retry_budget import RetryBudget
 from gateway_core.chat.route_health import RouteHealth
@@ -159,23 +159,28 @@ class RouteAttempts:
         """The stream of the first route whose stream starts, its first chunks read; after them there is
         no fallback. The caller reads it on, then close()s it with how it ended (the attempt's verdict)."""
 
-        async def attempt(admission: Admission, limits: ProviderSettings) -> tuple[ChunkBatches, list[Chunk] | None]:
+        async def attempt(admission: Admission, limits: ProviderSettings) -> _Opened:
             chunks = batches_of(admission.provider.stream(admission.call))
+            # One timer for the whole stream (see idle_watch): the first chunk's limit, then the idle one.
+            watch = IdleWatch(limits.first_token_timeout_seconds)
+            watch.waiting()
             try:
-                async with asyncio.timeout(limits.first_token_timeout_seconds):
-                    first = await chunks.next_batch()
-            except TimeoutError:
+                first = await chunks.next_batch()
+            except BaseException as error:
+                watch.__exit__(None, None, None)
+                timed_out = isinstance(error, asyncio.CancelledError) and watch.timed_out()
                 await _close(chunks)
-                raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
-                                    upstream_body="no first chunk within first_token_timeout_seconds") from None
-            except BaseException:
-                await _close(chunks)
+                if timed_out:
+                    raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
+                                        upstream_body="no first chunk within first_token_timeout_seconds") from None
                 raise
-            return chunks, first
+            finally:
+                watch.waited()
+            watch.set_limit(limits.idle_timeout_seconds)
+            return _Opened(chunks, first, watch)
 
         started = await self._run(meter, attempt)
-        chunks, first = started.result
-        return StartedStream(self, meter, started, chunks, first)
+        return StartedStream(self, meter, started)
 
     async def _run(
         self, meter: RequestMeter, attempt: Callable[[Admission, ProviderSettings], Awaitable[T]]
@@ -281,6 +286,14 @@ class RouteAttempts:
         )
 
 
+class _Opened(NamedTuple):
+    """A stream attempt that got its first chunks: the stream, those chunks, its silence watch."""
+
+    chunks: ChunkBatches
+    first: list[Chunk] | None
+    watch: IdleWatch
+
+
 class StartedStream:
     """A route's stream once its first chunks are in: the rest, batch by batch, under the idle limit.
 
@@ -291,25 +304,29 @@ class StartedStream:
 
     __slots__ = ("first", "_attempts", "_meter", "_started", "_chunks", "_watch", "_closed")
 
-    def __init__(self, attempts: RouteAttempts, meter: RequestMeter,
-                 started: _Started[tuple[ChunkBatches, list[Chunk] | None]], chunks: ChunkBatches,
-                 first: list[Chunk] | None) -> None:
-        self.first = first  # the first batch (None: the stream ended before any chunk)
+    def __init__(self, attempts: RouteAttempts, meter: RequestMeter, started: _Started[_Opened]) -> None:
+        opened = started.result
+        self.first = opened.first  # the first batch (None: the stream ended before any chunk)
         self._attempts = attempts
         self._meter = meter
         self._started = started
-        self._chunks = chunks
-        # One timer for the stream's silences, not one asyncio.timeout per read (see idle_watch).
-        self._watch = IdleWatch(attempts._limits(started.route).idle_timeout_seconds)
+        self._chunks = opened.chunks
+        self._watch = opened.watch
         self._closed = False
 
     async def next_batch(self) -> list[Chunk] | None:
         """The next chunks that arrived together; None at the end; a ProviderError if the upstream fails."""
+        watch = self._watch
+        watch.waiting()
         try:
-            return await self._watch.read(self._chunks.next_batch())
-        except IdleTimeout:
-            raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
-                                upstream_body="silent past idle_timeout_seconds") from None
+            return await self._chunks.next_batch()
+        except asyncio.CancelledError:
+            if watch.timed_out():
+                raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
+                                    upstream_body="silent past idle_timeout_seconds") from None
+            raise
+        finally:
+            watch.waited()
 
     async def close(self, error: BaseException | None) -> None:
         """Ends the attempt (once): None if the stream was read to its end, else what ended it."""

@@ -189,12 +189,11 @@ class StreamRun:
             stream = await pipeline._attempts.open_stream(meter)
             # The route that answered, named on every chunk (an admission's provider no longer changes).
             provider = meter.admission.provider.name
-            observe = meter.observe
+            observe = meter.observe_batch
             try:
                 batch = stream.first
                 while batch is not None:  # the chunks of one upstream read, handed on together
-                    for chunk in batch:
-                        observe(chunk)
+                    observe(batch)
                     if not self._abandoned:  # upstream usage is replaced by the billed usage: choices only
                         batch = [chunk for chunk in batch if chunk.choices]
                         for chunk in batch:
