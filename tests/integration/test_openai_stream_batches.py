@@ -1,0 +1,182 @@
+"""OpenAIStream hands on the chunks of one network read together, and loses nothing doing so.
+
+A raw upstream on 127.0.0.1 writes an OpenAI event stream (HTTP/1.1, chunked,
+exactly as api.openai.com frames it) in the writes each test chooses: all of
+it at once (a burst, as a fast model's tokens arrive), or in parts with pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway_core.config import ProviderSettings
+from gateway_core.errors import Reason
+from gateway_core.pb.gateway.v1 import chat_pb2
+from gateway_core.providers.base import ProviderError
+from gateway_core.providers.http import make_http_client
+from gateway_core.providers.http_client import UpstreamClient
+from gateway_core.providers.openai.client import OpenAIProvider
+from tests.providers_support import call_for, user_request
+
+_PREFIX = b'{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"gpt-x",'
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+FIRST = _PREFIX + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}'
+FINISH = _PREFIX + b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'
+USAGE = _PREFIX + b'"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}'
+ERROR = b'{"error":{"message":"overloaded","type":"server_error","code":null}}'
+END = b"0\r\n\r\n"
+
+
+def token(text: str) -> bytes:
+    return _PREFIX + b'"choices":[{"index":0,"delta":{"content":"' + text.encode() + b'"},"finish_reason":null}]}'
+
+
+def event(data: bytes) -> bytes:
+    """One SSE event as one HTTP chunk."""
+    body = b"data: " + data + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(body), body)
+
+
+class RawUpstream:
+    """Answers every request on a connection with the next script: a list of (pause seconds, bytes) writes."""
+
+    def __init__(self, *scripts: list[tuple[float, bytes]]) -> None:
+        self._scripts = list(scripts)
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> RawUpstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/v1"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while self._scripts:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                for pause, data in self._scripts.pop(0):
+                    await asyncio.sleep(pause)
+                    writer.write(data)
+                    await writer.drain()
+            await reader.read()  # until the client closes
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture()
+async def http() -> AsyncIterator[UpstreamClient]:
+    async with make_http_client() as client:
+        yield client
+
+
+def provider_for(upstream: RawUpstream, http: UpstreamClient) -> OpenAIProvider:
+    return OpenAIProvider(ProviderSettings(name="up", type="openai", base_url=upstream.base_url, api_key="sk-up"), http)
+
+
+def texts(chunks: list[chat_pb2.StreamChatCompletionResponse]) -> list[str]:
+    return [choice.delta.content for chunk in chunks for choice in chunk.choices]
+
+
+async def test_a_burst_comes_as_one_batch_in_order_and_the_connection_goes_back_to_the_pool(
+    http: UpstreamClient,
+) -> None:
+    burst = HEAD + b"".join(event(e) for e in (FIRST, token("a"), token("b"), token("c"), FINISH, USAGE, b"[DONE]"))
+    async with RawUpstream([(0, burst + END)], [(0, burst + END)]) as upstream:
+        provider = provider_for(upstream, http)
+        stream = provider.stream(call_for(user_request(stream=True)))
+        batch = await stream.next_batch()
+        assert batch is not None and texts(batch) == ["", "a", "b", "c", ""]
+        assert batch[-1].HasField("usage") and batch[-1].usage.completion_tokens == 3 and not batch[-1].choices
+        assert await stream.next_batch() is None
+        assert http.idle_count == 1, "read to its end: the connection is reusable"
+        # The same stream read chunk by chunk gives the same chunks.
+        one_by_one = [chunk async for chunk in provider.stream(call_for(user_request(stream=True)))]
+        assert [c.SerializeToString() for c in one_by_one] == [c.SerializeToString() for c in batch]
+        assert upstream.connections == 1
+
+
+async def test_reads_apart_are_batches_apart(http: UpstreamClient) -> None:
+    script = [(0, HEAD + event(FIRST) + event(token("a"))), (0.05, event(token("b")) + event(token("c"))),
+              (0.05, event(FINISH) + event(USAGE) + event(b"[DONE]") + END)]
+    async with RawUpstream(script) as upstream:
+        stream = provider_for(upstream, http).stream(call_for(user_request(stream=True)))
+        batches = []
+        while (batch := await stream.next_batch()) is not None:
+            batches.append(texts(batch))
+        assert batches == [["", "a"], ["b", "c"], [""]]
+
+
+async def test_an_error_in_the_same_read_as_good_chunks_is_raised_after_them(http: UpstreamClient) -> None:
+    burst = HEAD + event(FIRST) + event(token("a")) + event(ERROR) + event(b"[DONE]") + END
+    async with RawUpstream([(0, burst)]) as upstream:
+        stream = provider_for(upstream, http).stream(call_for(user_request(stream=True)))
+        batch = await stream.next_batch()
+        assert batch is not None and texts(batch) == ["", "a"], "the chunks before the error are not lost to it"
+        with pytest.raises(ProviderError) as caught:
+            await stream.next_batch()
+        assert caught.value.reason == Reason.UPSTREAM_UNAVAILABLE
+        assert await stream.next_batch() is None
+
+
+async def test_an_error_before_any_chunk_of_a_read_is_raised_at_once(http: UpstreamClient) -> None:
+    script = [(0, HEAD + event(FIRST)), (0.05, event(b"not json") + event(token("late")))]
+    async with RawUpstream(script) as upstream:
+        stream = provider_for(upstream, http).stream(call_for(user_request(stream=True)))
+        assert texts(await stream.next_batch() or []) == [""]
+        with pytest.raises(ProviderError) as caught:
+            await stream.next_batch()
+        assert caught.value.reason == Reason.UPSTREAM_ERROR
+        assert await stream.next_batch() is None
+
+
+async def test_chunks_received_after_the_deadline_are_not_handed_out(http: UpstreamClient) -> None:
+    script = [(0, HEAD + event(FIRST)), (0.1, event(token("late")) + event(FINISH) + event(b"[DONE]") + END)]
+    async with RawUpstream(script) as upstream:
+        stream = provider_for(upstream, http).stream(call_for(user_request(stream=True), timeout=0.3))
+        started = time.monotonic()
+        assert texts(await stream.next_batch() or []) == [""]
+        await asyncio.sleep(0.4)  # the consumer holds on: the rest arrives meanwhile, then the deadline passes
+        with pytest.raises(ProviderError) as caught:
+            await stream.next_batch()
+        assert caught.value.reason == Reason.UPSTREAM_TIMEOUT and time.monotonic() - started < 2
+        assert http.idle_count == 0, "a stream cut short is never handed back half read"
+
+
+async def test_a_body_that_ends_without_done_or_finish_is_an_upstream_error(http: UpstreamClient) -> None:
+    async with RawUpstream([(0, HEAD + event(FIRST) + event(token("a")) + END)]) as upstream:
+        stream = provider_for(upstream, http).stream(call_for(user_request(stream=True)))
+        batch = await stream.next_batch()
+        assert batch is not None and texts(batch) == ["", "a"]
+        with pytest.raises(ProviderError) as caught:
+            await stream.next_batch()
+        assert caught.value.message == "upstream stream ended early"
+
+
+async def test_closing_between_batches_closes_the_upstream_connection(http: UpstreamClient) -> None:
+    script = [(0, HEAD + event(FIRST)), (5, event(FINISH) + event(b"[DONE]") + END)]
+    async with RawUpstream(script) as upstream:
+        stream = provider_for(upstream, http).stream(call_for(user_request(stream=True)))
+        assert await stream.next_batch() is not None
+        await stream.aclose()
+        assert await stream.next_batch() is None
+        await asyncio.sleep(0.05)  # the transport's close lands
+        assert http.connection_count == 0, "closed, not pooled"
