@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
-
 import orjson
 
 from gateway_core.errors import Reason
@@ -123,7 +121,13 @@ class OpenAIStream(BatchedChunks):
             data = event.data
             if data[:1] != "{" and data.strip() == "[DONE]":  # a JSON chunk is never the end marker
                 return True
-            out += feed(_event_json(event))
+            try:
+                parsed = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise malformed("stream event data is not JSON") from None
+            if event.event == "error":
+                raise translate.error_in_body(parsed.get("error", parsed) if isinstance(parsed, dict) else parsed)
+            out += feed(parsed)
         return False
 
     async def _drain(self, response: UpstreamResponse) -> None:
@@ -158,13 +162,3 @@ async def _refuse_json_instead_of_stream(response: UpstreamResponse, deadline: D
     if isinstance(parsed, dict) and parsed.get("error"):
         raise translate.error_in_body(parsed["error"])
     raise malformed("a JSON body instead of an event stream")
-
-
-def _event_json(event: SseEvent) -> Any:
-    try:
-        data = orjson.loads(event.data)
-    except orjson.JSONDecodeError:
-        raise malformed("stream event data is not JSON") from None
-    if event.event == "error":
-        raise translate.error_in_body(data.get("error", data) if isinstance(data, dict) else data)
-    return data
