@@ -168,7 +168,8 @@ class RouteAttempts:
                 first = await chunks.next_batch()
             except BaseException as error:
                 watch.__exit__(None, None, None)
-                timed_out = isinstance(error, asyncio.CancelledError) and watch.timed_out()
+                # As asyncio.timeout: a cut of the watch's own is taken back whatever it turned into.
+                timed_out = watch.timed_out() and isinstance(error, asyncio.CancelledError)
                 await _close(chunks)
                 if timed_out:
                     raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
