@@ -180,3 +180,20 @@ async def test_closing_between_batches_closes_the_upstream_connection(http: Upst
         assert await stream.next_batch() is None
         await asyncio.sleep(0.05)  # the transport's close lands
         assert http.connection_count == 0, "closed, not pooled"
+
+
+@pytest.mark.parametrize(("body", "reason", "message"), [
+    (b'{"error":{"message":"model overloaded","type":"server_error","code":"overloaded"}}',
+     Reason.UPSTREAM_UNAVAILABLE, None),
+    (b'{"id":"chatcmpl-1","choices":[]}', Reason.UPSTREAM_ERROR, "upstream sent a malformed response"),
+])
+async def test_a_json_answer_to_a_stream_request_is_refused(http: UpstreamClient, body: bytes, reason: Reason,
+                                                            message: str | None) -> None:
+    """Some vendors answer a stream request with a plain JSON error and status 200."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\ncontent-length: %d\r\n\r\n" % len(body)
+    async with RawUpstream([(0, head + body)]) as upstream:
+        stream = provider_for(upstream, http).stream(call_for(user_request(stream=True)))
+        with pytest.raises(ProviderError) as caught:
+            await stream.next_batch()
+        assert caught.value.reason == reason and (message is None or caught.value.message == message)
+        assert await stream.next_batch() is None

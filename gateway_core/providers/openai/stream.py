@@ -107,7 +107,7 @@ class OpenAIStream(BatchedChunks):
             self._ended = True
             raise
         try:
-            if response.headers.get("content-type", "").startswith("application/json"):
+            if response.content_type.startswith(b"application/json"):
                 await _refuse_json_instead_of_stream(response, self._deadline)
         except BaseException:
             self._close()
