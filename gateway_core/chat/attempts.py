@@ -315,6 +315,11 @@ class StartedStream:
         self._watch = opened.watch
         self._closed = False
 
+    @property
+    def ended(self) -> bool:
+        """The upstream stream has ended cleanly: next_batch() returns None at once (False if unknown)."""
+        return getattr(self._chunks, "ended", False)  # type: ignore[no-any-return]
+
     async def next_batch(self) -> list[Chunk] | None:
         """The next chunks that arrived together; None at the end; a ProviderError if the upstream fails."""
         watch = self._watch

@@ -185,6 +185,7 @@ class StreamRun:
         meter = RequestMeter(admission)
         queue = self._queue
         self._phase = self._UPSTREAM
+        held: list[Chunk] | None = None  # the last batch, when it leaves with the final chunk
         try:
             stream = await pipeline._attempts.open_stream(meter)
             # The route that answered, named on every chunk (an admission's provider no longer changes).
@@ -198,7 +199,12 @@ class StreamRun:
                         batch = [chunk for chunk in batch if chunk.choices]
                         for chunk in batch:
                             chunk.provider = provider
-                        if batch:
+                        if batch and stream.ended:
+                            # Nothing more will come (a short answer arrives whole): the last chunks wait
+                            # for the settlement and leave with the billed usage, one hand-off and one
+                            # write to the client instead of two.
+                            held = batch
+                        elif batch:
                             try:
                                 queue.put_nowait(batch)  # the usual case: room in the queue, no coroutine
                             except asyncio.QueueFull:
@@ -217,6 +223,8 @@ class StreamRun:
                 raise
             status = UsageStatus.CANCELLED if isinstance(error, asyncio.CancelledError) else UsageStatus.UPSTREAM_ERROR
             await pipeline._settle_with_retries(hold, meter.outcome(status))
+            if held and not self._abandoned:
+                await queue.put(held)
             if not self._abandoned:
                 await queue.put(_Failed(error))  # after the chunks before it
             if not isinstance(error, Exception):
@@ -229,7 +237,9 @@ class StreamRun:
         outcome = meter.outcome(UsageStatus.OK)
         settlement = await pipeline._settle_with_retries(hold, outcome)
         self._phase = self._DONE
-        if not self._abandoned:
+        if held and not self._abandoned:
+            await queue.put(held)
+        if not self._abandoned:  # (it may have left while waiting for room)
             await queue.put(_final_chunk(meter, billed_usage(outcome, settlement.charged_micros)))
         if not self._abandoned:  # (it may have left while waiting for room)
             await queue.put(_END)

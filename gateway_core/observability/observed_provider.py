@@ -133,6 +133,11 @@ class TimedStream(BatchedChunks):
         self._waited = 0.0
         self._counted = False
 
+    @property
+    def ended(self) -> bool:
+        """The inner stream's `ended`, where it has one (chunk_batches.ChunkBatches)."""
+        return getattr(self._inner, "ended", False)  # type: ignore[no-any-return]
+
     async def next_batch(self) -> list[chat_pb2.StreamChatCompletionResponse] | None:
         started = time.monotonic()
         try:

@@ -10,7 +10,9 @@ per-read work (timing, idle watch, queueing) once per batch.
 
 Providers keep the Provider contract (`stream()` is an async iterator of
 chunks); offering `next_batch` is optional. `batches_of` gives any stream the
-batch interface: a native one as it is, any other one chunk per batch.
+batch interface: a native one as it is, any other one chunk per batch. A stream may also say, with a true `ended`, that it has
+ended cleanly and its next read returns None at once (the StreamRun then lets
+the last chunks leave with the billed usage).
 """
 
 from __future__ import annotations

@@ -54,6 +54,11 @@ class OpenAIStream(BatchedChunks):
         self._failure: ProviderError | None = None
         self._ended = False
 
+    @property
+    def ended(self) -> bool:
+        """The stream has ended without a failure still to raise: next_batch() returns None at once."""
+        return self._ended and self._failure is None
+
     async def next_batch(self) -> list[Chunk] | None:
         if self._ended:
             failure, self._failure = self._failure, None
