@@ -60,9 +60,11 @@ class StreamRun:
             run.close()                                 # the reader is done (or gone)
 
     The queue carries the upstream's chunks that have choices (their usage is
-    replaced by the billed usage), a list per upstream read, then one final chunk with the billed usage
-    once the settlement is written, then the end; or, instead of the end, the
-    failure (a refused hold's before any chunk). `admission` is set before the
+    replaced by the billed usage), a list per upstream read, then one final
+    chunk with the billed usage once the settlement is written, then the end;
+    or, instead of the end, the failure (a refused hold's before any chunk).
+    The list of a read that ended the upstream stream is queued only after the
+    settlement, with the final chunk: the reader takes them in one wake-up. `admission` is set before the
     first item is queued. The reader waits for nothing but items: no wake-up
     when the hold is written, the upstream request starts in the same step.
     """
