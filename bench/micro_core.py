@@ -79,7 +79,12 @@ class TranslatingProvider:
         orjson.dumps(translate.prepare_request(call, stream=False, dialect=self._dialect).body)
         return translate.from_response(orjson.loads(COMPLETION), call, provider=self.name)
 
-    async def stream(self, call: UpstreamCall) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
+    def stream(self, call: UpstreamCall) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
+        if _BatchedChunks is not None:  # a tree whose streams hand on a network read's chunks together
+            return _CannedBurst(self, call)
+        return self._chunks(call)
+
+    async def _chunks(self, call: UpstreamCall) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
         orjson.dumps(translate.prepare_request(call, stream=True, dialect=self._dialect).body)
         chunks = _chunks_of(call.upstream_model)
         translator = translate.StreamTranslator(call, provider=self.name)
@@ -92,6 +97,40 @@ class TranslatingProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+try:  # trees since streams are read a batch at a time (gateway_core/providers/chunk_batches.py)
+    from gateway_core.providers.chunk_batches import BatchedChunks as _BatchedChunks
+except ImportError:
+    _BatchedChunks = None  # type: ignore[assignment,misc]
+
+
+if _BatchedChunks is not None:
+
+    class _CannedBurst(_BatchedChunks):  # type: ignore[misc,valid-type]
+        """The whole canned stream as one batch, as when it arrives in one network read (a burst)."""
+
+        __slots__ = ("_provider", "_call", "_done")
+
+        def __init__(self, provider: TranslatingProvider, call: UpstreamCall) -> None:
+            super().__init__()
+            self._provider, self._call, self._done = provider, call, False
+
+        async def next_batch(self) -> list[chat_pb2.StreamChatCompletionResponse] | None:
+            if self._done:
+                return None
+            self._done = True
+            call = self._call
+            orjson.dumps(translate.prepare_request(call, stream=True, dialect=self._provider._dialect).body)
+            chunks = _chunks_of(call.upstream_model)
+            translator = translate.StreamTranslator(call, provider=self._provider.name)
+            out: list[chat_pb2.StreamChatCompletionResponse] = []
+            for data in [FIRST, *([TOKEN] * (chunks - 1)), FINISH, _usage(chunks)]:
+                out += translator.feed(orjson.loads(data))
+            return out + translator.finish()
+
+        async def aclose(self) -> None:
+            self._done = True
 
 
 def _chunks_of(upstream_model: str) -> int:

@@ -23,10 +23,10 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Generic, NamedTuple, TypeVar
 
-from gateway_core.chat.idle_watch import IdleTimeout, IdleWatch
+from gateway_core.chat.idle_watch import IdleWatch
 from gateway_core.chat.meter import Admission, RequestMeter
 from gateway_core.chat.retry_budget import RetryBudget
 from gateway_core.chat.route_health import RouteHealth
@@ -38,6 +38,7 @@ from gateway_core.observability import json_lines
 from gateway_core.observability.after_answer import after_answer
 from gateway_core.pb.gateway.v1 import chat_pb2
 from gateway_core.providers.base import Provider, ProviderError, UpstreamCall
+from gateway_core.providers.chunk_batches import ChunkBatches, batches_of
 
 log = logging.getLogger("tollgate.routing")
 
@@ -154,55 +155,33 @@ class RouteAttempts:
         _log_attempt(meter, started.route, started.number, "ok", started.began)
         return started.result
 
-    async def stream(self, meter: RequestMeter) -> AsyncIterator[Chunk]:
-        """Chunks from the first route whose stream starts; after its first chunk there is no fallback."""
+    async def open_stream(self, meter: RequestMeter) -> StartedStream:
+        """The stream of the first route whose stream starts, its first chunks read; after them there is
+        no fallback. The caller reads it on, then close()s it with how it ended (the attempt's verdict)."""
 
-        async def attempt(admission: Admission, limits: ProviderSettings) -> tuple[AsyncIterator[Chunk], Chunk | None]:
-            chunks = admission.provider.stream(admission.call)
+        async def attempt(admission: Admission, limits: ProviderSettings) -> _Opened:
+            chunks = batches_of(admission.provider.stream(admission.call))
+            # One timer for the whole stream (see idle_watch): the first chunk's limit, then the idle one.
+            watch = IdleWatch(limits.first_token_timeout_seconds)
+            watch.waiting()
             try:
-                async with asyncio.timeout(limits.first_token_timeout_seconds):
-                    first = await anext(chunks, None)
-            except TimeoutError:
+                first = await chunks.next_batch()
+            except BaseException as error:
+                watch.__exit__(None, None, None)
+                # As asyncio.timeout: a cut of the watch's own is taken back whatever it turned into.
+                timed_out = watch.timed_out() and isinstance(error, asyncio.CancelledError)
                 await _close(chunks)
-                raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
-                                    upstream_body="no first chunk within first_token_timeout_seconds") from None
-            except BaseException:
-                await _close(chunks)
+                if timed_out:
+                    raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
+                                        upstream_body="no first chunk within first_token_timeout_seconds") from None
                 raise
-            return chunks, first
+            finally:
+                watch.waited()
+            watch.set_limit(limits.idle_timeout_seconds)
+            return _Opened(chunks, first, watch)
 
         started = await self._run(meter, attempt)
-        chunks, first = started.result
-        route, probe = started.route, started.probe
-        outcome = "ok"
-        try:
-            if first is not None:
-                yield first
-            # One timer for the stream's silences, not one asyncio.timeout per chunk (see idle_watch).
-            with IdleWatch(self._limits(route).idle_timeout_seconds) as watch:
-                while first is not None:
-                    try:
-                        # __anext__ itself, not anext(chunks, None): no wrapper object per chunk.
-                        chunk = await watch.read(chunks.__anext__())
-                    except IdleTimeout:
-                        raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
-                                            upstream_body="silent past idle_timeout_seconds") from None
-                    except StopAsyncIteration:
-                        break
-                    yield chunk
-        except ProviderError as error:  # after the first chunk: in-band, no fallback
-            outcome = error.reason.value
-            self.health.failed(route, probe, retry_after=None, quota_exhausted=False)
-            raise
-        except BaseException as other:
-            outcome = _other_outcome(other)
-            self.health.release(route, probe)
-            raise
-        else:
-            self.health.succeeded(route, probe)
-        finally:
-            await _close(chunks)
-            _log_attempt(meter, route, started.number, outcome, started.began, streamed=True)
+        return StartedStream(self, meter, started)
 
     async def _run(
         self, meter: RequestMeter, attempt: Callable[[Admission, ProviderSettings], Awaitable[T]]
@@ -308,6 +287,76 @@ class RouteAttempts:
         )
 
 
+class _Opened(NamedTuple):
+    """A stream attempt that got its first chunks: the stream, those chunks, its silence watch."""
+
+    chunks: ChunkBatches
+    first: list[Chunk] | None
+    watch: IdleWatch
+
+
+class StartedStream:
+    """A route's stream once its first chunks are in: the rest, batch by batch, under the idle limit.
+
+    An error from here on goes to the client in-band (no fallback). close(error) gives the attempt's
+    verdict once, whoever ends it: the upstream closed, the route's health told, its log line written.
+    One per streamed request; read by one task.
+    """
+
+    __slots__ = ("first", "_attempts", "_meter", "_started", "_chunks", "_watch", "_closed")
+
+    def __init__(self, attempts: RouteAttempts, meter: RequestMeter, started: _Started[_Opened]) -> None:
+        opened = started.result
+        self.first = opened.first  # the first batch (None: the stream ended before any chunk)
+        self._attempts = attempts
+        self._meter = meter
+        self._started = started
+        self._chunks = opened.chunks
+        self._watch = opened.watch
+        self._closed = False
+
+    @property
+    def ended(self) -> bool:
+        """The upstream stream has ended cleanly: next_batch() returns None at once (False if unknown)."""
+        return getattr(self._chunks, "ended", False)  # type: ignore[no-any-return]
+
+    async def next_batch(self) -> list[Chunk] | None:
+        """The next chunks that arrived together; None at the end; a ProviderError if the upstream fails."""
+        watch = self._watch
+        watch.waiting()
+        try:
+            return await self._chunks.next_batch()
+        except asyncio.CancelledError:
+            if watch.timed_out():
+                raise ProviderError(Reason.UPSTREAM_TIMEOUT, "upstream timed out",
+                                    upstream_body="silent past idle_timeout_seconds") from None
+            raise
+        finally:
+            watch.waited()
+
+    async def close(self, error: BaseException | None) -> None:
+        """Ends the attempt (once): None if the stream was read to its end, else what ended it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._watch.__exit__(None, None, None)
+        started, health = self._started, self._attempts.health
+        route, probe = started.route, started.probe
+        if error is None:
+            outcome = "ok"
+            health.succeeded(route, probe)
+        elif isinstance(error, ProviderError):  # after the first chunk: in-band, no fallback
+            outcome = error.reason.value
+            health.failed(route, probe, retry_after=None, quota_exhausted=False)
+        else:
+            outcome = _other_outcome(error)
+            health.release(route, probe)
+        try:
+            await _close(self._chunks)
+        finally:
+            _log_attempt(self._meter, route, started.number, outcome, started.began, streamed=True)
+
+
 def _route_of(admission: Admission) -> Route:
     return Route(provider=admission.provider.name, model=admission.call.upstream_model)
 
@@ -333,7 +382,7 @@ def _other_outcome(error: BaseException) -> str:
     return "cancelled" if isinstance(error, (asyncio.CancelledError, GeneratorExit)) else "error"
 
 
-async def _close(chunks: AsyncIterator[Chunk]) -> None:
+async def _close(chunks: ChunkBatches) -> None:
     """Closes an upstream stream (and its connection); closing errors are not the caller's."""
     aclose = getattr(chunks, "aclose", None)
     if aclose is not None:

@@ -58,6 +58,24 @@ class IdleWatch:
 
     async def read(self, waiting: Awaitable[T]) -> T:
         """Awaits `waiting` (an awaitable), cancelling it if it stays silent for idle_seconds."""
+        self.waiting()
+        try:
+            return await waiting
+        except asyncio.CancelledError:
+            if self.timed_out():
+                raise IdleTimeout() from None
+            raise
+        finally:
+            self._waiting_since = None
+
+    # read() in three steps, for a reader that awaits inline (no coroutine of the watch's per read):
+    #     watch.waiting()
+    #     try: await ...
+    #     except asyncio.CancelledError: if watch.timed_out(): <time out>; raise
+    #     finally: watch.waited()
+
+    def waiting(self) -> None:
+        """A wait begins: its silence counts from now (the timer is armed at the first)."""
         task = self._task
         if task is None:  # the first read: the reading task is the one for the whole stream
             task = self._task = asyncio.current_task()
@@ -66,17 +84,26 @@ class IdleWatch:
         self._waiting_since = self._loop.time()
         if self._handle is None:
             self._handle = self._loop.call_at(self._waiting_since + self._idle, self._check)
-        try:
-            return await waiting
-        except asyncio.CancelledError:
-            if self._fired and self._task is not None:
-                self._fired = False
-                # Ours alone (nobody else cancelled meanwhile): a timeout, as asyncio.timeout decides it.
-                if self._task.uncancel() <= self._cancelling:
-                    raise IdleTimeout() from None
-            raise
-        finally:
-            self._waiting_since = None
+
+    def timed_out(self) -> bool:
+        """Called with the wait's CancelledError: True if the watch alone cancelled it (its
+        cancellation is then taken back from the task), False if someone else's must propagate."""
+        if self._fired and self._task is not None:
+            self._fired = False
+            # Ours alone (nobody else cancelled meanwhile): a timeout, as asyncio.timeout decides it.
+            return self._task.uncancel() <= self._cancelling
+        return False
+
+    def waited(self) -> None:
+        """The wait is over (whatever its end): time between waits is not silence."""
+        self._waiting_since = None
+
+    def set_limit(self, idle_seconds: float) -> None:
+        """A new limit for the waits from now on (a stream's first chunk may have its own)."""
+        if idle_seconds < self._idle and self._handle is not None:  # armed for later than the new limit allows
+            self._handle.cancel()
+            self._handle = None
+        self._idle = idle_seconds
 
     def _check(self) -> None:
         self._handle = None

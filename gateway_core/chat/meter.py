@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,23 +46,28 @@ class RequestMeter:
 
     def observe(self, chunk: chat_pb2.StreamChatCompletionResponse) -> None:
         """Feeds one streamed chunk (called by the StreamRun, also after the client left)."""
-        if self.template is None:
-            self.template = chunk
-        if chunk.HasField("usage"):
-            self.usage = chunk.usage
+        self.observe_batch((chunk,))
+
+    def observe_batch(self, chunks: Sequence[chat_pb2.StreamChatCompletionResponse]) -> None:
+        """Feeds the streamed chunks of one upstream read, in order."""
         output = self._output
-        choices = chunk.choices
-        for i in range(len(choices)):  # indexing is cheaper than iterating a upb repeated field
-            delta = choices[i].delta
-            content = delta.content  # "" when unset
-            if content:
-                output.append(content)
-            elif delta.HasField("refusal"):
-                output.append(delta.refusal)
-            if delta.tool_calls:
-                output.extend(call.function.name + call.function.arguments for call in delta.tool_calls)
-            if self.first_token_at is None and output:
-                self.first_token_at = time.monotonic()
+        for chunk in chunks:
+            if self.template is None:
+                self.template = chunk
+            if chunk.HasField("usage"):
+                self.usage = chunk.usage
+            choices = chunk.choices
+            for i in range(len(choices)):  # indexing is cheaper than iterating a upb repeated field
+                delta = choices[i].delta
+                content = delta.content  # "" when unset
+                if content:
+                    output.append(content)
+                elif delta.HasField("refusal"):
+                    output.append(delta.refusal)
+                if delta.tool_calls:
+                    output.extend(call.function.name + call.function.arguments for call in delta.tool_calls)
+        if self.first_token_at is None and output:
+            self.first_token_at = time.monotonic()
 
     def observe_response(self, response: chat_pb2.CreateChatCompletionResponse) -> None:
         """Feeds a whole (unary) response. Its text is gathered only if an estimate needs it

@@ -4,8 +4,8 @@ A stream used to take a task and a shield to write its hold, a pump task to
 read the upstream and another task and shield to settle: three task starts and
 their wake-ups per stream. StreamRun does all three in one task, as _UnaryRun
 does for unary requests, and hands chunks to the reader through one bounded
-queue; the reader pulls them without a generator of its own (poll(), then
-next() only when it must wait).
+queue, the chunks of one upstream read as one item; the reader pulls them
+without a generator of its own (poll(), then next() only when it must wait).
 
 Every admitted stream is settled exactly once, whoever leaves when:
 - the reader leaves while the hold is written: the limits go back at once and
@@ -20,7 +20,6 @@ An abandoned run's task belongs to the pipeline's background tasks from then on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -35,8 +34,9 @@ if TYPE_CHECKING:
     from gateway_core.chat.pipeline import ChatPipeline, _Prepared
 
 Chunk = chat_pb2.StreamChatCompletionResponse
-# Chunks buffered ahead of a slow reader; beyond this the upstream read waits (backpressure).
-QUEUE_DEPTH = 64
+# Batches (the chunks of one upstream read each) buffered ahead of a slow reader; beyond this the
+# upstream read waits (backpressure), and the connection stops reading its socket past its own buffer.
+QUEUE_DEPTH = 32
 _END = object()  # queued after the last chunk (the final usage chunk)
 
 
@@ -60,9 +60,11 @@ class StreamRun:
             run.close()                                 # the reader is done (or gone)
 
     The queue carries the upstream's chunks that have choices (their usage is
-    replaced by the billed usage), then one final chunk with the billed usage
-    once the settlement is written, then the end; or, instead of the end, the
-    failure (a refused hold's before any chunk). `admission` is set before the
+    replaced by the billed usage), a list per upstream read, then one final
+    chunk with the billed usage once the settlement is written, then the end;
+    or, instead of the end, the failure (a refused hold's before any chunk).
+    The list of a read that ended the upstream stream is queued only after the
+    settlement, with the final chunk: the reader takes them in one wake-up. `admission` is set before the
     first item is queued. The reader waits for nothing but items: no wake-up
     when the hold is written, the upstream request starts in the same step.
     """
@@ -75,6 +77,8 @@ class StreamRun:
         self._prepared = prepared
         self._admitted = admitted
         self._queue: Handoff[Any] = Handoff(QUEUE_DEPTH)
+        self._batch: list[Chunk] | None = None  # a batch the reader has taken only the first chunks of
+        self._index = 0  # the next chunk of _batch
         self._phase = self._HOLD
         self._abandoned = False
         self._finished = False  # the reader took the end (or the failure)
@@ -87,6 +91,14 @@ class StreamRun:
 
     def poll(self) -> Chunk | object | None:
         """The next chunk if one is queued, EMPTY if the reader must wait (next()), None at the end."""
+        batch = self._batch
+        if batch is not None:  # the rest of a batch taken before
+            index = self._index
+            if index + 1 == len(batch):
+                self._batch = None
+            else:
+                self._index = index + 1
+            return batch[index]
         if self._finished:
             return None
         item = self._queue.poll()
@@ -96,9 +108,10 @@ class StreamRun:
 
     async def next(self) -> Chunk | None:
         """The next chunk, waiting for it; None at the end; raises the stream's failure."""
-        if self._finished:
-            return None
-        return self._taken(await self._queue.get())  # type: ignore[return-value]
+        item = self.poll()
+        if item is EMPTY:
+            return self._taken(await self._queue.get())
+        return item  # type: ignore[return-value]
 
     def __aiter__(self) -> StreamRun:
         return self
@@ -112,13 +125,17 @@ class StreamRun:
         return item  # type: ignore[return-value]
 
     def _taken(self, item: Any) -> Chunk | None:
+        if type(item) is list:  # the chunks of one upstream read: the first now, the rest by poll()
+            if len(item) > 1:
+                self._batch, self._index = item, 1
+            return item[0]  # type: ignore[no-any-return]
         if item is _END:
             self._finished = True
             return None
         if type(item) is _Failed:
             self._finished = True
             raise item.error
-        return item  # type: ignore[no-any-return]
+        return item  # type: ignore[no-any-return]  # the final chunk
 
     def close(self) -> None:
         """The reader is done: if the stream has not ended for it, the run finishes alone."""
@@ -126,6 +143,7 @@ class StreamRun:
             return
         self._abandoned = True
         self._queue.clear()  # frees a run waiting for room, and nobody will read what is there
+        self._batch = None
         pipeline = self._pipeline
         if self.task.done():
             return
@@ -169,16 +187,35 @@ class StreamRun:
         meter = RequestMeter(admission)
         queue = self._queue
         self._phase = self._UPSTREAM
+        held: list[Chunk] | None = None  # the last batch, when it leaves with the final chunk
         try:
-            async with contextlib.aclosing(pipeline._attempts.stream(meter)) as chunks:
-                async for chunk in chunks:
-                    meter.observe(chunk)
-                    if chunk.choices and not self._abandoned:  # upstream usage is replaced by the billed usage
-                        chunk.provider = meter.admission.provider.name  # the route that answered
-                        try:
-                            queue.put_nowait(chunk)  # the usual case: room in the queue, no coroutine
-                        except asyncio.QueueFull:
-                            await queue.put(chunk)  # a slow reader: wait for room (backpressure)
+            stream = await pipeline._attempts.open_stream(meter)
+            # The route that answered, named on every chunk (an admission's provider no longer changes).
+            provider = meter.admission.provider.name
+            observe = meter.observe_batch
+            try:
+                batch = stream.first
+                while batch is not None:  # the chunks of one upstream read, handed on together
+                    observe(batch)
+                    if not self._abandoned:  # upstream usage is replaced by the billed usage: choices only
+                        batch = [chunk for chunk in batch if chunk.choices]
+                        for chunk in batch:
+                            chunk.provider = provider
+                        if batch and stream.ended:
+                            # Nothing more will come (a short answer arrives whole): the last chunks wait
+                            # for the settlement and leave with the billed usage, one hand-off and one
+                            # write to the client instead of two.
+                            held = batch
+                        elif batch:
+                            try:
+                                queue.put_nowait(batch)  # the usual case: room in the queue, no coroutine
+                            except asyncio.QueueFull:
+                                await queue.put(batch)  # a slow reader: wait for room (backpressure)
+                    batch = await stream.next_batch()
+            except BaseException as error:
+                await stream.close(error)
+                raise
+            await stream.close(None)
         except BaseException as error:
             self._end_upstream()
             if self._abandoned:  # the drain ended (cut, or the upstream failed): bill what was seen
@@ -188,6 +225,8 @@ class StreamRun:
                 raise
             status = UsageStatus.CANCELLED if isinstance(error, asyncio.CancelledError) else UsageStatus.UPSTREAM_ERROR
             await pipeline._settle_with_retries(hold, meter.outcome(status))
+            if held and not self._abandoned:
+                await queue.put(held)
             if not self._abandoned:
                 await queue.put(_Failed(error))  # after the chunks before it
             if not isinstance(error, Exception):
@@ -200,7 +239,9 @@ class StreamRun:
         outcome = meter.outcome(UsageStatus.OK)
         settlement = await pipeline._settle_with_retries(hold, outcome)
         self._phase = self._DONE
-        if not self._abandoned:
+        if held and not self._abandoned:
+            await queue.put(held)
+        if not self._abandoned:  # (it may have left while waiting for room)
             await queue.put(_final_chunk(meter, billed_usage(outcome, settlement.charged_micros)))
         if not self._abandoned:  # (it may have left while waiting for room)
             await queue.put(_END)

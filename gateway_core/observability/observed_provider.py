@@ -16,9 +16,10 @@ from opentelemetry import trace
 
 from gateway_core.errors import GatewayError
 from gateway_core.observability import tracing
-from gateway_core.observability.request_record import add_upstream_wait, current_record
+from gateway_core.observability.request_record import RequestRecord, add_upstream_wait, current_record
 from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
 from gateway_core.providers.base import Provider, UpstreamCall
+from gateway_core.providers.chunk_batches import BatchedChunks, ChunkBatches, batches_of
 
 _FINISH = types_pb2.FinishReason
 
@@ -54,7 +55,13 @@ class ObservedProvider:
                                  [c.finish_reason for c in response.choices])
             return response
 
-    async def stream(self, call: UpstreamCall) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
+    def stream(self, call: UpstreamCall) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
+        """The inner stream, its upstream waits added to the current request (and, with tracing, in a span)."""
+        if self._tracer is None:  # just the timing: one wrapper step per batch, not a generator step per chunk
+            return TimedStream(batches_of(self._inner.stream(call)), current_record())
+        return self._traced_stream(call)
+
+    async def _traced_stream(self, call: UpstreamCall) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
         with self._span(call) as span:
             call = _with_span_context(call, span)
             chunks = self._inner.stream(call)
@@ -108,6 +115,51 @@ class ObservedProvider:
             record_exception=False,
         ) as span:
             yield span
+
+
+class TimedStream(BatchedChunks):
+    """A stream whose reads are timed: the time spent waiting inside next_batch (not the time its
+    consumer holds a batch) is added to the request's record once, when the stream ends or is closed.
+
+    The record is looked up once, when the stream is made: one stream is read in one task, whose
+    context holds one record."""
+
+    __slots__ = ("_inner", "_record", "_waited", "_counted")
+
+    def __init__(self, inner: ChunkBatches, record: RequestRecord | None) -> None:
+        super().__init__()
+        self._inner = inner
+        self._record = record
+        self._waited = 0.0
+        self._counted = False
+
+    @property
+    def ended(self) -> bool:
+        """The inner stream's `ended`, where it has one (chunk_batches.ChunkBatches)."""
+        return getattr(self._inner, "ended", False)  # type: ignore[no-any-return]
+
+    async def next_batch(self) -> list[chat_pb2.StreamChatCompletionResponse] | None:
+        started = time.monotonic()
+        try:
+            batch = await self._inner.next_batch()
+        except BaseException:
+            self._waited += time.monotonic() - started
+            self._count()
+            raise
+        self._waited += time.monotonic() - started
+        if batch is None:
+            self._count()
+        return batch
+
+    async def aclose(self) -> None:
+        self._count()
+        await self._inner.aclose()
+
+    def _count(self) -> None:
+        if not self._counted:
+            self._counted = True
+            if self._record is not None:
+                self._record.upstream_wait_seconds += self._waited
 
 
 def observe_providers(

@@ -77,7 +77,8 @@ class Provider(Protocol):
     def stream(self, call: UpstreamCall) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
         """Chunks as they arrive. If the upstream reported usage, the last chunk
         has no choices and carries it. Closing the iterator early (aclose, or
-        cancellation) closes the upstream connection."""
+        cancellation) closes the upstream connection. The iterator may also offer
+        next_batch() (providers/chunk_batches.py): the chunks of one network read together."""
         ...
 
     async def aclose(self) -> None:

@@ -77,6 +77,7 @@ class Connection(asyncio.Protocol):
         # The response being received.
         self.status = 0
         self.content_encoding = b""
+        self.content_type = b""  # the first Content-Type field's value, as received
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._headers_done = False
         self._informational = False
@@ -171,14 +172,17 @@ class Connection(asyncio.Protocol):
         self.status = status
         self._headers_done = True
         framed = False
-        encoding = b""
+        encoding = content_type = b""
         for name, value in self._raw_headers:
             name = name.lower()
             if name == b"content-length" or name == b"transfer-encoding":
                 framed = True
             elif name == b"content-encoding":
                 encoding = value
+            elif name == b"content-type" and not content_type:
+                content_type = value
         self.content_encoding = encoding
+        self.content_type = content_type
         self._until_close = not framed and status != 204 and status != 304
         self._wake_drain()  # an early answer ends the wait to send
         self._wake()
@@ -213,7 +217,7 @@ class Connection(asyncio.Protocol):
         """Starts an exchange: resets the response state and writes the request (head, body)."""
         self._exchange = exchange
         self.status = 0
-        self.content_encoding = b""
+        self.content_encoding = self.content_type = b""
         self._raw_headers = []
         self._headers_done = self._complete = self._reusable = self._until_close = False
         self._error = None

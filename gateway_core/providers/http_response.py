@@ -110,11 +110,13 @@ class UpstreamResponse:
     last chunk has been read that is free.
     """
 
-    __slots__ = ("status", "headers", "_connection", "_release", "_done", "_inflater")
+    __slots__ = ("status", "headers", "content_type", "_connection", "_release", "_done", "_inflater")
 
     def __init__(self, connection: Connection, release: Callable[[Connection], None]) -> None:
         self.status = connection.status
         self.headers = ResponseHeaders(connection.raw_headers())
+        # The first Content-Type value as received (raw bytes): a stream checks it without decoding every header.
+        self.content_type: bytes = connection.content_type
         self._connection: Connection | None = connection
         self._release = release
         self._done = False

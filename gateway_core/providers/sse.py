@@ -95,15 +95,17 @@ class SseDecoder:
     def _whole_data_events(self, chunk: bytes) -> list[SseEvent] | None:
         """The events of a chunk made only of whole one-line `data: ` events, else None (the
         general path decides). Same events, and same size bound, as line-by-line decoding."""
-        pieces = chunk[:-2].split(b"\n\n")
-        for piece in pieces:
-            if not piece.startswith(b"data: ") or b"\n" in piece:
-                return None
-        for piece in pieces:
-            if len(piece) - 5 > self._max:  # the data and its line end, as _take_lines counts
-                raise _oversized()
+        # Split at each event's start: data parts with no line end of their own are whole one-line
+        # events, which the chunk's count of line ends (two per event) shows in one scan.
+        parts = chunk[6:-2].split(b"\n\ndata: ")
+        if chunk.count(b"\n") != 2 * len(parts):
+            return None
+        if len(chunk) > self._max:  # only then can one event be past the bound
+            for part in parts:
+                if len(part) + 1 > self._max:  # the data and its line end, as _take_lines counts
+                    raise _oversized()
         last_id = self._last_id
-        return [_new_tuple(SseEvent, (piece[6:].decode("utf-8", "replace"), "message", last_id)) for piece in pieces]
+        return [_new_tuple(SseEvent, (part.decode("utf-8", "replace"), "message", last_id)) for part in parts]
 
     def close(self) -> list[SseEvent]:
         """Ends the body. A last event not followed by a blank line is dropped, as the spec says,

@@ -71,3 +71,37 @@ async def test_leaving_the_watch_cancels_its_timer() -> None:
         await watch.read(_after(0))
         assert len(loop._scheduled) == before + 1  # type: ignore[attr-defined]
     assert all(h.cancelled() for h in loop._scheduled[before:])  # type: ignore[attr-defined]
+
+
+async def test_a_shorter_limit_set_after_the_first_read_applies_to_the_next_wait() -> None:
+    """A stream's first chunk may wait longer (first_token_timeout) than the chunks after it (idle)."""
+    with IdleWatch(5.0) as watch:
+        assert await watch.read(_after(0.05)) == "chunk"  # armed for 5 s from here
+        watch.set_limit(0.1)
+        started = time.monotonic()
+        with pytest.raises(IdleTimeout):
+            await watch.read(_after(5))
+        assert time.monotonic() - started < 1.0, "the shorter limit, not the timer armed for the longer one"
+
+
+async def test_a_longer_limit_set_after_the_first_read_lets_a_longer_wait_through() -> None:
+    with IdleWatch(0.1) as watch:
+        assert await watch.read(_after(0.01)) == "chunk"
+        watch.set_limit(1.0)
+        assert await watch.read(_after(0.3)) == "chunk"  # past the first limit, within the new one
+
+
+async def test_the_inline_steps_time_out_like_read() -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    with IdleWatch(0.05) as watch:
+        watch.waiting()
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            assert watch.timed_out()
+        else:
+            raise AssertionError("not cut")
+        finally:
+            watch.waited()
+        assert task.cancelling() == 0

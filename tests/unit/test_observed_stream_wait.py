@@ -11,6 +11,7 @@ from gateway_core.observability.observed_provider import ObservedProvider
 from gateway_core.observability.request_record import RequestRecord, current
 from gateway_core.pb.gateway.v1 import chat_pb2
 from gateway_core.providers.base import UpstreamCall
+from gateway_core.providers.chunk_batches import BatchedChunks, batches_of
 
 Chunk = chat_pb2.StreamChatCompletionResponse
 
@@ -70,3 +71,52 @@ async def test_a_failing_stream_counts_its_last_wait_and_is_closed() -> None:
     with pytest.raises(RuntimeError):
         await asyncio.create_task(_consume(ObservedProvider(inner, None, system="test"), 0.0, record))
     assert 0.09 <= record.upstream_wait_seconds < 0.3 and inner.closed
+
+
+class _SlowBatches(BatchedChunks):
+    """A batch stream: `gap` before each of its batches of two chunks."""
+
+    __slots__ = ("gap", "left", "closed")
+
+    def __init__(self, gap: float, batches: int) -> None:
+        super().__init__()
+        self.gap, self.left, self.closed = gap, batches, False
+
+    async def next_batch(self) -> list[Chunk] | None:
+        await asyncio.sleep(self.gap)
+        if not self.left:
+            return None
+        self.left -= 1
+        return [Chunk(id=f"b{self.left}-0"), Chunk(id=f"b{self.left}-1")]
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class _BatchProvider(_Slow):
+    def __init__(self, stream: _SlowBatches) -> None:
+        super().__init__(0, 0)
+        self.batches = stream
+
+    def stream(self, call: UpstreamCall) -> AsyncIterator[Chunk]:  # type: ignore[override]
+        return self.batches
+
+
+async def test_a_batch_streams_waits_are_counted_per_batch_and_closing_reaches_it() -> None:
+    record = RequestRecord(mode="stream")
+    inner = _SlowBatches(gap=0.05, batches=3)
+
+    async def consume() -> int:
+        current.set(record)
+        stream = ObservedProvider(_BatchProvider(inner), None, system="test").stream(_call())
+        batches = batches_of(stream)
+        count = 0
+        while (batch := await batches.next_batch()) is not None:
+            count += len(batch)
+            await asyncio.sleep(0.1)  # the consumer's time
+        await batches.aclose()
+        return count
+
+    assert await asyncio.create_task(consume()) == 6
+    assert 0.19 <= record.upstream_wait_seconds < 0.19 + 0.15, "four 50 ms waits, none of the 3 x 100 ms holds"
+    assert inner.closed

@@ -431,3 +431,29 @@ def test_stream_text_only_short_path_builds_what_the_general_path_builds(choice:
             return error.reason, error.message
 
     assert run(general=False) == run(general=True)
+
+
+def test_stream_text_chunks_carry_each_chunks_own_fingerprint_and_tier_as_the_general_path_does() -> None:
+    """The short path reuses an encoded head while fingerprint and tier stay the same: never past a change."""
+    marks: list[dict[str, Any]] = [
+        {}, {}, {"system_fingerprint": "fp_a"}, {"system_fingerprint": "fp_a"}, {"system_fingerprint": "fp_b"},
+        {"system_fingerprint": "fp_b", "service_tier": "default"}, {"service_tier": "default"}, {},
+        {"system_fingerprint": ""}, {"system_fingerprint": 7}, {"system_fingerprint": "fp_a", "service_tier": "flex"},
+    ]
+
+    def run(general: bool) -> list[Any]:
+        translator = translate.StreamTranslator(call_for(user_request(stream=True)), provider=PROVIDER)
+        if general:
+            translator._text_only = lambda choice: None  # type: ignore[method-assign]
+        out = as_dicts(translator.feed({"id": "c1", "created": 3, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}))
+        for number, mark in enumerate(marks):
+            out += as_dicts(translator.feed(
+                {"id": "c1", "created": 3, **mark, "choices": [{"index": 0, "delta": {"content": f"t{number}"}}]}))
+        return out
+
+    short, general = run(general=False), run(general=True)
+    assert short == general
+    assert [chunk.get("system_fingerprint", "") for chunk in short[1:]] == [
+        "", "", "fp_a", "fp_a", "fp_b", "fp_b", "", "", "", "", "fp_a"]
+    assert [chunk.get("service_tier", "") for chunk in short[1:]] == ["", "", "", "", "", "default", "default", "",
+                                                                      "", "", "flex"]

@@ -161,6 +161,10 @@ class StreamTranslator:
         self._usage_sent = False
         self._last: dict[str, Any] = {}
         self._head: bytes | None = None  # the encoded id/created/model/provider every chunk repeats
+        # The head with the fingerprint and service tier of the last text chunk (as the upstream sent them).
+        self._marked_head: bytes | None = None
+        self._head_fingerprint: Any = None
+        self._head_tier: Any = None
 
     @property
     def usage(self) -> types_pb2.Usage | None:
@@ -174,6 +178,9 @@ class StreamTranslator:
 
     def feed(self, data: Any) -> list[chat_pb2.StreamChatCompletionResponse]:
         """The gateway chunks for one upstream chunk (an in-stream error raises ProviderError)."""
+        text_chunk = self._text_chunk(data)
+        if text_chunk is not None:  # the bulk of a stream, decided in one pass
+            return [text_chunk]
         if not isinstance(data, dict):
             raise malformed("stream chunk is not a JSON object")
         if data.get("error"):
@@ -230,6 +237,36 @@ class StreamTranslator:
             chunk.system_fingerprint = fingerprint
         if tier and isinstance(tier, str):
             chunk.service_tier = tier
+        return chunk
+
+    def _text_chunk(self, data: Any) -> chat_pb2.StreamChatCompletionResponse | None:
+        """The chunk for an upstream chunk of one text-only choice past its first delta, else None.
+
+        Exactly what the general path makes of such a chunk (see _text_only),
+        without its separate lookups: the stream's head with this chunk's
+        fingerprint and tier is encoded once per distinct pair and parsed per chunk.
+        """
+        if type(data) is not dict or self._id is None:
+            return None
+        choices = data.get("choices")
+        if type(choices) is not list or len(choices) != 1 or data.get("usage") or data.get("error"):
+            return None
+        choice = choices[0]
+        text = self._text_only(choice)
+        if text is None:
+            return None
+        self._last = data
+        fingerprint, tier = data.get("system_fingerprint"), data.get("service_tier")
+        if fingerprint != self._head_fingerprint or tier != self._head_tier or self._marked_head is None:
+            base = self._base()  # also sets them, as the general path would
+            self._head_fingerprint, self._head_tier = fingerprint, tier
+            self._marked_head = base.SerializeToString()
+        chunk = chat_pb2.StreamChatCompletionResponse.FromString(self._marked_head)
+        added = chunk.choices.add()
+        index = choice.get("index", 0)
+        if index:
+            added.index = index
+        added.delta.content = text
         return chunk
 
     def _text_only(self, choice: Any) -> str | None:

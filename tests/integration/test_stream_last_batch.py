@@ -1,0 +1,103 @@
+"""The chunks of an upstream read that ends the stream leave with the billed usage, in one hand-off.
+
+A short answer often arrives whole, in one network read. Its chunks then wait
+for the settlement (they would otherwise wake the reader, and take a write to
+the client, of their own) and reach the reader together with the final usage
+chunk: once the first message is in, every other one is there without waiting.
+Chunks of earlier reads still leave as they arrive.
+
+The real core (auth, hold and settle on SQLite, the OpenAI provider) against a
+raw upstream, read through the in-process channel as `tollgate serve` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from gateway_core.pb.gateway.v1 import chat_pb2, chat_pb2_grpc
+from gateway_core.server import Core, start_core
+from tests.fakes.raw_openai_upstream import END, ERROR, FINISH, FIRST, HEAD, USAGE, RawUpstream, event, token
+from tests.gateway_support import settings_for
+
+BURST = HEAD + b"".join(event(e) for e in (FIRST, token("a"), token("b"), FINISH, USAGE, b"[DONE]")) + END
+APART = [(0, HEAD + event(FIRST) + event(token("a"))), (0.3, event(token("b")) + event(FINISH)),
+         (0, event(USAGE) + event(b"[DONE]") + END)]
+BROKEN = HEAD + event(FIRST) + event(token("a")) + event(ERROR) + END
+
+
+@pytest.fixture
+async def core(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Core, str]]:
+    async with RawUpstream(request.param) as upstream:
+        settings = settings_for(
+            tmp_path, providers=[{"name": "up", "type": "openai", "base_url": upstream.base_url, "api_key": "sk-up"}],
+            models=[{"name": "m", "routes": [{"provider": "up", "model": "gpt-x"}], "input_price": 1,
+                     "output_price": 1, "max_output_tokens": 64}],
+        )
+        started = await start_core(settings, address="127.0.0.1:0", metrics_address="")
+        try:
+            created = await started.store.create_first_account(
+                "last-batch", pepper=settings.key_pepper, credit_micros=10**9, request_id="credit", key_name="k")
+            assert created is not None
+            yield started, created[2]
+        finally:
+            await started.stop(1.0)
+
+
+def _call(core: Core, key: str) -> Any:
+    request = chat_pb2.StreamChatCompletionRequest(model="m", max_tokens=16)
+    request.messages.add(role=1, content="hello")
+    stub = chat_pb2_grpc.ChatServiceStub(core.local.channel())
+    return stub.StreamChatCompletion(request, metadata=(("authorization", f"Bearer {key}"),), timeout=30)
+
+
+async def _read(call: Any) -> tuple[list[chat_pb2.StreamChatCompletionResponse], int]:
+    """Every message, and how many of the reads after the first had to wait for theirs."""
+    messages = [await call.read()]
+    waits = 0
+    while True:
+        message = call.read_nowait()
+        if message is None:
+            waits += 1
+            message = await call.read()
+        if message is grpc.aio.EOF:
+            return messages, waits
+        messages.append(message)
+
+
+def _texts(messages: list[chat_pb2.StreamChatCompletionResponse]) -> list[str]:
+    return [c.delta.content for m in messages for c in m.choices]
+
+
+@pytest.mark.parametrize("core", [[(0, BURST)]], indirect=True)
+async def test_an_answer_that_arrives_whole_reaches_the_reader_with_its_billed_usage_at_once(
+    core: tuple[Core, str],
+) -> None:
+    messages, waits = await _read(_call(*core))
+    assert _texts(messages) == ["", "a", "b", ""]
+    assert messages[-1].HasField("usage") and messages[-1].usage.completion_tokens == 3
+    assert messages[-1].usage.cost_micros > 0, "the billed usage"
+    assert waits == 0, "the content waited for the settlement and came with it"
+
+
+@pytest.mark.parametrize("core", [APART], indirect=True)
+async def test_chunks_of_earlier_reads_do_not_wait_for_the_end(core: tuple[Core, str]) -> None:
+    messages, waits = await _read(_call(*core))
+    assert _texts(messages) == ["", "a", "b", ""]
+    assert messages[-1].usage.completion_tokens == 3
+    assert waits >= 1, "the first read's chunks were handed on before the rest arrived"
+
+
+@pytest.mark.parametrize("core", [[(0, BROKEN)]], indirect=True)
+async def test_chunks_before_an_in_band_failure_still_come_first(core: tuple[Core, str]) -> None:
+    call = _call(*core)
+    received = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for message in call:
+            received.append(message)
+    assert _texts(received) == ["", "a"]
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
