@@ -237,7 +237,13 @@ class StreamRun:
             await self._bill_abandoned(meter)
             return
         outcome = meter.outcome(UsageStatus.OK)
-        settlement = await pipeline._settle_with_retries(hold, outcome)
+        try:
+            settlement = await pipeline._settle_with_retries(hold, outcome)
+        except Exception as error:  # every retry failed: the reader gets the error, not a wait until its deadline
+            if self._abandoned:
+                raise
+            await queue.put(_Failed(error))  # the held chunks stay unsent: the answer was not billed
+            return
         self._phase = self._DONE
         if held and not self._abandoned:
             await queue.put(held)

@@ -12,6 +12,7 @@ raw upstream, read through the in-process channel as `tollgate serve` does.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 import grpc
 import pytest
 
+from gateway_core.chat import pipeline as pipeline_module
+from gateway_core.metering.ledger import Ledger
 from gateway_core.pb.gateway.v1 import chat_pb2, chat_pb2_grpc
 from gateway_core.server import Core, start_core
 from tests.fakes.raw_openai_upstream import END, ERROR, FINISH, FIRST, HEAD, USAGE, RawUpstream, event, token
@@ -101,3 +104,19 @@ async def test_chunks_before_an_in_band_failure_still_come_first(core: tuple[Cor
             received.append(message)
     assert _texts(received) == ["", "a"]
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("core", [[(0, BURST)]], indirect=True)
+async def test_a_settlement_that_keeps_failing_ends_the_stream_with_an_error_at_once(
+    core: tuple[Core, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def unwritable(*_: Any, **__: Any) -> None:
+        raise RuntimeError("the database is gone")
+
+    monkeypatch.setattr(Ledger, "settle", unwritable)
+    monkeypatch.setattr(pipeline_module, "_SETTLE_RETRY_DELAYS", (0.0,))
+    call = _call(*core)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        # Before, the run's task died with the error and the reader waited for the call's 30 s deadline.
+        await asyncio.wait_for(_read(call), 5)
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
