@@ -36,7 +36,10 @@ if TYPE_CHECKING:
 Chunk = chat_pb2.StreamChatCompletionResponse
 # Batches (the chunks of one upstream read each) buffered ahead of a slow reader; beyond this the
 # upstream read waits (backpressure), and the connection stops reading its socket past its own buffer.
-QUEUE_DEPTH = 32
+# A read can complete hundreds of chunks, so a batch is queued in parts of at most BATCH_LIMIT: what a
+# stream holds for a slow reader stays bounded in chunks (QUEUE_DEPTH x BATCH_LIMIT), not in reads.
+QUEUE_DEPTH = 8
+BATCH_LIMIT = 64
 _END = object()  # queued after the last chunk (the final usage chunk)
 
 
@@ -207,10 +210,11 @@ class StreamRun:
                             # write to the client instead of two.
                             held = batch
                         elif batch:
-                            try:
-                                queue.put_nowait(batch)  # the usual case: room in the queue, no coroutine
-                            except asyncio.QueueFull:
-                                await queue.put(batch)  # a slow reader: wait for room (backpressure)
+                            for part in _parts(batch):
+                                try:
+                                    queue.put_nowait(part)  # the usual case: room in the queue, no coroutine
+                                except asyncio.QueueFull:
+                                    await queue.put(part)  # a slow reader: wait for room (backpressure)
                     batch = await stream.next_batch()
             except BaseException as error:
                 await stream.close(error)
@@ -262,6 +266,13 @@ class StreamRun:
         if self._drain is not None:
             self._drain.release()
         await self._pipeline._settle_with_retries(meter.admission.hold, meter.outcome(UsageStatus.CANCELLED))
+
+
+def _parts(batch: list[Chunk]) -> list[list[Chunk]]:
+    """batch in queue items of at most BATCH_LIMIT chunks (nearly always the batch itself)."""
+    if len(batch) <= BATCH_LIMIT:
+        return [batch]
+    return [batch[start:start + BATCH_LIMIT] for start in range(0, len(batch), BATCH_LIMIT)]
 
 
 def _final_chunk(meter: RequestMeter, usage: types_pb2.Usage) -> Chunk:

@@ -21,6 +21,7 @@ import grpc
 import pytest
 
 from gateway_core.chat import pipeline as pipeline_module
+from gateway_core.chat import stream_run
 from gateway_core.metering.ledger import Ledger
 from gateway_core.pb.gateway.v1 import chat_pb2, chat_pb2_grpc
 from gateway_core.server import Core, start_core
@@ -30,6 +31,9 @@ from tests.gateway_support import settings_for
 BURST = HEAD + b"".join(event(e) for e in (FIRST, token("a"), token("b"), FINISH, USAGE, b"[DONE]")) + END
 APART = [(0, HEAD + event(FIRST) + event(token("a"))), (0.3, event(token("b")) + event(FINISH)),
          (0, event(USAGE) + event(b"[DONE]") + END)]
+# 300 tokens in one write, between a first read and a late end: one batch far over BATCH_LIMIT.
+FLOOD = [(0, HEAD + event(FIRST) + event(token("a"))), (0.05, b"".join(event(token("x")) for _ in range(300))),
+         (0.5, event(FINISH) + event(USAGE) + event(b"[DONE]") + END)]
 BROKEN = HEAD + event(FIRST) + event(token("a")) + event(ERROR) + END
 
 
@@ -120,3 +124,29 @@ async def test_a_settlement_that_keeps_failing_ends_the_stream_with_an_error_at_
         # Before, the run's task died with the error and the reader waited for the call's 30 s deadline.
         await asyncio.wait_for(_read(call), 5)
     assert failed.value.code() == grpc.StatusCode.INTERNAL
+
+
+@pytest.mark.parametrize("core", [FLOOD], indirect=True)
+async def test_a_read_of_hundreds_of_chunks_is_queued_in_bounded_parts_and_all_arrive_in_order(
+    core: tuple[Core, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queued: list[int] = []  # the size of every batch handed to the reader's queue
+
+    class RecordingHandoff(stream_run.Handoff):  # type: ignore[name-defined,misc]
+        def put_nowait(self, item: Any) -> None:
+            if type(item) is list:
+                queued.append(len(item))
+            super().put_nowait(item)
+
+        async def put(self, item: Any) -> None:
+            if type(item) is list:
+                queued.append(len(item))
+            await super().put(item)
+
+    monkeypatch.setattr(stream_run, "Handoff", RecordingHandoff)
+    messages, _ = await asyncio.wait_for(_read(_call(*core)), 10)
+    # A slow reader holds at most QUEUE_DEPTH x BATCH_LIMIT chunks, not QUEUE_DEPTH whole reads.
+    assert max(queued) == stream_run.BATCH_LIMIT
+    assert sum(queued) >= 300
+    assert "".join(_texts(messages)) == "a" + "x" * 300
+    assert messages[-1].usage.total_tokens > 0
