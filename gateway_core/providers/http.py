@@ -195,18 +195,17 @@ class StreamEvents:
             self._reader.cancel()
 
 
-async def drain(events: AsyncIterator[SseEvent], response: UpstreamResponse, deadline: Deadline,
-                seconds: float) -> None:
-    """Reads what follows a stream's last event (normally just the body's end), so the pooled
-    connection can be reused instead of closed; gives up after `seconds` or at the deadline."""
+async def drain(response: UpstreamResponse, deadline: Deadline, seconds: float) -> None:
+    """Reads what follows a stream's last event (normally just the body's end), unparsed, so the
+    pooled connection can be reused instead of closed; gives up after `seconds` or at the deadline."""
     try:
-        if response.fully_received:  # all of it is here: nothing to time
-            async for _ in events:
+        if response.fully_received:  # all of it is here: nothing to wait for, nothing to time
+            while await response.next_chunk() is not None:
                 pass
             return
         remaining = deadline.remaining()
         async with asyncio.timeout(seconds if remaining is None else min(seconds, remaining)):
-            async for _ in events:
+            while await response.next_chunk() is not None:
                 pass
     except (UpstreamTransportError, TimeoutError, ProviderError):
         pass  # the answer is complete; the connection just won't be reused

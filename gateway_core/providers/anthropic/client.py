@@ -83,7 +83,7 @@ class AnthropicProvider:
                 for chunk in translator.feed(event.event, _event_json(event)):
                     yield chunk
                 if translator.finished:
-                    await drain(events, response, deadline, DRAIN_SECONDS)
+                    await drain(response, deadline, DRAIN_SECONDS)
                     break
             for chunk in translator.finish():
                 yield chunk

@@ -10,7 +10,6 @@ once per batch, so chunks that are already here but late are not handed out.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 import orjson
@@ -19,7 +18,7 @@ from gateway_core.errors import Reason
 from gateway_core.pb.gateway.v1 import chat_pb2
 from gateway_core.providers.base import ProviderError
 from gateway_core.providers.chunk_batches import BatchedChunks
-from gateway_core.providers.http import MAX_ERROR_BODY_BYTES, Deadline, read_within, transport_error
+from gateway_core.providers.http import MAX_ERROR_BODY_BYTES, Deadline, drain, read_within, transport_error
 from gateway_core.providers.http_errors import UpstreamTransportError
 from gateway_core.providers.http_response import UpstreamResponse
 from gateway_core.providers.openai import translate
@@ -87,7 +86,7 @@ class OpenAIStream(BatchedChunks):
                     break
                 if self._take(self._decoder.feed(data), out):  # [DONE]
                     out += self._translator.finish()
-                    await self._drain(response)
+                    await drain(response, self._deadline, DRAIN_SECONDS)
                     self._close()
                     break
         except ProviderError as failure:
@@ -134,21 +133,6 @@ class OpenAIStream(BatchedChunks):
                 raise translate.error_in_body(parsed.get("error", parsed) if isinstance(parsed, dict) else parsed)
             out += feed(parsed)
         return False
-
-    async def _drain(self, response: UpstreamResponse) -> None:
-        """Reads what follows [DONE] (normally just the body's end), so the pooled connection can be
-        reused instead of closed; gives up after DRAIN_SECONDS or at the deadline."""
-        try:
-            if response.fully_received:  # all of it is here: nothing to wait for, nothing to time
-                while await response.next_chunk() is not None:
-                    pass
-                return
-            remaining = self._deadline.remaining()
-            async with asyncio.timeout(DRAIN_SECONDS if remaining is None else min(DRAIN_SECONDS, remaining)):
-                while await response.next_chunk() is not None:
-                    pass
-        except (UpstreamTransportError, TimeoutError):
-            pass  # the answer is complete; the connection just won't be reused
 
     def _close(self) -> None:
         self._ended = True
