@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections import Counter
 
 from gateway_core import request_ids
@@ -66,3 +67,18 @@ def test_a_forked_child_does_not_reuse_the_parents_pending_ids() -> None:
     child_ids = {child[i : i + 32] for i in range(0, len(child), 32)}
     parent_ids = {parent[i : i + 32] for i in range(0, len(parent), 32)}
     assert len(child_ids) == 10 and not child_ids & parent_ids
+
+
+def test_request_ids_lead_with_the_time_in_milliseconds_then_80_random_bits() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [request_ids.new_request_id() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    stamps = [int(i[4:16], 16) for i in ids]
+    assert all(before <= stamp <= after for stamp in stamps)
+    # Made in time order, they sort in time order: inserts append to the money tables' primary-key indexes.
+    assert stamps == sorted(stamps)
+    tails = [i[16:] for i in ids]
+    assert len(set(tails)) == len(tails)
+    for position in (0, 10, 19):
+        counts = Counter(t[position] for t in tails)
+        assert len(counts) == 16 and max(counts.values()) < 2000 / 16 * 1.6
