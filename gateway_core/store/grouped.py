@@ -42,6 +42,9 @@ class GroupedWrite:
 
     # Classes run in ascending order within a group.
     run_order: ClassVar[int] = 0
+    # Fewer writes of the class than this in a group run one by one: below it, setting up the
+    # statements together (and the savepoint) costs more than the statements it saves.
+    least_together: ClassVar[int] = 2
 
     def __call__(self, lean: LeanConnection) -> Any:
         raise NotImplementedError
@@ -72,7 +75,7 @@ def run_grouped(lean: LeanConnection, fns: Sequence[Any], outcomes: list[Outcome
             alone.append(position)
     for cls in sorted(by_class, key=lambda found: found.run_order):
         positions = by_class[cls]
-        if len(positions) < 2:  # alone it is the ordinary path: no savepoint to pay for
+        if len(positions) < max(cls.least_together, 2):  # the ordinary path: no savepoint to pay for
             alone.extend(positions)
             continue
         lean.run_sql(_SAVEPOINT)

@@ -44,8 +44,8 @@ from gateway_core.store.grouped import GroupedWrite, Outcome
 from gateway_core.store.lean import LeanConnection, LeanStatement
 from gateway_core.store.usage_records import _LEAN_INSERT_USAGE, usage_row
 
-# Request ids per SELECT of open holds are powers of two up to this: a few statement texts
-# (the driver's statement cache keeps them prepared), at most log2 SELECTs per group.
+# Request ids per SELECT of open holds: up to this many, padded to a power of two, so there are
+# only a few statement texts (the driver's statement cache keeps them prepared).
 _MOST_IDS = 64
 
 _ACCOUNTS, _HOLDS = holds._ACCOUNTS, holds._HOLDS  # noqa: SLF001
@@ -198,14 +198,16 @@ def settle_together(lean: LeanConnection, items: Sequence[tuple[str, UsageOutcom
 
 
 def _chunks(values: Sequence[Any]) -> list[tuple[int, Sequence[Any]]]:
-    """values cut into runs of a power of two, at most _MOST_IDS, longest first: (length, run)."""
+    """values in runs of at most _MOST_IDS, each padded to a power of two with its last value: (length, run).
+
+    Padding keeps to a few statement texts and one SELECT per run; an id
+    twice in an IN list finds its row once.
+    """
     found: list[tuple[int, Sequence[Any]]] = []
-    left, start = len(values), 0
-    while left:
-        size = min(_MOST_IDS, 1 << (left.bit_length() - 1))
-        found.append((size, values[start : start + size]))
-        start += size
-        left -= size
+    for start in range(0, len(values), _MOST_IDS):
+        run = list(values[start : start + _MOST_IDS])
+        size = 1 << (len(run) - 1).bit_length()
+        found.append((size, run + run[-1:] * (size - len(run))))
     return found
 
 
