@@ -147,8 +147,9 @@ def settle_together(lean: LeanConnection, items: Sequence[tuple[str, UsageOutcom
     now = transaction_now(lean)
     open_holds: dict[str, tuple[Any, ...]] = {}
     for size, chunk in _chunks(request_ids):
-        for row in lean.all(_select_open(size), chunk):
-            open_holds[row[0]] = row
+        for row in lean.all(_select_holds(size), chunk):
+            if row[9] == _OPEN:
+                open_holds[row[0]] = row
     results: list[Outcome | None] = [None] * len(items)
     if not open_holds:
         return results
@@ -162,7 +163,7 @@ def settle_together(lean: LeanConnection, items: Sequence[tuple[str, UsageOutcom
         row = open_holds.get(request_id)
         if row is None:
             continue
-        _, account_id, key_id, held, _, _, _, _, balance_before = row
+        _, account_id, key_id, held, _, _, _, _, balance_before, _ = row
         hold = row[1:8]  # as holds._CLOSE returns it (what usage_row takes)
         charged = min(max(outcome.cost_micros, 0), held)
         balance_after = balances.get(account_id, balance_before) - charged
@@ -212,8 +213,8 @@ def _chunks(values: Sequence[Any]) -> list[tuple[int, Sequence[Any]]]:
 
 
 @cache
-def _select_open(size: int) -> LeanStatement:
-    """The open holds among size request ids: request_id, holds._CLOSED_HOLD's columns, the account's balance."""
+def _select_holds(size: int) -> LeanStatement:
+    """The holds of size request ids: request_id, holds._CLOSED_HOLD's columns, the account's balance, status."""
     balance = select(_ACCOUNTS.c.balance_micros).where(_ACCOUNTS.c.id == _HOLDS.c.account_id).scalar_subquery()
     ids = [bindparam(f"b_request_id_{index}", type_=String()) for index in range(size)]
     statement = select(
@@ -226,7 +227,10 @@ def _select_open(size: int) -> LeanStatement:
         _HOLDS.c.upstream_model,
         type_coerce(_HOLDS.c.created_at, NullType()),  # as stored: only written again, into the usage record
         balance,
-    ).where(_HOLDS.c.request_id.in_(ids), _HOLDS.c.status == _OPEN)
+        _HOLDS.c.status,
+    ).where(_HOLDS.c.request_id.in_(ids))
+    # No "status = 'open'" term: SQLite would then read the IN list through the partial index of open
+    # holds (every hold in flight, ~30 us per id with 2,000 open) instead of the primary key (~3 us).
     return LeanStatement(statement, tuple(f"b_request_id_{index}" for index in range(size)))
 
 

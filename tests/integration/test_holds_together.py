@@ -31,7 +31,7 @@ from gateway_core.store import holds as hold_sql
 from gateway_core.store.accounts import AccountLimitsUpdate
 from gateway_core.store.grouped import Outcome
 from gateway_core.store.holds import HoldRequest
-from gateway_core.store.holds_together import reserve_together, settle_together
+from gateway_core.store.holds_together import _select_holds, reserve_together, settle_together
 from gateway_core.store.lean import LeanConnection, statements_for
 from tests.ledger_support import FundedKey, check_invariants, funded_key, outcome
 
@@ -282,3 +282,12 @@ async def test_many_callers_on_few_accounts_keep_every_invariant(tmp_path: Path,
             assert (await store.get_account(key.account_id)).balance_micros >= 0
         spent = (await store.get_api_key(keys[1].key_id)).spent_micros
         assert 0 < spent <= 20_000
+
+
+def test_a_groups_holds_are_selected_by_request_id_alone() -> None:
+    """An IN list of request ids with a "status = 'open'" term cost SQLite 3.40 ~2-3x as much per id
+    (bench: 24 vs 11 us per id for two ids, 7 vs 2.5 for sixteen); the status is read and checked in Python."""
+    select_holds = _select_holds(16)
+    where = str(select_holds.statement).split("WHERE", 1)[1]
+    assert "request_id IN" in where and "status" not in where
+    assert select_holds.statement.selected_columns[-1].name == "status"
