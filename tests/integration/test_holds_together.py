@@ -290,4 +290,4 @@ def test_a_groups_holds_are_selected_by_request_id_alone() -> None:
     select_holds = _select_holds(16)
     where = str(select_holds.statement).rsplit("WHERE", 1)[1]  # the outer WHERE (the balance's subquery has one)
     assert "request_id IN" in where and "status" not in where
-    assert select_holds.statement.selected_columns[-1].name == "status"
+    assert list(select_holds.statement.selected_columns)[-1].name == "status"
