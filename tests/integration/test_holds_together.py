@@ -237,12 +237,16 @@ async def test_a_group_of_settlements_with_a_replay_a_repeat_and_an_unknown_id(t
         assert isinstance(found[0], Settlement) and isinstance(found[3], Settlement)
         assert (found[0].charged_micros, found[0].replayed, found[3].charged_micros) == (2_000, False, 3_000)
         assert found[3].balance_after_micros == 50_000 - 6_000
-        # The same request twice in one group: it cannot be settled together; once settled, once replayed.
-        (fourth,) = await asyncio.gather(ledger.hold(request_id="w", amount_micros=5_000, **ids))
-        twice = await asyncio.gather(ledger.settle(fourth, outcome(10)), ledger.settle(fourth, outcome(20)))
-        assert sorted(settlement.replayed for settlement in twice) == [False, True]
-        assert {settlement.charged_micros for settlement in twice} == {10}
-        assert (await store.get_account(key.account_id)).balance_micros == 50_000 - 6_010
+        # The same request twice in one group (with a third): not together; once settled, once replayed.
+        fourth, fifth = await asyncio.gather(*(ledger.hold(request_id=r, amount_micros=5_000, **ids) for r in "vw"))
+        statements = _trace_statements(db)
+        thrice = await asyncio.gather(
+            ledger.settle(fifth, outcome(10)), ledger.settle(fourth, outcome(7)), ledger.settle(fifth, outcome(20))
+        )
+        assert statements.count("ROLLBACK TO tollgate_together") == 1
+        assert [settlement.replayed for settlement in thrice] == [False, False, True]
+        assert [settlement.charged_micros for settlement in thrice] == [10, 7, 10]
+        assert (await store.get_account(key.account_id)).balance_micros == 50_000 - 6_017
         check_invariants(db.engine)
 
 
@@ -291,3 +295,19 @@ def test_a_groups_holds_are_selected_by_request_id_alone() -> None:
     where = str(select_holds.statement).rsplit("WHERE", 1)[1]  # the outer WHERE (the balance's subquery has one)
     assert "request_id IN" in where and "status" not in where
     assert list(select_holds.statement.selected_columns)[-1].name == "status"
+
+
+async def test_two_of_a_kind_run_one_by_one(tmp_path: Path) -> None:
+    """Below GroupedWrite.least_together (3) running together does not pay: no savepoint, the ordinary path."""
+    async with await Database.open(f"sqlite:///{tmp_path}/two.db") as db:
+        key = await funded_key(Store(db), 10_000)
+        ledger = Ledger(db, instance_id="together")
+        await ledger.ensure_instance()
+        ids = {"account_id": key.account_id, "api_key_id": key.key_id}
+        statements = _trace_statements(db)
+        two = await asyncio.gather(*(ledger.hold(request_id=r, amount_micros=1_000, **ids) for r in "ab"))
+        await asyncio.gather(*(ledger.settle(hold, outcome(10)) for hold in two))
+        assert statements.count("BEGIN IMMEDIATE") == 2  # one group each
+        assert len([s for s in statements if s.startswith("UPDATE accounts")]) == 4  # one per write
+        assert not any("tollgate_together" in s for s in statements)
+        check_invariants(db.engine)
