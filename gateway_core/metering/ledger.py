@@ -34,6 +34,7 @@ from gateway_core.observability.request_record import observe_settlement
 from gateway_core.store import holds, instances
 from gateway_core.store.db import Database
 from gateway_core.store.holds import HoldRequest
+from gateway_core.store.holds_together import ReserveWrite, SettleWrite
 
 # Orphans released per transaction: keeps each write short for other writers.
 ORPHAN_BATCH = 100
@@ -102,7 +103,7 @@ class Ledger:
             # instance-less hold and release it at once.
             await self.heartbeat()
         # durable=False: losing it to a power cut is losing a hold never answered (store/db.py).
-        hold = await self._db.run_lean(partial(holds.reserve, request=request), durable=False)
+        hold = await self._db.run_lean(ReserveWrite(request), durable=False)
         self._opened(hold.request_id)
         return hold
 
@@ -111,7 +112,8 @@ class Ledger:
 
         Idempotent by hold.request_id: safe to retry and to call concurrently.
         """
-        settlement = await self._db.run_lean(partial(holds.settle, request_id=hold.request_id, outcome=outcome))
+        # A group commit runs the settlements (and holds) queued with it together (store/holds_together.py).
+        settlement = await self._db.run_lean(SettleWrite(hold.request_id, outcome))
         self._closed(hold.request_id)
         observe_settlement(hold, outcome, settlement)
         return settlement

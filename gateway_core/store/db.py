@@ -10,7 +10,8 @@ fsync instead of queueing behind one fsync each on SQLite's single writer.
 
 The money path (run_lean) runs on the raw DBAPI connection with statements
 compiled once (store/lean.py), grouped the same way (but without a SAVEPOINT
-per write unless one fails after writing: see _lean_group), on the writer thread's
+per write unless one fails after writing, and a group's holds and
+settlements each run together: see _lean_group), on the writer thread's
 own connection, which stays at synchronous=NORMAL. A group made only of
 writes that asked for durable=False (the Ledger's holds) is committed without
 fsync; see _RELAXED_SYNCHRONOUS for why that loses no money. Any other write
@@ -33,6 +34,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
 from gateway_core.store.engine import WRITE_OPTION, is_sqlite_memory, make_engine
+from gateway_core.store.grouped import run_grouped
 from gateway_core.store.lean import LeanConnection, statements_for
 from gateway_core.store.migrate import upgrade_engine
 from gateway_core.store.writer import Outcome as _Outcome
@@ -251,6 +253,11 @@ class Database:
     def _lean_group(lean: LeanConnection, fns: list[Callable[[LeanConnection], Any]]) -> list[_Outcome]:
         """fns in one transaction; a write that fails is rolled back alone, so the others still commit.
 
+        Holds and settlements (GroupedWrites) of a group of several are run
+        first, each kind together as one set of statements in a SAVEPOINT;
+        a kind that cannot go through together (a refusal among them) is
+        rolled back to it and its writes run one by one with the rest
+        (store/grouped.py, store/holds_together.py).
         Most failures change nothing before they are raised (the conditional
         UPDATE that refuses a hold is the first statement), so they need no
         rollback and no write pays for a SAVEPOINT. Only when a write fails
@@ -262,21 +269,24 @@ class Database:
         lean.run_sql("BEGIN IMMEDIATE")
         lean.transaction_time = None  # a new transaction: a new time (store/clock.py)
         try:
-            outcomes: list[_Outcome] = []
-            for fn in fns:
+            outcomes: list[_Outcome | None] = [None] * len(fns)
+            # Holds and settlements of the group first, each kind as one set of statements (store/grouped.py).
+            alone = run_grouped(lean, fns, outcomes) if len(fns) > 1 else [0]
+            for position in alone:
+                fn = fns[position]
                 changes = connection.total_changes
                 try:
-                    outcomes.append((True, fn(lean)))
+                    outcomes[position] = (True, fn(lean))
                 except Exception as exc:  # noqa: BLE001 - handed to the caller (after a rollback, if it wrote)
                     if connection.total_changes == changes and connection.in_transaction:
-                        outcomes.append((False, exc))  # it changed nothing: nothing to undo
+                        outcomes[position] = (False, exc)  # it changed nothing: nothing to undo
                         continue
                     lean.rollback()
                     if len(fns) == 1:
                         return [(False, exc)]
                     return Database._lean_group_with_savepoints(lean, fns)
             lean.run_sql("COMMIT")
-            return outcomes
+            return outcomes  # type: ignore[return-value]  # every position was filled above
         except BaseException:
             with contextlib.suppress(Exception):  # the error that got us here is the one to report
                 lean.rollback()

@@ -323,6 +323,25 @@ class LeanConnection:
             return row  # type: ignore[no-any-return]
         return prepared.convert(row)
 
+    def all(self, statement: LeanStatement, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Runs a statement returning rows (a SELECT of many keys); every row, converted."""
+        prepared = self._prepared.get(statement) or self._statements.prepared(statement)
+        try:
+            rows = self._cursor.execute(prepared.sql, prepared.bind(args)).fetchall()
+        except self._dbapi_error as error:
+            raise self._wrapped(prepared.sql, error) from error
+        convert = prepared.convert
+        return rows if convert is None else [convert(row) for row in rows]  # type: ignore[no-any-return]
+
+    def count_each(self, statement: LeanStatement, rows: Sequence[Sequence[Any]]) -> int:
+        """Runs a statement that returns no rows once per row of args (the driver's executemany); rows changed."""
+        prepared = self._prepared.get(statement) or self._statements.prepared(statement)
+        bind = prepared.bind
+        try:
+            return int(self._cursor.executemany(prepared.sql, [bind(args) for args in rows]).rowcount)
+        except self._dbapi_error as error:
+            raise self._wrapped(prepared.sql, error) from error
+
     def unawaited(self) -> contextlib.AbstractContextManager[None]:
         """Statements run inside are sent without waiting for each one's result, where the driver can.
 

@@ -19,17 +19,17 @@ from gateway_core.store.records import ModelUsage, Usage
 
 
 # Built once: this runs on every request's settlement (see store/holds.py and store/lean.py).
-_USAGE: Table = UsageRecord.__table__  # type: ignore[attr-defined]
-_INSERT_USAGE = insert(_USAGE)
+USAGE_TABLE: Table = UsageRecord.__table__  # type: ignore[attr-defined]
+_INSERT_USAGE = insert(USAGE_TABLE)
 # Every column is bound (lean.py applies no defaults), in this order.
-_USAGE_COLUMNS = tuple(_USAGE.c.keys())
-assert _USAGE_COLUMNS == (
+USAGE_COLUMNS = tuple(USAGE_TABLE.c.keys())
+assert USAGE_COLUMNS == (
     "request_id", "account_id", "api_key_id", "model", "provider", "upstream_model", "prompt_tokens",
     "completion_tokens", "cached_tokens", "reasoning_tokens", "cost_micros", "held_micros", "status",
     "latency_ms", "time_to_first_token_ms", "estimated", "clamped", "created_at",
 ), "usage_records columns changed: update insert_usage"  # fmt: skip
 # created_at comes as stored in the hold's row (holds.py, _CLOSE): written back unconverted.
-_LEAN_INSERT_USAGE = LeanStatement(_INSERT_USAGE, _USAGE_COLUMNS, column_keys=_USAGE_COLUMNS, as_stored=("created_at",))
+_LEAN_INSERT_USAGE = LeanStatement(_INSERT_USAGE, USAGE_COLUMNS, column_keys=USAGE_COLUMNS, as_stored=("created_at",))
 
 
 def insert_usage(
@@ -48,20 +48,23 @@ def insert_usage(
     created_at as stored). The record is dated at admission (the hold's database time).
     Negative token counts (untrusted upstream numbers) are stored as 0 and flagged clamped.
     """
+    lean.count(_LEAN_INSERT_USAGE, usage_row(request_id, hold, outcome, charged_micros, clamped))
+
+
+def usage_row(
+    request_id: str, hold: Sequence[Any], outcome: UsageOutcome, charged_micros: int, clamped: bool
+) -> tuple[Any, ...]:
+    """The usage record of a closing hold (see insert_usage), as values in USAGE_COLUMNS order."""
     account_id, api_key_id, held_micros, _, _, _, created_at = hold
     prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
     cached, reasoning = outcome.cached_tokens, outcome.reasoning_tokens
     ttft = outcome.time_to_first_token_ms
     negative = prompt < 0 or completion < 0 or cached < 0 or reasoning < 0
-    # In _USAGE_COLUMNS order (checked at import).
-    lean.count(
-        _LEAN_INSERT_USAGE,
-        (
-            request_id, account_id, api_key_id, outcome.model, outcome.provider, outcome.upstream_model,
-            max(prompt, 0), max(completion, 0), max(cached, 0), max(reasoning, 0), charged_micros, held_micros,
-            outcome.status.value, max(outcome.latency_ms, 0), None if ttft is None else max(ttft, 0),
-            outcome.estimated, clamped or negative, created_at,
-        ),
+    return (
+        request_id, account_id, api_key_id, outcome.model, outcome.provider, outcome.upstream_model,
+        max(prompt, 0), max(completion, 0), max(cached, 0), max(reasoning, 0), charged_micros, held_micros,
+        outcome.status.value, max(outcome.latency_ms, 0), None if ttft is None else max(ttft, 0),
+        outcome.estimated, clamped or negative, created_at,
     )  # fmt: skip
 
 

@@ -419,7 +419,9 @@ async def test_a_failing_write_in_a_group_rolls_back_alone(tmp_path: Any) -> Non
                 return error.reason.name
             return "ok"
 
-        # Refusals by the first statement change nothing: no savepoint, the rest commit together.
+        # The three cannot be held together (their sum does not fit): that attempt is rolled back to its
+        # savepoint and each runs alone. A refusal by its first statement changes nothing, so no write
+        # needs a savepoint of its own, and the rest commit together.
         clean = await asyncio.gather(
             outcome_of(ledger.hold(request_id="a", amount_micros=200, **ids)),
             outcome_of(ledger.hold(request_id="too-much", amount_micros=10_000, **ids)),
@@ -427,7 +429,8 @@ async def test_a_failing_write_in_a_group_rolls_back_alone(tmp_path: Any) -> Non
         )
         assert clean == ["ok", "INSUFFICIENT_BALANCE", "ok"]
         assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
-        assert not any(s.startswith("SAVEPOINT") for s in statements)
+        assert statements.count("ROLLBACK TO tollgate_together") == 1
+        assert not any(s.startswith("SAVEPOINT tollgate_write") for s in statements)
         statements.clear()
 
         # A duplicate request_id and a key of another account fail after the account's row was
