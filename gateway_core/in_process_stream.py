@@ -25,6 +25,12 @@ What a server would give the handler is kept:
   would report (in_process._call_error);
 - shutdown: InProcessServices.stop() waits for these calls like for handler
   tasks, then cancels them.
+Like an in-process unary call, the handler's observation (the access line, the
+upstream_attempt line, their metrics: observability/after_answer.py) is queued
+while it runs and batched with other calls' once the handler is over
+(InProcessServices.run_after_answer): the last message is the reader's before
+any line is written. Work a stream's run queues after that (a settlement that
+outlives the call) runs at once, as before.
 What is not kept is the handler running ahead of a reader that is not reading:
 the chat pipeline's StreamRun reads the upstream ahead by itself (a bounded queue).
 """
@@ -37,6 +43,8 @@ from collections.abc import AsyncGenerator, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
+
+from gateway_core.observability import after_answer
 
 if TYPE_CHECKING:
     from gateway_core.in_process import InProcessServices, _Context
@@ -88,8 +96,11 @@ class InlineStreamCall(Generic[ResponseT]):
 
     def __init__(self, services: InProcessServices, messages: AsyncGenerator[Any, None] | None,
                  context: _Context, handler_context: contextvars.Context,
-                 refused: grpc.aio.AioRpcError | None = None) -> None:
+                 refused: grpc.aio.AioRpcError | None = None,
+                 deferred: after_answer.AfterAnswer | None = None) -> None:
         self._services = services
+        # The handler's deferred observation (current in handler_context), run once the handler is over.
+        self._deferred = deferred
         self._context = context
         self._handler_context = handler_context
         self._messages = messages
@@ -295,10 +306,24 @@ class InlineStreamCall(Generic[ResponseT]):
         if self._outcome is None:
             self._outcome = outcome
         self._stop_timer()
+        deferred = self._deferred
+        if deferred is not None:
+            self._deferred = None
+            self._run_deferred(deferred)
         self._services._inline.discard(self)
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(None)
         return grpc.aio.EOF if outcome is None else None
+
+    def _run_deferred(self, deferred: after_answer.AfterAnswer) -> None:
+        """The handler is over: what it queued runs with the next batch (at once if nothing is queued)."""
+        if not deferred.close():
+            return
+        task = asyncio.current_task()
+        if task is None:  # ended from a timer (the deadline, before the handler ran): nothing waits on it
+            deferred.run()
+            return
+        self._services.run_after_answer(task, deferred)
 
     def _end(self) -> Any:
         if self._outcome is not None:
@@ -335,5 +360,7 @@ def start_inline_stream(services: InProcessServices, handler: grpc.RpcMethodHand
                         context: _Context) -> InlineStreamCall[Any]:
     """The call of a handler that is an async generator function (the servicer's `yield` style)."""
     handler_context = contextvars.Context()  # as a server gives each RPC: nothing of the caller's leaks in
+    # Its observation waits for the end of the call (tasks the handler starts inherit the collector).
+    deferred, _ = handler_context.run(after_answer.open_for_call)
     messages = handler_context.run(handler.unary_stream, request, context)  # runs nothing of its body yet
-    return InlineStreamCall(services, messages, context, handler_context)
+    return InlineStreamCall(services, messages, context, handler_context, deferred=deferred)
