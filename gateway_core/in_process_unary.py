@@ -23,10 +23,10 @@ keeps it for streams:
 - deferred observation: opened for the handler, run after the caller has the
   answer, batched with other calls' (InProcessServices.run_after_answer);
 - shutdown: InProcessServices.stop() waits for running calls (ended()), then cancels them.
-What differs from a task per call: the handler runs in whichever task awaits
-the call first, if one does so in the step that made it (the facade always
-does); otherwise, as a call starts when it is made, it runs in a task of its
-own from the next loop pass. A second awaiter waits for the first one's outcome.
+What differs from a task per call: the handler starts when the call is first
+awaited (every caller here awaits at once; a call cancelled before that never
+runs its handler), and it runs in whichever task awaits it first; a second
+awaiter waits for that one's outcome.
 """
 
 from __future__ import annotations
@@ -75,10 +75,6 @@ class InlineUnaryCall(Generic[ResponseT]):
         self._ended: asyncio.Future[None] | None = None  # for stop() and a second awaiter, made when asked
         if refused is not None:
             self._finish(refused)
-        else:
-            # A call starts when it is made, as in grpc.aio: a caller that does not await it in this
-            # step (a test making calls side by side, say) gets its handler run in a task of its own.
-            asyncio.get_running_loop().call_soon(self._start_unawaited)
 
     # --- awaiting ---------------------------------------------------------------------------
 
@@ -91,18 +87,6 @@ class InlineUnaryCall(Generic[ResponseT]):
             self._finish(asyncio.CancelledError())
             raise asyncio.CancelledError()
         return (yield from self._run())
-
-    def _start_unawaited(self) -> None:
-        """Runs the handler in a task of its own if nobody has begun awaiting the call yet."""
-        if self._state == _NEW and not self._cancelled:
-            self._services.track(self._run_alone())
-
-    async def _run_alone(self) -> None:
-        """Awaits the call for nobody: its outcome stays on the call for whoever awaits it later."""
-        try:
-            await self
-        except BaseException:  # noqa: BLE001 - kept on the call (raised to its awaiters), not this task's
-            pass
 
     def _run(self) -> Generator[Any, Any, ResponseT]:
         """Runs the handler to its end in the awaiting task (see the module docstring)."""

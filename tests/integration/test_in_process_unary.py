@@ -7,9 +7,8 @@ context reaches the handler and nothing the handler sets leaks back; a task the
 handler starts copies the handler's context; cancel() and the deadline reach the
 handler where it waits and leave the caller's task uncancelled; the caller's own
 cancellation passes through and cancels the call; a second awaiter gets the same
-outcome; a call nobody awaits in the step that made it still starts (in a task of
-its own); a call cancelled at once never runs its handler; a stopping server
-waits for running calls.
+outcome; a call cancelled before it is awaited never runs its handler; a stopping
+server waits for running calls.
 """
 
 from __future__ import annotations
@@ -149,18 +148,6 @@ async def test_a_call_cancelled_before_it_is_awaited_never_runs_its_handler(prob
     with pytest.raises(asyncio.CancelledError):
         await call
     assert servicer.runs == 0 and call.done()
-
-
-async def test_a_call_nobody_awaits_yet_still_starts_and_keeps_its_answer_for_later(probe: Any) -> None:
-    stub, servicer, _ = probe
-    caller = asyncio.current_task()
-    call = stub.CreateChatCompletion(chat_pb2.CreateChatCompletionRequest(model="m"), timeout=5)
-    await asyncio.wait_for(servicer.started.wait(), 5)  # started as a grpc.aio call starts: when made
-    assert servicer.tasks[0] is not caller  # in a task of its own, as nobody was awaiting it
-    await asyncio.sleep(0.01)
-    assert call.done()
-    response = await call
-    assert response.model == "m" and servicer.runs == 1
 
 
 async def test_stop_waits_for_a_running_call_then_cancels_it(probe: Any) -> None:
