@@ -15,9 +15,8 @@ on, so the facade has one code path for both transports:
   server; cancelling a pending read() cancels the call, as in grpc.aio;
 - failures are real grpc.aio.AioRpcError objects with the code, details and
   trailing metadata (the rich status) the handler aborted with;
-- the handler runs with its own contextvars, as on a server: a unary one inside
-  the awaiting task (in_process_unary.InlineUnaryCall: no task per call, no
-  hand-off of the answer); a stream's async-generator handler inside the reader's task, one
+- the handler runs with its own contextvars, as on a server: a unary one in its
+  own task; a stream's async-generator handler inside the reader's task, one
   step per read (in_process_stream.InlineStreamCall: no task hand-off per
   message); any other stream handler in its own task, running ahead of the
   reader by a bounded window (the analogue of HTTP/2 flow control).
@@ -129,16 +128,14 @@ class InProcessServices:
     def stopping(self) -> bool:
         return self._stopping
 
-    def run_after_answer(self, task: asyncio.Task[Any] | None, deferred: after_answer.AfterAnswer) -> None:
+    def run_after_answer(self, task: asyncio.Task[Any], deferred: after_answer.AfterAnswer) -> None:
         """Runs a call's deferred observation after its caller has the answer, batched with other calls'.
 
-        task is the call's own, still running, or None for a call whose handler runs in
-        its caller's task (in_process_unary), which goes on with the answer in this very
-        step. The batch runs AFTER_ANSWER_BATCH_SECONDS after its first call ended, or
-        once AFTER_ANSWER_BATCH_CALLS have gathered as soon as the last of them is done:
-        as a done callback added at the end of its handler (called after the caller's
-        wake-up, added when the caller began awaiting the call), or called soon after
-        this step, so the answer is written first even then. Run one after
+        task is the call's own, still running. The batch runs AFTER_ANSWER_BATCH_SECONDS
+        after its first call ended, or once AFTER_ANSWER_BATCH_CALLS have gathered as
+        soon as the last of them is done: as a done callback added at the end of its
+        handler it is called after the caller's wake-up (added when the caller began
+        awaiting the call), so the answer is written first even then. Run one after
         another, the same lines and counts cost the loop much less than each run
         between two requests' work (measured: about 60-90 us less loop CPU per unary
         request at concurrency 1), and at concurrency 1 the next request no longer
@@ -151,10 +148,7 @@ class InProcessServices:
                 self._batch_timer.cancel()
                 self._batch_timer = None
             self._batch = []
-            if task is None:  # a call run by its caller (in_process_unary), which resumes with the answer now
-                asyncio.get_running_loop().call_soon(_run_all, batch)
-            else:
-                task.add_done_callback(lambda _task: _run_all(batch))
+            task.add_done_callback(lambda _task: _run_all(batch))
         elif self._batch_timer is None:
             self._batch_timer = asyncio.get_running_loop().call_later(AFTER_ANSWER_BATCH_SECONDS, self._run_batch)
 
@@ -333,13 +327,85 @@ class _UnaryUnaryMethod:
         self._method = method
 
     def __call__(self, request: Any, *, timeout: float | None = None, metadata: MetadataPairs | None = None,
-                 **_unused: Any) -> InlineUnaryCall[Any]:
-        services = self._services
-        context = _Context(metadata, timeout)
-        if services.stopping:  # as a stopping grpc.aio server does: new calls are refused
-            refused = _rpc_error(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-            return InlineUnaryCall(services, None, request, context, refused)
-        return InlineUnaryCall(services, services.handler(self._method), request, context)
+                 **_unused: Any) -> UnaryUnaryCall[Any]:
+        return UnaryUnaryCall(self._services, self._services.handler(self._method), request, metadata, timeout)
+
+
+class UnaryUnaryCall(Generic[ResponseT]):
+    """An in-process unary call: awaitable for the response, cancellable, like grpc.aio.UnaryUnaryCall."""
+
+    def __init__(self, services: InProcessServices, handler: grpc.RpcMethodHandler | None, request: Any,
+                 metadata: MetadataPairs | None, timeout: float | None) -> None:
+        self._context = _Context(metadata, timeout)
+        self._services = services
+        self._task = services.spawn(self._run(handler, request, timeout))
+
+    async def _run(self, handler: grpc.RpcMethodHandler | None, request: Any, timeout: float | None) -> ResponseT:
+        if handler is None or handler.unary_unary is None:
+            raise _unimplemented()
+        # The deadline as asyncio.timeout would enforce it (cancel the handler's task when it passes,
+        # report DEADLINE_EXCEEDED if that cancellation is what ended it), with no timer handle
+        # (the services' DeadlineTimer) and no context-manager coroutines per call.
+        deadlines = self._services.deadlines if timeout is not None else None
+        expired = False
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        if deadlines is not None:
+            def expire() -> None:
+                nonlocal expired
+                expired = True
+                task.cancel()
+
+            deadlines.add(task, self._context.deadline(), expire)
+        # The handler's observation (log lines, metrics) waits until the caller has the answer.
+        deferred, token = after_answer.open_for_call()
+        try:
+            response: ResponseT = await handler.unary_unary(request, self._context)
+        except asyncio.CancelledError:
+            # Our deadline, and no cancel() besides: the caller sees DEADLINE_EXCEEDED, as from grpc.aio.
+            if expired and task.uncancel() <= cancelling:
+                raise _deadline_exceeded() from None
+            raise
+        except grpc.aio.AioRpcError:
+            raise
+        except Exception as exc:
+            if expired:
+                task.uncancel()
+            raise _call_error(exc, self._context, expired) from None
+        finally:
+            if deadlines is not None:
+                deadlines.remove(task)
+            after_answer.close_for_call(token)
+            if deferred.close():
+                self._services.run_after_answer(task, deferred)
+        if expired:  # the handler swallowed the deadline's cancellation and answered: as asyncio.timeout
+            task.uncancel()
+        return response
+
+    def __await__(self) -> Any:
+        return self._task.__await__()
+
+    def initial_metadata_pairs(self) -> tuple[tuple[str, str | bytes], ...]:
+        """The initial metadata the handler has sent so far, as (key, value) pairs, without waiting
+        (complete once the response is in; see InlineStreamCall.initial_metadata_pairs)."""
+        return self._context._initial
+
+    def cancel(self) -> bool:
+        self._context._cancelled = True
+        return self._task.cancel()
+
+    def cancelled(self) -> bool:
+        return self._task.cancelled()
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    async def initial_metadata(self) -> grpc.aio.Metadata:
+        return self._context.initial()
+
+    async def trailing_metadata(self) -> grpc.aio.Metadata:
+        return self._context.trailing()
 
 
 class _UnaryStreamMethod:
@@ -480,6 +546,5 @@ class UnaryStreamCall(Generic[ResponseT]):
         return self._context.trailing()
 
 
-# Last: in_process_stream and in_process_unary build on this module's context and errors.
+# Last: in_process_stream builds on this module's context and errors.
 from gateway_core.in_process_stream import InlineStreamCall, start_inline_stream  # noqa: E402
-from gateway_core.in_process_unary import InlineUnaryCall  # noqa: E402
