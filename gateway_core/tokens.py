@@ -154,8 +154,9 @@ def estimate_prompt_tokens(request: ChatRequest) -> int:
     total = TOKENS_REPLY_PRIMING
     for message in request.messages:
         total += TOKENS_PER_MESSAGE + _message_tokens(message)
-    for tool in request.tools:
-        total += TOKENS_PER_TOOL + _tool_tokens(tool)
+    if request.tools:  # iterating an empty repeated field still costs an iterator: most requests have none
+        for tool in request.tools:
+            total += TOKENS_PER_TOOL + _tool_tokens(tool)
     if request.HasField("response_format"):
         schema = request.response_format.json_schema
         total += sum(estimate_text_tokens(text) for text in (schema.name, schema.description, schema.schema_json))
@@ -168,10 +169,11 @@ def _message_tokens(message: chat_pb2.Message) -> int:
         tokens += sum(_part_tokens(part) for part in message.parts)
     if message.name:
         tokens += TOKENS_PER_NAME + estimate_text_tokens(message.name)
-    for call in message.tool_calls:
-        tokens += TOKENS_PER_TOOL_CALL + estimate_text_tokens(
-            f"{call.id} {call.function.name} {call.function.arguments}"
-        )
+    if message.tool_calls:  # as for tools: no iterator over an empty repeated field
+        for call in message.tool_calls:
+            tokens += TOKENS_PER_TOOL_CALL + estimate_text_tokens(
+                f"{call.id} {call.function.name} {call.function.arguments}"
+            )
     return (
         tokens + estimate_text_tokens(message.tool_call_id) + estimate_text_tokens(message.refusal)
         + estimate_text_tokens(message.extra_json)

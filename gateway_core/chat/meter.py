@@ -132,15 +132,21 @@ class RequestMeter:
 
 def billed_usage(outcome: UsageOutcome, charged_micros: int) -> types_pb2.Usage:
     """The usage message clients see: exactly what was billed."""
-    return types_pb2.Usage(
-        prompt_tokens=outcome.prompt_tokens,
-        completion_tokens=outcome.completion_tokens,
-        total_tokens=outcome.prompt_tokens + outcome.completion_tokens,
-        cached_tokens=outcome.cached_tokens,
-        reasoning_tokens=outcome.reasoning_tokens,
-        cost_micros=charged_micros,
-        estimated=outcome.estimated,
-    )
+    usage = types_pb2.Usage()
+    set_billed_usage(usage, outcome, charged_micros)
+    return usage
+
+
+def set_billed_usage(usage: types_pb2.Usage, outcome: UsageOutcome, charged_micros: int) -> None:
+    """Sets every field of usage (a response's own, in place: no message built and copied in) to
+    what billed_usage gives."""
+    usage.prompt_tokens = outcome.prompt_tokens
+    usage.completion_tokens = outcome.completion_tokens
+    usage.total_tokens = outcome.prompt_tokens + outcome.completion_tokens
+    usage.cached_tokens = outcome.cached_tokens
+    usage.reasoning_tokens = outcome.reasoning_tokens
+    usage.cost_micros = charged_micros
+    usage.estimated = outcome.estimated
 
 
 def cancelled_before_upstream(hold_args: dict[str, Any]) -> UsageOutcome:

@@ -18,7 +18,7 @@ from typing import Any
 from gateway_core.auth import Authenticator, Principal
 from gateway_core.chat.attempts import RouteAttempts
 from gateway_core.background import BackgroundTasks
-from gateway_core.chat.meter import Admission, RequestMeter, billed_usage, cancelled_before_upstream
+from gateway_core.chat.meter import Admission, RequestMeter, cancelled_before_upstream, set_billed_usage
 from gateway_core.chat.stream_run import StreamRun
 from gateway_core.chat.upstream_drain import UpstreamDrain
 from gateway_core.chat.validate import validate_request
@@ -277,7 +277,7 @@ class _UnaryRun:
         meter.observe_response(response)
         outcome = meter.outcome(UsageStatus.OK)
         settlement = await pipeline._settle_with_retries(admission.hold, outcome)
-        response.usage.CopyFrom(billed_usage(outcome, settlement.charged_micros))
+        set_billed_usage(response.usage, outcome, settlement.charged_micros)  # every field: as CopyFrom would
         response.provider = meter.admission.provider.name  # the route that answered
         return response
 

@@ -203,6 +203,25 @@ def test_from_response_without_usage_leaves_it_unset() -> None:
     assert not translate.from_response(body, call_for(user_request())).HasField("usage")
 
 
+def test_from_response_with_all_zero_usage_still_sets_it() -> None:
+    # Usage is filled in place on the response: an upstream that reports zero tokens has still
+    # reported usage (metering trusts it), exactly as when a whole Usage message was copied in.
+    body = fixture_json("openai", "tool_calls.response.json")
+    body["usage"] = {"prompt_tokens": 0, "completion_tokens": 0}
+    response = translate.from_response(body, call_for(user_request()))
+    assert response.HasField("usage")
+    assert response.usage == types_pb2.Usage()
+    assert translate.usage_from(body["usage"]) == response.usage
+
+
+def test_from_response_keeps_a_logprobs_object_and_leaves_a_null_one_empty() -> None:
+    body = fixture_json("openai", "text.response.json")
+    body["choices"][0]["logprobs"] = None
+    body["choices"][1]["logprobs"] = {"content": []}
+    response = translate.from_response(body, call_for(user_request()))
+    assert [c.logprobs_json for c in response.choices] == ["", '{"content":[]}']
+
+
 @pytest.mark.parametrize("finish_reason", ["eos", "end_turn", 3])
 def test_unknown_finish_reason_is_an_error(finish_reason: Any) -> None:
     body = fixture_json("openai", "text.response.json")

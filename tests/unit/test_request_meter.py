@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from gateway_core.chat.meter import Admission, RequestMeter
+from gateway_core.chat.meter import Admission, RequestMeter, billed_usage, set_billed_usage
 from gateway_core.config import ModelSettings, Route
 from gateway_core.metering.outcome import Hold, UsageStatus
 from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
@@ -58,3 +58,16 @@ def test_a_choice_with_empty_text_still_counts_as_output_of_a_failed_request() -
     # A failure after output is billed for what was seen (here: the prompt estimate, no completion).
     outcome = meter.outcome(UsageStatus.UPSTREAM_ERROR)
     assert (outcome.prompt_tokens, outcome.completion_tokens) == (7, 0)
+
+
+def test_billed_usage_set_in_place_replaces_the_upstreams_numbers_whole() -> None:
+    meter = _meter()
+    upstream = types_pb2.Usage(prompt_tokens=11, completion_tokens=13, total_tokens=99, cached_tokens=5,
+                               reasoning_tokens=4)
+    response = _response(ANSWER, usage=upstream)
+    meter.observe_response(response)
+    outcome = meter.outcome(UsageStatus.OK)
+    expected = billed_usage(outcome, 42)
+    set_billed_usage(response.usage, outcome, 42)  # what the unary pipeline does to the answer it returns
+    assert response.usage == expected
+    assert (response.usage.total_tokens, response.usage.cost_micros, response.usage.estimated) == (24, 42, False)

@@ -62,19 +62,32 @@ def from_response(body: Any, call: UpstreamCall, *, provider: str = "") -> chat_
     for position, choice in enumerate(choices):
         if not isinstance(choice, dict):
             raise malformed("choice is not an object")
-        added = response.choices.add(
-            index=_integer(choice.get("index", position)),
-            finish_reason=openai_to_finish_reason(choice.get("finish_reason")),
-            logprobs_json=_json_or_empty(choice.get("logprobs")),
-        )
+        # Fields set one by one: add() with keywords parses them on every call, which costs more.
+        index = _integer(choice.get("index", position))
+        finish_reason = openai_to_finish_reason(choice.get("finish_reason"))
+        logprobs = choice.get("logprobs")
+        logprobs_json = "" if logprobs is None else dump(logprobs)
+        added = response.choices.add()
+        added.index = index
+        added.finish_reason = finish_reason
+        if logprobs_json:
+            added.logprobs_json = logprobs_json
         _fill_message(added.message, choice.get("message"))  # in place: no submessage copy
-    if body.get("usage") is not None:
-        response.usage.CopyFrom(usage_from(body["usage"]))
+    usage = body.get("usage")
+    if usage is not None:
+        _fill_usage(response.usage, usage)  # in place: no Usage built and copied in
     return response
 
 
 def usage_from(data: Any) -> types_pb2.Usage:
     """OpenAI usage (or DeepSeek's variant with prompt_cache_hit_tokens) -> Usage."""
+    usage = types_pb2.Usage()
+    _fill_usage(usage, data)
+    return usage
+
+
+def _fill_usage(usage: types_pb2.Usage, data: Any) -> None:
+    """Sets usage (a fresh message) from OpenAI's usage object; see usage_from."""
     if not isinstance(data, dict):
         raise malformed("usage is not an object")
     prompt, completion = _count(data.get("prompt_tokens")), _count(data.get("completion_tokens"))
@@ -85,11 +98,12 @@ def usage_from(data: Any) -> types_pb2.Usage:
     if cached is None:
         cached = data.get("prompt_cache_hit_tokens")
     reasoning = completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else None
-    return types_pb2.Usage(
-        prompt_tokens=prompt, completion_tokens=completion,
-        total_tokens=prompt + completion if total is None else _count(total),
-        cached_tokens=_count(cached), reasoning_tokens=_count(reasoning),
-    )
+    # Field by field, in the order the constructor took them (the same message either way).
+    usage.prompt_tokens = prompt
+    usage.completion_tokens = completion
+    usage.total_tokens = prompt + completion if total is None else _count(total)
+    usage.cached_tokens = _count(cached)
+    usage.reasoning_tokens = _count(reasoning)
 
 
 def _fill_message(message: chat_pb2.Message, data: Any) -> None:
