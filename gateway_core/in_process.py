@@ -283,6 +283,10 @@ class _Context:
     def initial(self) -> grpc.aio.Metadata:
         return grpc.aio.Metadata(*self._initial)
 
+    def initial_pairs(self) -> tuple[tuple[str, str | bytes], ...]:
+        """The initial metadata sent so far, as the handler gave it (no grpc.aio.Metadata built)."""
+        return self._initial
+
     def trailing(self) -> grpc.aio.Metadata:
         return grpc.aio.Metadata(*self._trailing)
 
@@ -389,7 +393,7 @@ class UnaryUnaryCall(Generic[ResponseT]):
     def initial_metadata_pairs(self) -> tuple[tuple[str, str | bytes], ...]:
         """The initial metadata the handler has sent so far, as (key, value) pairs, without waiting
         (complete once the response is in; see InlineStreamCall.initial_metadata_pairs)."""
-        return self._context._initial
+        return self._context.initial_pairs()
 
     def cancel(self) -> bool:
         self._context._cancelled = True

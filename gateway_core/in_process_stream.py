@@ -241,7 +241,7 @@ class InlineStreamCall(Generic[ResponseT]):
         that knows this (the facade) reads it here without a coroutine and a
         grpc.aio.Metadata per call.
         """
-        return self._context._initial
+        return self._context.initial_pairs()
 
     async def trailing_metadata(self) -> grpc.aio.Metadata:
         return self._context.trailing()

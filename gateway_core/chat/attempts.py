@@ -167,7 +167,7 @@ class RouteAttempts:
             try:
                 first = await chunks.next_batch()
             except BaseException as error:
-                watch.__exit__(None, None, None)
+                watch.stop()
                 # As asyncio.timeout: a cut of the watch's own is taken back whatever it turned into.
                 timed_out = watch.timed_out() and isinstance(error, asyncio.CancelledError)
                 await _close(chunks)
@@ -339,7 +339,7 @@ class StartedStream:
         if self._closed:
             return
         self._closed = True
-        self._watch.__exit__(None, None, None)
+        self._watch.stop()
         started, health = self._started, self._attempts.health
         route, probe = started.route, started.probe
         if error is None:

@@ -52,6 +52,10 @@ class IdleWatch:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Ends the watch: its timer is cancelled (for a watch that outlives one `with` block)."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None

@@ -144,7 +144,7 @@ class TimedStream(BatchedChunks):
             batch = await self._inner.next_batch()
         except BaseException:
             self._waited += time.monotonic() - started
-            self._count()
+            self._count()  # reads _waited: the wait that ended in the error counts
             raise
         self._waited += time.monotonic() - started
         if batch is None:
