@@ -291,22 +291,42 @@ def reserve(lean: LeanConnection, request: HoldRequest) -> AdmittedHold:
         if key is None or key[0] != account_id:
             raise key_not_found(request.api_key_id)
         raise GatewayError(Reason.INSUFFICIENT_BALANCE, KEY_CANNOT_COVER)
-    # In _HOLD_COLUMNS order (HoldRecord's, checked at import).
-    row = (
-        request_id, account_id, request.api_key_id, amount, _OPEN, request.instance_id,
-        request.model, request.provider, request.upstream_model, 0, None, now, None,
-    )  # fmt: skip
     try:
-        lean.count(_LEAN_INSERT_HOLD, row)
+        lean.count(_LEAN_INSERT_HOLD, hold_row(request, now))
     except IntegrityError:
         # Account and key were just updated, so only the primary key can clash.
         raise GatewayError(
             Reason.ALREADY_EXISTS, "a request with this request_id was already admitted", param="request_id"
         ) from None
     if amount > 0:  # a free request moves no money, so it needs no entry
-        lean.count(_LEAN_INSERT_HOLD_ENTRY, (account_id, _HOLD_KIND, 0, amount, request_id, "", now))
+        lean.count(_LEAN_INSERT_HOLD_ENTRY, hold_entry(request, now))
     # What the Ledger hands out, built here on the writer thread rather than from a full HoldRecord on the loop.
     return AdmittedHold(request_id, account_id, request.api_key_id, amount)
+
+
+def hold_row(request: HoldRequest, now: datetime) -> tuple[Any, ...]:
+    """The open hold of a request, in _HOLD_COLUMNS order (HoldRecord's, checked at import)."""
+    return (
+        request.request_id, request.account_id, request.api_key_id, request.amount_micros, _OPEN,
+        request.instance_id, request.model, request.provider, request.upstream_model, 0, None, now, None,
+    )  # fmt: skip
+
+
+def hold_entry(request: HoldRequest, now: datetime) -> tuple[Any, ...]:
+    """The ledger entry of a hold that moves money (_LEAN_INSERT_HOLD_ENTRY's parameters)."""
+    return (request.account_id, _HOLD_KIND, 0, request.amount_micros, request.request_id, "", now)
+
+
+def closing_entries(
+    account_id: str, request_id: str, charged: int, held: int, balance_after: int, now: datetime
+) -> tuple[tuple[Any, ...], ...]:
+    """The ledger entries of a closing hold, in _ENTRY_COLUMNS order: the charge, then the rest
+    un-held; either left out when it moves nothing (charged <= held always)."""
+    settle_entry = (account_id, _SETTLE_KIND, -charged, -charged, balance_after, request_id, "", now)
+    release_entry = (account_id, _RELEASE_KIND, 0, charged - held, balance_after, request_id, "", now)
+    if charged > 0:
+        return (settle_entry, release_entry) if held > charged else (settle_entry,)
+    return (release_entry,) if held > 0 else ()
 
 
 def budget_period(now: datetime) -> int:
@@ -449,17 +469,14 @@ def _move_money(
                 f" {account_id!r} would not leave"
             )
         balance_after = recorded_balance
-    # Entries in _ENTRY_COLUMNS order, stamped with the time of the transaction.
-    settle_entry = (account_id, _SETTLE_KIND, -charged, -charged, balance_after, request_id, "", now)
-    release_entry = (account_id, _RELEASE_KIND, 0, charged - held, balance_after, request_id, "", now)
+    # Stamped with the time of the transaction.
+    entries = closing_entries(account_id, request_id, charged, held, balance_after, now)
     with lean.unawaited():  # nothing below is read back: one round trip on PostgreSQL
         lean.count(_LEAN_DEBIT_KEY, (key_id, charged, held))
-        if charged > 0 and held > charged:
-            lean.count(_LEAN_INSERT_ENTRIES[2], settle_entry + release_entry)
-        elif charged > 0:
-            lean.count(_LEAN_INSERT_ENTRIES[1], settle_entry)
-        elif held > 0:
-            lean.count(_LEAN_INSERT_ENTRIES[1], release_entry)
+        if len(entries) == 2:
+            lean.count(_LEAN_INSERT_ENTRIES[2], entries[0] + entries[1])
+        elif entries:
+            lean.count(_LEAN_INSERT_ENTRIES[1], entries[0])
         if recorded_balance is None:
             lean.count(_LEAN_RECORD_CHARGE, (request_id, charged, balance_after))
         insert_usage(lean, request_id, hold, outcome, charged_micros=charged, clamped=clamped)

@@ -49,7 +49,6 @@ _MOST_IDS = 64
 
 _ACCOUNTS, _HOLDS = holds._ACCOUNTS, holds._HOLDS  # noqa: SLF001
 _OPEN, _SETTLED = holds._OPEN, holds._SETTLED  # noqa: SLF001
-_HOLD_KIND, _SETTLE_KIND, _RELEASE_KIND = holds._HOLD_KIND, holds._SETTLE_KIND, holds._RELEASE_KIND  # noqa: SLF001
 
 
 class ReserveWrite(GroupedWrite):
@@ -104,18 +103,12 @@ def reserve_together(lean: LeanConnection, requests: Sequence[holds.HoldRequest]
     hold_rows: list[tuple[Any, ...]] = []
     entry_rows: list[tuple[Any, ...]] = []
     for request in requests:
-        account_id, key_id, amount, request_id = (
-            request.account_id, request.api_key_id, request.amount_micros, request.request_id,
-        )  # fmt: skip
+        account_id, key_id, amount = request.account_id, request.api_key_id, request.amount_micros
         by_account[account_id] = by_account.get(account_id, 0) + amount
         by_key[key_id, account_id] = by_key.get((key_id, account_id), 0) + amount
-        # In holds._HOLD_COLUMNS order, as holds.reserve writes it.
-        hold_rows.append((
-            request_id, account_id, key_id, amount, _OPEN, request.instance_id,
-            request.model, request.provider, request.upstream_model, 0, None, now, None,
-        ))  # fmt: skip
+        hold_rows.append(holds.hold_row(request, now))
         if amount > 0:  # a free request moves no money, so it needs no entry
-            entry_rows.append((account_id, _HOLD_KIND, 0, amount, request_id, "", now))
+            entry_rows.append(holds.hold_entry(request, now))
     for account_id, total in by_account.items():
         if lean.count(holds._LEAN_RESERVE_ON_ACCOUNT, (account_id, total, now, period)) != 1:  # noqa: SLF001
             return None
@@ -174,11 +167,7 @@ def settle_together(lean: LeanConnection, items: Sequence[tuple[str, UsageOutcom
         key[0] += charged
         key[1] += held
         closes.append((request_id, charged, balance_after, now))
-        # As holds._move_money writes them, in _ENTRY_COLUMNS order.
-        if charged > 0:
-            entries.append((account_id, _SETTLE_KIND, -charged, -charged, balance_after, request_id, "", now))
-        if held > charged:
-            entries.append((account_id, _RELEASE_KIND, 0, charged - held, balance_after, request_id, "", now))
+        entries.extend(holds.closing_entries(account_id, request_id, charged, held, balance_after, now))
         clamped = outcome.clamped or charged != outcome.cost_micros
         usages.append(usage_row(request_id, hold, outcome, charged, clamped))
         results[position] = (True, Settlement(request_id, charged, held - charged, balance_after, replayed=False))
