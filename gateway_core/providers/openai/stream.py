@@ -1,7 +1,8 @@
 """One streamed chat completion from an OpenAI-compatible upstream, read one network read at a time.
 
 The bytes of one read are SSE-decoded, parsed and translated in one step, and
-their chunks handed out together (ChunkBatches), instead of an async generator
+their chunks handed out together (ChunkBatches; the read's text deltas of one
+choice merged into one chunk by the translator), instead of an async generator
 step per event through an event iterator and a deadline wrapper. Waits are
 bounded by the connection itself: its read timeout and the caller's deadline
 (one timer per connection, see http_connection); the deadline is also checked
@@ -119,19 +120,27 @@ class OpenAIStream(BatchedChunks):
         return response
 
     def _take(self, events: list[SseEvent], out: list[Chunk]) -> bool:
-        """Translates events into out, in order; True at [DONE] (what follows it is not read)."""
-        feed = self._translator.feed
-        for event in events:
-            data = event.data
-            if data[:1] != "{" and data.strip() == "[DONE]":  # a JSON chunk is never the end marker
-                return True
-            try:
-                parsed = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise malformed("stream event data is not JSON") from None
-            if event.event == "error":
-                raise translate.error_in_body(parsed.get("error", parsed) if isinstance(parsed, dict) else parsed)
-            out += feed(parsed)
+        """Translates the events of one read into out, in order; True at [DONE] (what follows it is not read).
+
+        Text deltas of one choice that arrived in this read leave as one chunk (see
+        StreamTranslator); the read's text is handed out before a failure met in it is raised.
+        """
+        translator = self._translator
+        feed = translator.feed_into
+        try:
+            for event in events:
+                data = event.data
+                if data[:1] != "{" and data.strip() == "[DONE]":  # a JSON chunk is never the end marker
+                    return True
+                try:
+                    parsed = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise malformed("stream event data is not JSON") from None
+                if event.event == "error":
+                    raise translate.error_in_body(parsed.get("error", parsed) if isinstance(parsed, dict) else parsed)
+                feed(parsed, out)
+        finally:
+            translator.end_read(out)
         return False
 
     def _close(self) -> None:
