@@ -208,9 +208,9 @@ class StreamTranslator:
         self.end_read(out)
         return out
 
-    def feed_into(self, data: Any, out: list[chat_pb2.StreamChatCompletionResponse]) -> None:
+    def feed_into(self, data: Any, out: list[chat_pb2.StreamChatCompletionResponse]) -> str | None:
         """Translates one upstream chunk of the current read into out; a text-only delta joins the
-        read's text run instead, handed out when something else comes or at end_read().
+        read's text run instead (see feed_text) and its content is returned, else None.
 
         An in-stream error raises ProviderError; the caller still calls end_read(), so that
         the text before the error is not lost to it.
@@ -221,22 +221,28 @@ class StreamTranslator:
                 choice = choices[0]
                 text = self._text_only(choice)
                 if text is not None:  # the bulk of a stream, decided in one pass
-                    self._last = data
-                    index = choice.get("index", 0)
-                    fingerprint, tier = data.get("system_fingerprint"), data.get("service_tier")
-                    parts = self._run_parts
-                    if fingerprint != self._head_fingerprint or tier != self._head_tier or self._marked_head is None:
-                        self.end_read(out)  # the run so far had another head
-                        base = self._base()  # also sets them, as the general path would
-                        self._head_fingerprint, self._head_tier = fingerprint, tier
-                        self._marked_head = base.SerializeToString()
-                    elif parts and index != self._run_index:
-                        self.end_read(out)
-                    self._run_index = index
-                    parts.append(text)
-                    return
+                    self.feed_text(data, choice.get("index", 0), text, out)
+                    return text
         self.end_read(out)
         out += self._feed_general(data)
+        return None
+
+    def feed_text(self, data: dict[str, Any], index: int, text: str,
+                  out: list[chat_pb2.StreamChatCompletionResponse]) -> None:
+        """Adds a text-only delta to the read's run: data is an upstream chunk feed_into() found to be
+        one (of choice index), or one of the same head, with text as its content."""
+        self._last = data
+        fingerprint, tier = data.get("system_fingerprint"), data.get("service_tier")
+        parts = self._run_parts
+        if fingerprint != self._head_fingerprint or tier != self._head_tier or self._marked_head is None:
+            self.end_read(out)  # the run so far had another head
+            base = self._base()  # also sets them, as the general path would
+            self._head_fingerprint, self._head_tier = fingerprint, tier
+            self._marked_head = base.SerializeToString()
+        elif parts and index != self._run_index:
+            self.end_read(out)
+        self._run_index = index
+        parts.append(text)
 
     def end_read(self, out: list[chat_pb2.StreamChatCompletionResponse]) -> None:
         """Hands out the read's text run, if any, as one chunk: what the general path makes of a text-only
