@@ -110,7 +110,8 @@ class Streamed:
         return reported[0]
 
 
-def stream(client: openai.OpenAI, model: str, **options: Any) -> Streamed:
+def stream(client: openai.OpenAI, upstream: EventStreamUpstream, model: str, **options: Any) -> Streamed:
+    upstream.delivered = 0
     response = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "Tell me something."}], stream=True,
         stream_options={"include_usage": True}, **options)
@@ -118,14 +119,16 @@ def stream(client: openai.OpenAI, model: str, **options: Any) -> Streamed:
     try:
         for chunk in response:
             streamed.chunks.append(chunk)
+            upstream.delivered += 1  # a spaced upstream writes its next event only now
     except openai.APIError as failure:
         streamed.failure = failure
     return streamed
 
 
-def both(client: openai.OpenAI, name: str, **options: Any) -> tuple[Streamed, Streamed]:
+def both(client: openai.OpenAI, upstream: EventStreamUpstream, name: str, **options: Any) -> tuple[Streamed, Streamed]:
     """The stream `name` played in one write and played event by event."""
-    return stream(client, f"{name}@together", **options), stream(client, f"{name}@spaced", **options)
+    return (stream(client, upstream, f"{name}@together", **options),
+            stream(client, upstream, f"{name}@spaced", **options))
 
 
 def usage_record(gateway: RunningGateway, key: str, request_id: str) -> metering_pb2.UsageRecord:
@@ -144,9 +147,9 @@ def billed(gateway: RunningGateway, key: str, streamed: Streamed) -> tuple[Any, 
 
 
 def test_a_burst_of_text_reaches_the_client_as_one_chunk_with_the_same_text_finish_usage_and_bill(
-    client: openai.OpenAI, gateway: RunningGateway, key: str,
+    client: openai.OpenAI, upstream: EventStreamUpstream, gateway: RunningGateway, key: str,
 ) -> None:
-    together, spaced = both(client, "text")
+    together, spaced = both(client, upstream, "text")
     assert together.deltas() == ["", "".join(TOKENS), None], "role chunk, the merged text, the finish chunk"
     assert spaced.deltas() == ["", *TOKENS, None], "one chunk per upstream read, as before"
     assert together.finish_reasons() == spaced.finish_reasons() == {0: "stop"}
@@ -159,9 +162,9 @@ def test_a_burst_of_text_reaches_the_client_as_one_chunk_with_the_same_text_fini
 
 
 def test_without_upstream_usage_the_estimate_is_the_same_merged_or_not(
-    client: openai.OpenAI, gateway: RunningGateway, key: str,
+    client: openai.OpenAI, upstream: EventStreamUpstream, gateway: RunningGateway, key: str,
 ) -> None:
-    together, spaced = both(client, "no-usage")
+    together, spaced = both(client, upstream, "no-usage")
     assert together.texts() == ["".join(TOKENS)] and spaced.texts() == TOKENS
     assert together.usage().model_dump() == spaced.usage().model_dump()
     assert billed(gateway, key, together) == billed(gateway, key, spaced)
@@ -169,8 +172,10 @@ def test_without_upstream_usage_the_estimate_is_the_same_merged_or_not(
     assert estimated is True and completion > 0 and cost == prompt * 1 + completion * 2
 
 
-def test_chunks_with_logprobs_are_never_merged(client: openai.OpenAI, gateway: RunningGateway, key: str) -> None:
-    together, spaced = both(client, "logprobs", logprobs=True)
+def test_chunks_with_logprobs_are_never_merged(
+    client: openai.OpenAI, upstream: EventStreamUpstream, gateway: RunningGateway, key: str,
+) -> None:
+    together, spaced = both(client, upstream, "logprobs", logprobs=True)
     assert together.texts() == spaced.texts() == TOKENS[:4]
     for streamed in (together, spaced):
         logprobs = [c.logprobs.content[0] for chunk in streamed.chunks for c in chunk.choices if c.logprobs]
@@ -180,9 +185,9 @@ def test_chunks_with_logprobs_are_never_merged(client: openai.OpenAI, gateway: R
 
 
 def test_tool_call_deltas_are_never_merged_and_the_text_before_them_is(
-    client: openai.OpenAI, gateway: RunningGateway, key: str,
+    client: openai.OpenAI, upstream: EventStreamUpstream, gateway: RunningGateway, key: str,
 ) -> None:
-    together, spaced = both(client, "tools")
+    together, spaced = both(client, upstream, "tools")
     assert together.texts() == ["Let me check."] and spaced.texts() == ["Let me ", "check."]
     for streamed in (together, spaced):
         calls = [c.delta.tool_calls for chunk in streamed.chunks for c in chunk.choices if c.delta.tool_calls]
@@ -196,9 +201,9 @@ def test_tool_call_deltas_are_never_merged_and_the_text_before_them_is(
 
 
 def test_interleaved_choices_are_merged_only_where_one_choice_follows_itself(
-    client: openai.OpenAI, gateway: RunningGateway, key: str,
+    client: openai.OpenAI, upstream: EventStreamUpstream, gateway: RunningGateway, key: str,
 ) -> None:
-    together, spaced = both(client, "two-choices", n=2)
+    together, spaced = both(client, upstream, "two-choices", n=2)
     assert together.texts(0) == ["a", "c", "ef"] and together.texts(1) == ["b", "d", "gh"]
     assert spaced.texts(0) == ["a", "c", "e", "f"] and spaced.texts(1) == ["b", "d", "g", "h"]
     order = [(c.index, c.delta.content) for chunk in together.chunks for c in chunk.choices if c.delta.content]
@@ -208,9 +213,9 @@ def test_interleaved_choices_are_merged_only_where_one_choice_follows_itself(
 
 
 def test_a_new_fingerprint_or_service_tier_mid_read_starts_a_new_chunk(
-    client: openai.OpenAI, gateway: RunningGateway, key: str,
+    client: openai.OpenAI, upstream: EventStreamUpstream, gateway: RunningGateway, key: str,
 ) -> None:
-    together, spaced = both(client, "marks")
+    together, spaced = both(client, upstream, "marks")
     assert together.texts() == ["ab", "cd", "ef"]
     assert spaced.texts() == ["a", "b", "c", "d", "e", "f"]
     assert billed(gateway, key, together) == billed(gateway, key, spaced)
@@ -223,9 +228,9 @@ def test_a_new_fingerprint_or_service_tier_mid_read_starts_a_new_chunk(
 
 
 def test_an_error_after_text_in_the_same_read_comes_after_that_text(
-    client: openai.OpenAI, gateway: RunningGateway, key: str,
+    client: openai.OpenAI, upstream: EventStreamUpstream, gateway: RunningGateway, key: str,
 ) -> None:
-    together, spaced = both(client, "error")
+    together, spaced = both(client, upstream, "error")
     assert together.texts() == ["partial answer"] and spaced.texts() == ["partial ", "answer"]
     for streamed in (together, spaced):
         assert streamed.failure is not None, "the upstream's error reaches the client in-band, after the text"
@@ -235,19 +240,29 @@ def test_an_error_after_text_in_the_same_read_comes_after_that_text(
     assert completion > 0 and cost > 0 and estimated, "charged for what was generated, by estimate"
 
 
-def test_the_grpc_stream_sees_the_merged_chunks_too(gateway: RunningGateway, key: str) -> None:
+def test_the_grpc_stream_sees_the_merged_chunks_too(
+    upstream: EventStreamUpstream, gateway: RunningGateway, key: str,
+) -> None:
     messages = grpc_stream(gateway, key, "text@together")
     contents = [choice.delta.content for message in messages for choice in message.choices]
     assert contents == ["", "".join(TOKENS), ""]
     assert messages[-1].HasField("usage") and messages[-1].usage.completion_tokens == 16
-    spaced = grpc_stream(gateway, key, "text@spaced")
+    spaced = grpc_stream(gateway, key, "text@spaced", upstream)
     assert [choice.delta.content for message in spaced for choice in message.choices] == ["", *TOKENS, ""]
 
 
-def grpc_stream(gateway: RunningGateway, key: str, model: str) -> list[chat_pb2.StreamChatCompletionResponse]:
-    """Every message of a StreamChatCompletion call over the core's gRPC port."""
+def grpc_stream(gateway: RunningGateway, key: str, model: str,
+                upstream: EventStreamUpstream | None = None) -> list[chat_pb2.StreamChatCompletionResponse]:
+    """Every message of a StreamChatCompletion call over the core's gRPC port (counted for a spaced upstream)."""
     request = chat_pb2.StreamChatCompletionRequest(model=model)
     request.messages.add(role=1, content="Tell me something.")
+    messages = []
+    if upstream is not None:
+        upstream.delivered = 0
     with grpc.insecure_channel(gateway.grpc_target) as channel:
-        return list(chat_pb2_grpc.ChatServiceStub(channel).StreamChatCompletion(
-            request, metadata=(("authorization", f"Bearer {key}"),), timeout=30))
+        for message in chat_pb2_grpc.ChatServiceStub(channel).StreamChatCompletion(
+                request, metadata=(("authorization", f"Bearer {key}"),), timeout=30):
+            messages.append(message)
+            if upstream is not None:
+                upstream.delivered += 1
+    return messages

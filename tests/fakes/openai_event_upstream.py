@@ -2,43 +2,64 @@
 
     with EventStreamUpstream({"text": [first(), text("a"), text("b"), finish(), usage(5, 2)]}) as up:
         ...  # upstream model "text@together": every event (and [DONE]) in one write
-             # upstream model "text@spaced":   each event its own write, SPACING seconds apart
+             # upstream model "text@spaced":   each event its own write, in lockstep with the client
 
 For what depends on how a stream is cut into network reads: events written
 together reach the gateway in one read (as a fast model's tokens, or any
 stream when the gateway is behind), spaced ones in a read each (as a model
-generates them). The events are chat.completion.chunk objects in OpenAI's
-wire format (the builders below), or a raw str sent as the event's data.
-The HTTP side (h11, request records, TCP_NODELAY) is FakeOpenAIUpstream's.
+generates them). Spacing by time alone would not be enough on a loaded
+machine (a gateway that stalls longer than the gap reads two events at
+once), so a spaced event is written only once the client has counted, in
+`delivered`, a chunk for every event before it: the gateway has read each
+event before the next exists (after LOCKSTEP_SECONDS without that count it
+is written anyway, and the test sees why). The events are
+chat.completion.chunk objects in OpenAI's wire format (the builders below),
+or a raw str sent as the event's data. The HTTP side (h11, request records,
+TCP_NODELAY) is FakeOpenAIUpstream's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.fakes.plans import Plan, StreamPlan
 
-SPACING = 0.02  # long enough that each spaced event is a read of its own
+LOCKSTEP_SECONDS = 5.0  # how long a spaced event waits for the client's count before it goes anyway
 STREAM_ID = "chatcmpl-events"
 CREATED = 1700000000
 
 
 class EventStreamUpstream(FakeOpenAIUpstream):
-    """Streams a named event list for upstream model "<name>@together" or "<name>@spaced"."""
+    """Streams a named event list for upstream model "<name>@together" or "<name>@spaced".
+
+    A test reading a spaced stream adds one to `delivered` per chunk it receives (start() of a new
+    stream: set it to 0 first).
+    """
 
     def __init__(self, streams: Mapping[str, Sequence[Any]], expected_key: str | None = None) -> None:
         super().__init__(expected_key)
         self.streams = dict(streams)
+        self.delivered = 0
 
     def plan_for(self, method: str, target: str, headers: dict[str, str], body: Any) -> Plan:
         model = body.get("model") if isinstance(body, dict) else None
         name, _, how = str(model).partition("@")
         if method == "POST" and name in self.streams and how in ("together", "spaced"):
             events = self.streams[name]
-            return StreamPlan(events, together=True) if how == "together" else StreamPlan(events, interval=SPACING)
+            return StreamPlan(events, together=True) if how == "together" else StreamPlan(self._lockstep(events))
         return super().plan_for(method, target, headers, body)
+
+    def _lockstep(self, events: Sequence[Any]) -> Iterator[Any]:
+        """events, each after the client counted a chunk for every one before it (blocks the fake's own loop,
+        which has only this stream to serve; what was written before has left)."""
+        for number, event in enumerate(events):
+            deadline = time.monotonic() + LOCKSTEP_SECONDS
+            while self.delivered < number and time.monotonic() < deadline:
+                time.sleep(0.001)
+            yield event
 
 
 def chunk(choices: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
