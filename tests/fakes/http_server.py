@@ -278,6 +278,10 @@ class _Connection:
             await self._send(h11.EndOfMessage())
             return
         await self._send(h11.Response(status_code=200, headers=self._wire.headers(plan.headers, "text/event-stream")))
+        if plan.together:
+            await self._send(h11.Data(data=b"".join(map(self._wire.sse.frame, plan.events)) + self._wire.sse.end()))
+            await self._send(h11.EndOfMessage())
+            return
         for sent, event in enumerate(plan.events):
             if plan.drop_after is not None and sent == plan.drop_after:
                 await self._abort()

@@ -57,6 +57,7 @@ class StreamPlan:
     delay: float = 0.0
     interval: float = 0.0
     drop_after: int | None = None  # drop the connection after this many events
+    together: bool = False  # every event and the end in one write (one network read), as a fast model's burst
 
 
 Plan = JsonPlan | StreamPlan

@@ -19,8 +19,11 @@ ERROR = b'{"error":{"message":"overloaded","type":"server_error","code":null}}'
 END = b"0\r\n\r\n"
 
 
-def token(text: str) -> bytes:
-    return _PREFIX + b'"choices":[{"index":0,"delta":{"content":"' + text.encode() + b'"},"finish_reason":null}]}'
+def token(text: str, *, fingerprint: str | None = None, index: int = 0) -> bytes:
+    """A text-only delta of choice `index`, with a system_fingerprint if one is given."""
+    mark = b'"system_fingerprint":"%s",' % fingerprint.encode() if fingerprint is not None else b""
+    return (_PREFIX + mark + b'"choices":[{"index":%d,"delta":{"content":"' % index + text.encode()
+            + b'"},"finish_reason":null}]}')
 
 
 def event(data: bytes) -> bytes:

@@ -24,11 +24,18 @@ import pytest
 from gateway_core.chat.stream_run import QUEUE_DEPTH
 from gateway_core.server import Core, start_core
 from http_facade.app import create_app
+from tests.fakes.openai_event_upstream import EventStreamUpstream, finish, first, text, usage
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
+from tests.fakes.plans import words
 from tests.gateway_support import settings_for
 
 WORDS = 400
 REPLY = " ".join(f"w{i}" for i in range(WORDS))
+# The reply word by word, all in one write. Each delta's fingerprint differs from its neighbours', so the
+# core never merges them (it would merge text deltas of one read and one head): these tests are about the
+# facade sharing writes between chunks that are ready together, so there must be many chunks.
+REPLY_EVENTS = [first(), *(text(word, system_fingerprint=f"fp_{i % 2}") for i, word in enumerate(words(REPLY))),
+                finish(), usage(5, WORDS)]
 
 
 class AsgiClient:
@@ -112,11 +119,11 @@ def _events(writes: list[bytes]) -> list[bytes]:
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[tuple[Core, AsgiClient, str, FakeOpenAIUpstream]]:
-    async with FakeOpenAIUpstream(reply=REPLY) as upstream:
+    async with EventStreamUpstream({"reply": REPLY_EVENTS}) as upstream:
         settings = settings_for(
             tmp_path,
             providers=[{"name": "up", "type": "openai", "base_url": upstream.base_url}],
-            models=[{"name": "m", "routes": [{"provider": "up", "model": "fake-text"}],
+            models=[{"name": "m", "routes": [{"provider": "up", "model": "reply@together"}],
                      "input_price": 1, "output_price": 1, "max_output_tokens": 4096},
                     {"name": "broken", "routes": [{"provider": "up", "model": "fake-midstream-error"}],
                      "input_price": 1, "output_price": 1}],

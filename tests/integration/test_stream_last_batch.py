@@ -31,8 +31,10 @@ from tests.gateway_support import settings_for
 BURST = HEAD + b"".join(event(e) for e in (FIRST, token("a"), token("b"), FINISH, USAGE, b"[DONE]")) + END
 APART = [(0, HEAD + event(FIRST) + event(token("a"))), (0.3, event(token("b")) + event(FINISH)),
          (0, event(USAGE) + event(b"[DONE]") + END)]
-# 300 tokens in one write, between a first read and a late end: one batch far over BATCH_LIMIT.
-FLOOD = [(0, HEAD + event(FIRST) + event(token("a"))), (0.05, b"".join(event(token("x")) for _ in range(300))),
+# 300 tokens in one write, between a first read and a late end: one batch far over BATCH_LIMIT. Each token's
+# fingerprint differs from its neighbours', so none are merged (text deltas of one head would be one chunk).
+FLOOD = [(0, HEAD + event(FIRST) + event(token("a"))),
+         (0.05, b"".join(event(token("x", fingerprint=f"fp_{i % 2}")) for i in range(300))),
          (0.5, event(FINISH) + event(USAGE) + event(b"[DONE]") + END)]
 BROKEN = HEAD + event(FIRST) + event(token("a")) + event(ERROR) + END
 
@@ -85,7 +87,7 @@ async def test_an_answer_that_arrives_whole_reaches_the_reader_with_its_billed_u
     core: tuple[Core, str],
 ) -> None:
     messages, waits = await _read(_call(*core))
-    assert _texts(messages) == ["", "a", "b", ""]
+    assert _texts(messages) == ["", "ab", ""], "the text deltas of one read leave as one chunk"
     assert messages[-1].HasField("usage") and messages[-1].usage.completion_tokens == 3
     assert messages[-1].usage.cost_micros > 0, "the billed usage"
     assert waits == 0, "the content waited for the settlement and came with it"

@@ -154,13 +154,21 @@ class _ToolCalls:
 
 
 class StreamTranslator:
-    """Maps OpenAI chat.completion.chunk objects to gateway.v1 chunks, one for one.
+    """Maps OpenAI chat.completion.chunk objects to gateway.v1 chunks.
+
+    feed() is one for one. feed_into() + end_read() translate the chunks of one
+    network read and merge consecutive text-only deltas of one choice (same
+    index, same head: fingerprint and service tier) into one chunk, their
+    content joined once at end_read(): every client concatenates deltas, and a
+    chunk less is ~20 us less of the gateway's loop. Only what has arrived
+    together is merged; nothing waits for more.
 
     One per request; not thread-safe. Per-request state: the stream's id and
     created (from its first chunk, so every chunk carries the same), which
     choices have had their role and finish_reason, each choice's tool-call
     indexes (made dense and 0-based, id/type/name sent once: clients
-    concatenate repeats), and the usage reported but not yet emitted.
+    concatenate repeats), the usage reported but not yet emitted, and the
+    text run of the current read not yet handed out (its choice and parts).
     """
 
     def __init__(self, call: UpstreamCall, *, provider: str = "") -> None:
@@ -179,6 +187,9 @@ class StreamTranslator:
         self._marked_head: bytes | None = None
         self._head_fingerprint: Any = None
         self._head_tier: Any = None
+        # The current read's run of text-only deltas (of one choice, under _marked_head), not yet a chunk.
+        self._run_parts: list[str] = []
+        self._run_index = 0
 
     @property
     def usage(self) -> types_pb2.Usage | None:
@@ -192,9 +203,64 @@ class StreamTranslator:
 
     def feed(self, data: Any) -> list[chat_pb2.StreamChatCompletionResponse]:
         """The gateway chunks for one upstream chunk (an in-stream error raises ProviderError)."""
-        text_chunk = self._text_chunk(data)
-        if text_chunk is not None:  # the bulk of a stream, decided in one pass
-            return [text_chunk]
+        out: list[chat_pb2.StreamChatCompletionResponse] = []
+        self.feed_into(data, out)
+        self.end_read(out)
+        return out
+
+    def feed_into(self, data: Any, out: list[chat_pb2.StreamChatCompletionResponse]) -> str | None:
+        """Translates one upstream chunk of the current read into out; a text-only delta joins the
+        read's text run instead (see feed_text) and its content is returned, else None.
+
+        An in-stream error raises ProviderError; the caller still calls end_read(), so that
+        the text before the error is not lost to it.
+        """
+        if type(data) is dict and self._id is not None:
+            choices = data.get("choices")
+            if type(choices) is list and len(choices) == 1 and not data.get("usage") and not data.get("error"):
+                choice = choices[0]
+                text = self._text_only(choice)
+                if text is not None:  # the bulk of a stream, decided in one pass
+                    self.feed_text(data, choice.get("index", 0), text, out)
+                    return text
+        self.end_read(out)
+        out += self._feed_general(data)
+        return None
+
+    def feed_text(self, data: dict[str, Any], index: int, text: str,
+                  out: list[chat_pb2.StreamChatCompletionResponse]) -> None:
+        """Adds a text-only delta to the read's run: data is an upstream chunk feed_into() found to be
+        one (of choice index), or one of the same head, with text as its content."""
+        self._last = data
+        fingerprint, tier = data.get("system_fingerprint"), data.get("service_tier")
+        parts = self._run_parts
+        if fingerprint != self._head_fingerprint or tier != self._head_tier or self._marked_head is None:
+            self.end_read(out)  # the run so far had another head
+            base = self._base()  # also sets them, as the general path would
+            self._head_fingerprint, self._head_tier = fingerprint, tier
+            self._marked_head = base.SerializeToString()
+        elif parts and index != self._run_index:
+            self.end_read(out)
+        self._run_index = index
+        parts.append(text)
+
+    def end_read(self, out: list[chat_pb2.StreamChatCompletionResponse]) -> None:
+        """Hands out the read's text run, if any, as one chunk: what the general path makes of a text-only
+        delta, with the run's content joined once (never grown per event: a read of tiny events stays linear)."""
+        parts = self._run_parts
+        if not parts:
+            return
+        assert self._marked_head is not None  # set when the run started
+        chunk = chat_pb2.StreamChatCompletionResponse.FromString(self._marked_head)
+        added = chunk.choices.add()
+        if self._run_index:
+            added.index = self._run_index
+        added.delta.content = parts[0] if len(parts) == 1 else "".join(parts)
+        parts.clear()
+        out.append(chunk)
+
+    def _feed_general(self, data: Any) -> list[chat_pb2.StreamChatCompletionResponse]:
+        """The chunks for an upstream chunk of any shape (the first, finish, usage, tool calls, ...)."""
         if not isinstance(data, dict):
             raise malformed("stream chunk is not a JSON object")
         if data.get("error"):
@@ -209,7 +275,7 @@ class StreamTranslator:
         if choices:
             chunk = self._base()
             text = self._text_only(choices[0]) if len(choices) == 1 else None
-            if text is not None:  # the bulk of a stream: one choice, a delta of text alone
+            if text is not None:  # one choice, a delta of text alone (with usage, say)
                 choice = chunk.choices.add()
                 index = choices[0].get("index", 0)
                 if index:
@@ -251,36 +317,6 @@ class StreamTranslator:
             chunk.system_fingerprint = fingerprint
         if tier and isinstance(tier, str):
             chunk.service_tier = tier
-        return chunk
-
-    def _text_chunk(self, data: Any) -> chat_pb2.StreamChatCompletionResponse | None:
-        """The chunk for an upstream chunk of one text-only choice past its first delta, else None.
-
-        Exactly what the general path makes of such a chunk (see _text_only),
-        without its separate lookups: the stream's head with this chunk's
-        fingerprint and tier is encoded once per distinct pair and parsed per chunk.
-        """
-        if type(data) is not dict or self._id is None:
-            return None
-        choices = data.get("choices")
-        if type(choices) is not list or len(choices) != 1 or data.get("usage") or data.get("error"):
-            return None
-        choice = choices[0]
-        text = self._text_only(choice)
-        if text is None:
-            return None
-        self._last = data
-        fingerprint, tier = data.get("system_fingerprint"), data.get("service_tier")
-        if fingerprint != self._head_fingerprint or tier != self._head_tier or self._marked_head is None:
-            base = self._base()  # also sets them, as the general path would
-            self._head_fingerprint, self._head_tier = fingerprint, tier
-            self._marked_head = base.SerializeToString()
-        chunk = chat_pb2.StreamChatCompletionResponse.FromString(self._marked_head)
-        added = chunk.choices.add()
-        index = choice.get("index", 0)
-        if index:
-            added.index = index
-        added.delta.content = text
         return chunk
 
     def _text_only(self, choice: Any) -> str | None:

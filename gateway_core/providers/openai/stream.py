@@ -1,7 +1,8 @@
 """One streamed chat completion from an OpenAI-compatible upstream, read one network read at a time.
 
 The bytes of one read are SSE-decoded, parsed and translated in one step, and
-their chunks handed out together (ChunkBatches), instead of an async generator
+their chunks handed out together (ChunkBatches; the read's text deltas of one
+choice merged into one chunk by the translator), instead of an async generator
 step per event through an event iterator and a deadline wrapper. Waits are
 bounded by the connection itself: its read timeout and the caller's deadline
 (one timer per connection, see http_connection); the deadline is also checked
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
+
 import orjson
 
 from gateway_core.errors import Reason
@@ -23,11 +26,14 @@ from gateway_core.providers.http_errors import UpstreamTransportError
 from gateway_core.providers.http_response import UpstreamResponse
 from gateway_core.providers.openai import translate
 from gateway_core.providers.openai.response import malformed
+from gateway_core.providers.openai.text_shape import TextShape
 from gateway_core.providers.sse import SseDecoder, SseEvent
 
 Chunk = chat_pb2.StreamChatCompletionResponse
 # How long to wait for the end of the body after [DONE] before giving up on reusing the connection.
 DRAIN_SECONDS = 0.5
+# How many text deltas of one stream may be studied for a TextShape (one is enough unless the head changes).
+SHAPE_TRIES = 4
 
 
 class OpenAIStream(BatchedChunks):
@@ -39,7 +45,8 @@ class OpenAIStream(BatchedChunks):
     back to the pool. One per request; read by one task at a time.
     """
 
-    __slots__ = ("_open", "_translator", "_deadline", "_response", "_decoder", "_failure", "_ended")
+    __slots__ = ("_open", "_translator", "_deadline", "_response", "_decoder", "_failure", "_ended", "_shape",
+                 "_shape_tries")
 
     def __init__(self, open_response: Callable[[], Awaitable[UpstreamResponse]],
                  translator: translate.StreamTranslator, deadline: Deadline) -> None:
@@ -52,6 +59,8 @@ class OpenAIStream(BatchedChunks):
         # A failure met after some chunks of a read: raised by the next read, once those are out.
         self._failure: ProviderError | None = None
         self._ended = False
+        self._shape: TextShape | None = None  # the wire form of this stream's text deltas, once learned
+        self._shape_tries = SHAPE_TRIES
 
     @property
     def ended(self) -> bool:
@@ -119,20 +128,44 @@ class OpenAIStream(BatchedChunks):
         return response
 
     def _take(self, events: list[SseEvent], out: list[Chunk]) -> bool:
-        """Translates events into out, in order; True at [DONE] (what follows it is not read)."""
-        feed = self._translator.feed
-        for event in events:
-            data = event.data
-            if data[:1] != "{" and data.strip() == "[DONE]":  # a JSON chunk is never the end marker
-                return True
-            try:
-                parsed = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise malformed("stream event data is not JSON") from None
-            if event.event == "error":
-                raise translate.error_in_body(parsed.get("error", parsed) if isinstance(parsed, dict) else parsed)
-            out += feed(parsed)
+        """Translates the events of one read into out, in order; True at [DONE] (what follows it is not read).
+
+        Text deltas of one choice that arrived in this read leave as one chunk (see
+        StreamTranslator); the read's text is handed out before a failure met in it is raised.
+        An event of the stream's learned TextShape skips the parser (same result, see text_shape).
+        """
+        translator = self._translator
+        feed, feed_text = translator.feed_into, translator.feed_text
+        shape = self._shape
+        try:
+            for event in events:
+                data = event.data
+                if shape is not None and event.event == "message":
+                    text = shape.match(data)
+                    if text is not None:
+                        feed_text(shape.data, shape.index, text, out)
+                        continue
+                if data[:1] != "{" and data.strip() == "[DONE]":  # a JSON chunk is never the end marker
+                    return True
+                try:
+                    parsed = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise malformed("stream event data is not JSON") from None
+                if event.event == "error":
+                    raise translate.error_in_body(parsed.get("error", parsed) if isinstance(parsed, dict) else parsed)
+                text = feed(parsed, out)
+                if text is not None and self._shape_tries and event.event == "message":
+                    shape = self._learn(data, parsed, text) or shape
+        finally:
+            self._shape = shape
+            translator.end_read(out)
         return False
+
+    def _learn(self, raw: str, parsed: dict[str, Any], text: str) -> TextShape | None:
+        """The shape of a text-only delta the translator just took (a few tries per stream: a vendor whose
+        events differ beyond their content, such as a per-event nonce, never has one)."""
+        self._shape_tries -= 1
+        return TextShape.learn(raw, parsed, parsed["choices"][0].get("index", 0), text)
 
     def _close(self) -> None:
         self._ended = True
