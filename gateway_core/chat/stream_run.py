@@ -209,11 +209,13 @@ class StreamRun:
                 batch = stream.first
                 while batch is not None:  # the chunks of one upstream read, handed on together
                     observe(batch)
+                    # The upstream stream has ended cleanly: its next read would give None at once (not made).
+                    ended = stream.ended
                     if not self._abandoned:  # upstream usage is replaced by the billed usage: choices only
                         batch = [chunk for chunk in batch if chunk.choices]
                         for chunk in batch:
                             chunk.provider = provider
-                        if batch and stream.ended:
+                        if batch and ended:
                             # Nothing more will come (a short answer arrives whole): the last chunks wait
                             # for the settlement and leave with the billed usage, one hand-off and one
                             # write to the client instead of two.
@@ -224,7 +226,7 @@ class StreamRun:
                                     queue.put_nowait(part)  # the usual case: room in the queue, no coroutine
                                 except asyncio.QueueFull:
                                     await queue.put(part)  # a slow reader: wait for room (backpressure)
-                    batch = await stream.next_batch()
+                    batch = None if ended else await stream.next_batch()
             except BaseException as error:
                 await stream.close(error)
                 raise
