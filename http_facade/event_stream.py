@@ -57,7 +57,7 @@ class _Heartbeat:
     waiting on a slow client (the connection is not idle then).
     """
 
-    __slots__ = ("_send", "_seconds", "_timer", "_loop", "last_write", "writing", "_pinging")
+    __slots__ = ("_send", "_seconds", "_timer", "_loop", "last_write", "writing", "_pinging", "_stopped")
 
     def __init__(self, send: Send, seconds: float, timer: DeadlineTimer) -> None:
         self._send = send
@@ -67,6 +67,7 @@ class _Heartbeat:
         self.last_write = self._loop.time()
         self.writing = False
         self._pinging: asyncio.Task[None] | None = None
+        self._stopped = False
         timer.add(self, self.last_write + seconds, self._fire)
 
     def _fire(self) -> None:
@@ -91,8 +92,10 @@ class _Heartbeat:
 
     def stop(self) -> asyncio.Task[None] | None:
         """No new ping after this; returns the ping being written, if one is, for the caller to wait for
-        (so nothing follows the end)."""
-        self._timer.remove(self)
+        (so nothing follows the end). Once stopped, stopping again only returns that ping."""
+        if not self._stopped:
+            self._stopped = True
+            self._timer.remove(self)
         return self._pinging
 
 
