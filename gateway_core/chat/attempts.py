@@ -18,7 +18,6 @@ so the usage record names the provider and upstream model that answered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import random
@@ -397,8 +396,10 @@ async def _close(chunks: ChunkBatches) -> None:
     """Closes an upstream stream (and its connection); closing errors are not the caller's."""
     aclose = getattr(chunks, "aclose", None)
     if aclose is not None:
-        with contextlib.suppress(Exception):
+        try:  # (not contextlib.suppress: three calls more on every stream)
             await aclose()
+        except Exception:  # noqa: BLE001, S110 - see above: not the caller's
+            pass
 
 
 def _log_attempt(
