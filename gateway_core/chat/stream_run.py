@@ -77,8 +77,9 @@ class StreamRun:
     then the end; or, instead of that, the failure (a refused hold's before any
     chunk). The list of a read that ended the upstream stream is queued only
     after the settlement, in the _Last before the final chunk: the reader takes
-    them in one wake-up. `admission` is set before the first item is queued. The reader waits for nothing but items: no wake-up
-    when the hold is written, the upstream request starts in the same step.
+    them in one wake-up. `admission` is set before the first item is queued.
+    The reader waits for nothing but items: no wake-up when the hold is
+    written, the upstream request starts in the same step.
     """
 
     _HOLD, _UPSTREAM, _SETTLE, _DONE = "hold", "upstream", "settle", "done"
