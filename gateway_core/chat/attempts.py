@@ -398,7 +398,7 @@ async def _close(chunks: ChunkBatches) -> None:
     if aclose is not None:
         try:  # (not contextlib.suppress: three calls more on every stream)
             await aclose()
-        except Exception:  # noqa: BLE001, S110 - see above: not the caller's
+        except Exception:  # noqa: BLE001 - closing errors are not the caller's
             pass
 
 
