@@ -78,7 +78,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     while True:
                         chunk = run.poll()
                         if chunk is EMPTY:
-                            chunk = await run.next()
+                            chunk = await run.wait()
                         if chunk is None:
                             break
                         if not headers_sent:  # the first chunk: the hold is written, its limit headers go first

@@ -67,7 +67,7 @@ class StreamRun:
         run = StreamRun(pipeline, prepared, admitted)   # the hold is written in the run's task
         try:
             while (chunk := run.poll()) is not None:   # or `async for chunk in run`
-                if chunk is EMPTY: chunk = await run.next() ...
+                if chunk is EMPTY: chunk = await run.wait() ...
         finally:
             run.close()                                 # the reader is done (or gone)
 
@@ -125,6 +125,10 @@ class StreamRun:
         if item is EMPTY:
             return self._taken(await self._queue.get())
         return item  # type: ignore[return-value]
+
+    async def wait(self) -> Chunk | None:
+        """next() for a reader whose poll() has just given EMPTY: waits without polling again."""
+        return self._taken(await self._queue.get())
 
     def __aiter__(self) -> StreamRun:
         return self
