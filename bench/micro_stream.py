@@ -27,14 +27,26 @@ rounds interleaved between the trees (A B A B), median and best reported:
 Every stream asks for stream_options.include_usage, so the usage chunk and
 [DONE] are part of the work. A tree given with --compare needs only to be a
 checkout of Tollgate (e.g. `git archive <commit> | tar -x -C /tmp/base`).
+
+`--callgrind N` counts user-space instructions instead of CPU time: each tree's
+gateway runs under valgrind's callgrind (about 50x slower, but the same however
+busy the machine is; kernel work such as socket writes and fsync is not in it),
+and N requests of each kind give thousands of instructions per request of the
+event-loop thread and of the other threads. Use `--concurrency 1` with it: at
+higher concurrency what valgrind's one-thread-at-a-time scheduling does to the
+SQLite writer's groups and the loop's batching makes runs differ by 10-20 %.
+`--callgrind-keep DIR` keeps the dumps (one per tree, kind and thread) for
+callgrind_annotate.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -269,7 +281,8 @@ def _wait_port(port: int, proc: subprocess.Popen[str], timeout: float = 60.0) ->
 class Gateway:
     """One `tollgate serve` from a source tree, with its demo key."""
 
-    def __init__(self, tree: Path, upstream_port: int, workdir: Path, cprofile: Path | None = None) -> None:
+    def __init__(self, tree: Path, upstream_port: int, workdir: Path, cprofile: Path | None = None,
+                 callgrind_out: str = "") -> None:
         self.tree = tree
         self.port = _free_port()
         workdir.mkdir(parents=True)
@@ -283,9 +296,14 @@ class Gateway:
             code = ("import atexit, cProfile, sys, time; profile = cProfile.Profile(time.thread_time); "
                     f"atexit.register(lambda: (profile.disable(), profile.dump_stats({str(cprofile)!r}))); "
                     "profile.enable(); from gateway_core.cli import main; sys.argv[0] = 'tollgate'; main()")
+        command = [sys.executable, "-c", code, "serve", "--config", str(workdir / "tollgate.toml")]
+        self.callgrind_out = callgrind_out
+        if callgrind_out:  # instruction counts (see --callgrind); PYTHONMALLOC=malloc so valgrind sees every block
+            env["PYTHONMALLOC"] = "malloc"
+            command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind_out}", "--dump-instr=no",
+                       "--separate-threads=yes", *command]
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "serve", "--config", str(workdir / "tollgate.toml")],
-            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         assert self.proc.stdout is not None
         self.key = ""
@@ -295,12 +313,12 @@ class Gateway:
                 break
         if not self.key:
             raise RuntimeError(f"no demo key printed by the gateway of {tree}")
-        _wait_port(self.port, self.proc)
+        _wait_port(self.port, self.proc, timeout=600 if callgrind_out else 60)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=20)
+            self.proc.wait(timeout=300 if self.callgrind_out else 20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
 
@@ -337,6 +355,63 @@ async def _profile(gateway: Gateway, kind: str, args: argparse.Namespace) -> Non
     while recorder.poll() is None:
         await _load(gateway.port, gateway.key, kind, 20, args.concurrency)
     print(f"py-spy samples (collapsed stacks) in {out}")
+
+
+async def _instructions(gateway: Gateway, kind: str, count: int, concurrency: int, keep: Path | None,
+                        name: str) -> tuple[float, float]:
+    """Thousands of user-space instructions per request of one kind, (loop thread, other threads),
+    the gateway under callgrind."""
+    await _load(gateway.port, gateway.key, kind, max(count // 5, 8), concurrency)  # settle in
+    await asyncio.sleep(0.5)  # batched lines and settlements of the warm-up are done
+    subprocess.run(["callgrind_control", "--zero", str(gateway.proc.pid)], check=True, capture_output=True)
+    await _load(gateway.port, gateway.key, kind, count, concurrency)
+    await asyncio.sleep(0.5)  # the last settlements and batched access lines land inside the window
+    dumped = set(glob.glob(gateway.callgrind_out + "*"))
+    subprocess.run(["callgrind_control", "--dump", str(gateway.proc.pid)], check=True, capture_output=True)
+    loop = other = 0
+    for path in sorted(set(glob.glob(gateway.callgrind_out + "*")) - dumped):
+        with open(path) as f:
+            total = next(int(line.split()[1]) for line in f if line.startswith(("summary:", "totals:")))
+        if path.endswith("-01"):  # --separate-threads: one dump per thread, the main (event-loop) thread's first
+            loop += total
+        else:
+            other += total
+        if keep is not None:
+            shutil.copy(path, keep / f"callgrind.{name}.{kind}{path[path.rfind('-'):]}")
+    return loop / count / 1e3, other / count / 1e3
+
+
+async def _run_callgrind(args: argparse.Namespace) -> None:
+    trees = [ROOT] + [Path(t).resolve() for t in args.compare]
+    kinds = args.kinds.split(",")
+    keep = Path(args.callgrind_keep) if args.callgrind_keep else None
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+    upstream_port = _free_port()
+    upstream = subprocess.Popen([sys.executable, __file__, "--upstream", str(upstream_port)])
+    results: dict[Path, dict[str, tuple[float, float]]] = {}
+    try:
+        _wait_port(upstream_port, upstream)  # type: ignore[arg-type]
+        with tempfile.TemporaryDirectory(prefix="micro-stream-") as tmp:
+            for number, tree in enumerate(trees):
+                gateway = Gateway(tree, upstream_port, Path(tmp) / f"g{number}",
+                                  callgrind_out=str(Path(tmp) / f"callgrind-{number}"))
+                try:
+                    results[tree] = {kind: await _instructions(gateway, kind, args.callgrind, args.concurrency,
+                                                               keep, f"tree{number}") for kind in kinds}
+                finally:
+                    gateway.stop()
+    finally:
+        upstream.terminate()
+        upstream.wait()
+    print(f"thousands of user-space instructions per request, loop thread / other threads (callgrind; "
+          f"{args.callgrind} requests of each kind, concurrency {args.concurrency}):")
+    for tree, counts in results.items():
+        print(f"  {tree}")
+        for kind, (loop, other) in counts.items():
+            print(f"    {kind:<9} loop {loop:8.1f}   other {other:8.1f}")
+        if "unary" in counts and "burst1" in counts:
+            print(f"    burst1 - unary: loop {counts['burst1'][0] - counts['unary'][0]:8.1f}")
 
 
 def _counts(requests: int) -> dict[str, int]:
@@ -413,6 +488,10 @@ def main() -> None:
     parser.add_argument("--perf", action="store_true", help="with --profile: perf record instead of py-spy")
     parser.add_argument("--profile-seconds", type=int, default=10)
     parser.add_argument("--profile-out", help="where the collapsed stacks go (default /tmp/micro-stream-KIND.txt)")
+    parser.add_argument("--callgrind", type=int, metavar="N",
+                        help="instead: thousands of instructions per request over N requests of each kind, "
+                             "the gateway under valgrind's callgrind (deterministic; needs valgrind)")
+    parser.add_argument("--callgrind-keep", metavar="DIR", help="with --callgrind: keep the dumps here")
     parser.add_argument("--upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     try:
@@ -422,7 +501,7 @@ def main() -> None:
     if args.upstream:
         (uvloop.run if uvloop else asyncio.run)(_serve_upstream(args.upstream))
         return
-    (uvloop.run if uvloop else asyncio.run)(_run(args))
+    (uvloop.run if uvloop else asyncio.run)(_run_callgrind(args) if args.callgrind else _run(args))
 
 
 if __name__ == "__main__":

@@ -145,6 +145,33 @@ def hot_child(child: Any) -> Any:
     return child
 
 
+def hot_gauge(gauge: Gauge) -> Any:
+    """A faster stand-in for an unlabelled Gauge's inc() and dec(), or the gauge itself."""
+    if type(gauge._value) is MutexValue:
+        return _HotGauge(gauge._value)
+    return gauge
+
+
+class _HotGauge:
+    """Gauge.inc/dec by one on its value: the same lock, without the observability check and the
+    method chain (a stream changes STREAMS_IN_FLIGHT twice)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: MutexValue) -> None:
+        self._value = value
+
+    def inc(self) -> None:
+        value = self._value
+        with value._lock:
+            value._value += 1
+
+    def dec(self) -> None:
+        value = self._value
+        with value._lock:
+            value._value -= 1
+
+
 class _HotCounter:
     """Counter.inc on one child's value: same check, same lock, fewer calls."""
 

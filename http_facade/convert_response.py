@@ -102,14 +102,35 @@ class ChunkEncoder:
         choices = message.choices
         count = len(choices)
         if count:
-            text = _text_only(choices[0]) if count == 1 else None
-            if text is not None:
-                data = self._text_head + orjson.dumps(text) + self._text_tail
-            else:
-                data = self._prefix + orjson.dumps([_choice_delta(c) for c in choices]) + self._choices_end
+            data = (self._one_choice(choices[0]) if count == 1 else None) or (
+                self._prefix + orjson.dumps([_choice_delta(c) for c in choices]) + self._choices_end)
         if self._include_usage and message.HasField("usage"):
-            data += self._prefix + b'[],"usage":' + orjson.dumps(usage_json(message.usage)) + b"}\n\n"
+            data += self._prefix + b'[],"usage":' + _usage_bytes(message.usage) + b"}\n\n"
         return data
+
+    def _one_choice(self, choice: pb.ChoiceDelta) -> bytes | None:
+        """The event of a message with one choice whose delta carries at most a role and text (a stream's
+        first chunk, its text chunks, its finish chunk), or None for any other shape (the general path).
+
+        The same bytes as orjson.dumps of _choice_delta(choice) in the chunk, without building the dicts.
+        """
+        if choice.logprobs_json:
+            return None
+        # The delta's set fields in one call, in field-number order (role, content): _delta's key order.
+        fields = choice.delta.ListFields()
+        index, finish = choice.index, choice.finish_reason
+        if not index and not finish and len(fields) == 1 and fields[0][0] is _CONTENT_FIELD:
+            return self._text_head + orjson.dumps(fields[0][1]) + self._text_tail  # most of a stream
+        delta = b""
+        for field, value in fields:
+            if field is _ROLE_FIELD:
+                delta = b'"role":' + _ROLE_JSON.get(value, _ASSISTANT_JSON)
+            elif field is _CONTENT_FIELD:
+                delta += (b',"content":' if delta else b'"content":') + orjson.dumps(value)
+            else:
+                return None
+        return self._prefix + b'[{"index":%d,"delta":{%b},"logprobs":null,"finish_reason":%b}]%b' % (
+            index, delta, _FINISH_JSON.get(finish, b"null"), self._choices_end)
 
     def events(self, message: pb.StreamChatCompletionResponse) -> list[bytes]:
         """The SSE events for one gRPC message: zero, one or two."""
@@ -158,23 +179,19 @@ def _content(message: pb.Message) -> str | None:
 
 
 _CONTENT_FIELD = pb.Delta.DESCRIPTOR.fields_by_name["content"]
+_ROLE_FIELD = pb.Delta.DESCRIPTOR.fields_by_name["role"]
+# ChunkEncoder._one_choice's pieces: the JSON of each role and finish reason, as orjson writes them.
+_ROLE_JSON: dict[int, bytes] = {role: orjson.dumps(name) for role, name in ROLE_NAMES.items()}
+_ASSISTANT_JSON = orjson.dumps("assistant")  # _delta's name for a role it does not know
+_FINISH_JSON: dict[int, bytes] = {reason: orjson.dumps(name) for reason, name in FINISH_REASONS.items()}
+_USAGE_JSON = (b'{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d,'
+               b'"prompt_tokens_details":{"cached_tokens":%d},"completion_tokens_details":{"reasoning_tokens":%d}}')
 
 
-def _text_only(choice: pb.ChoiceDelta) -> str | None:
-    """The text of a choice 0 whose delta carries only text (most of a stream), or None.
-
-    ChunkEncoder writes such a choice as the same bytes orjson.dumps would make
-    of _choice_delta(choice), without building the dicts; any other shape
-    (another index, a role, a finish reason, tool calls...) takes that general path.
-    """
-    if choice.index or choice.finish_reason or choice.logprobs_json:
-        return None
-    # The delta's set fields in one call: only `content` (set, even if empty) is text only.
-    fields = choice.delta.ListFields()
-    if len(fields) != 1:
-        return None
-    field, text = fields[0]
-    return text if field is _CONTENT_FIELD else None
+def _usage_bytes(usage: types_pb2.Usage) -> bytes:
+    """orjson.dumps(usage_json(usage)), without the dicts (the counts are integers)."""
+    return _USAGE_JSON % (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.cached_tokens,
+                          usage.reasoning_tokens)
 
 
 def _choice_delta(choice: pb.ChoiceDelta) -> dict[str, Any]:

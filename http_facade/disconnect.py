@@ -82,11 +82,12 @@ class DisconnectWatch:
         self._cancel()
 
     def stop(self) -> None:
-        """Stops watching (a no-op after a disconnect was seen)."""
+        """Stops watching (a no-op after a disconnect was seen, or once stopped)."""
         if self._task is not None:
             self._task.cancel()
-        else:
+        elif self._cycle is not None:
             self._cycle.remove_disconnect_callback(self._disconnected)
+            self._cycle = None  # stopped: a second stop() (a stream's route and writer both stop it) costs nothing
 
 
 def cancelled_by_disconnect(watch: DisconnectWatch) -> bool:

@@ -57,7 +57,7 @@ class _Heartbeat:
     waiting on a slow client (the connection is not idle then).
     """
 
-    __slots__ = ("_send", "_seconds", "_timer", "_loop", "last_write", "writing", "_pinging")
+    __slots__ = ("_send", "_seconds", "_timer", "_loop", "last_write", "writing", "_pinging", "_stopped")
 
     def __init__(self, send: Send, seconds: float, timer: DeadlineTimer) -> None:
         self._send = send
@@ -67,7 +67,12 @@ class _Heartbeat:
         self.last_write = self._loop.time()
         self.writing = False
         self._pinging: asyncio.Task[None] | None = None
+        self._stopped = False
         timer.add(self, self.last_write + seconds, self._fire)
+
+    def time(self) -> float:
+        """The event loop's time (what last_write is set from)."""
+        return self._loop.time()
 
     def _fire(self) -> None:
         now = self._loop.time()
@@ -91,8 +96,10 @@ class _Heartbeat:
 
     def stop(self) -> asyncio.Task[None] | None:
         """No new ping after this; returns the ping being written, if one is, for the caller to wait for
-        (so nothing follows the end)."""
-        self._timer.remove(self)
+        (so nothing follows the end). Once stopped, stopping again only returns that ping."""
+        if not self._stopped:
+            self._stopped = True
+            self._timer.remove(self)
         return self._pinging
 
 
@@ -116,13 +123,13 @@ async def stream_chat(call: StreamCall, first: pb.StreamChatCompletionResponse, 
         start_headers += ((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
     # The first events are written in this same step (nothing below waits before that write).
     start: Message = {"type": "http.response.start", "status": 200, "headers": start_headers, BODY_FOLLOWS: True}
+    # Made at the first wait for the core: a stream whose every message is there at once (a short answer
+    # that arrived whole) never waits, so it needs no ping and no entry on the heartbeat timer.
     heartbeat: _Heartbeat | None = None
     try:
         await send(start)
-        heartbeat = _Heartbeat(send, heartbeat_seconds, heartbeats)
         encoder = ChunkEncoder(first, include_usage=include_usage)
         read_ready: Callable[[], Any] | None = getattr(call, "read_nowait", None)
-        loop = heartbeat._loop
         message: Any = first
         head_held = True  # until the first body write, which BODY_FOLLOWS promised for this step
         while True:
@@ -131,10 +138,15 @@ async def stream_chat(call: StreamCall, first: pb.StreamChatCompletionResponse, 
                 break
             if data or head_held:
                 head_held = False
-                heartbeat.writing = True
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-                heartbeat.writing = False
-                heartbeat.last_write = loop.time()
+                if heartbeat is None:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                else:
+                    heartbeat.writing = True
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                    heartbeat.writing = False
+                    heartbeat.last_write = heartbeat.time()
+            if heartbeat is None:  # silence is timed from here (just after the last write)
+                heartbeat = _Heartbeat(send, heartbeat_seconds, heartbeats)
             try:
                 message = await call.read()
             except grpc.aio.AioRpcError as exc:
@@ -146,9 +158,10 @@ async def stream_chat(call: StreamCall, first: pb.StreamChatCompletionResponse, 
             if message is grpc.aio.EOF:
                 last = DONE
                 break
-        pinging = heartbeat.stop()
-        if pinging is not None:
-            await asyncio.gather(pinging, return_exceptions=True)
+        if heartbeat is not None:
+            pinging = heartbeat.stop()
+            if pinging is not None:
+                await asyncio.gather(pinging, return_exceptions=True)
         await send({"type": "http.response.body", "body": last, "more_body": False})
     except asyncio.CancelledError:
         if not cancelled_by_disconnect(watch):

@@ -1,25 +1,29 @@
-"""A silence limit between a stream's chunks, with one timer per stream instead of one per chunk.
+"""A silence limit between a stream's chunks: a deadline per stream instead of a timer per chunk.
 
 `asyncio.timeout` around every read schedules and cancels a TimerHandle (heap
 push, cancel bookkeeping, current_task lookups) per chunk: about a tenth of the
-core's CPU per streamed chunk. IdleWatch arms one timer for the whole stream;
-each read only notes when it began waiting. When the timer fires it looks at
-the read in progress: silent for `idle_seconds` -> cancel the reading task;
-otherwise the timer is re-armed for when the current wait would reach the
-limit. A fast stream thus costs a timer callback per `idle_seconds`, not per chunk.
+core's CPU per streamed chunk. IdleWatch keeps one deadline for the whole stream
+on a DeadlineTimer (the attempts share one for every stream, so a stream adds
+and removes a dict entry instead of making and cancelling a loop timer); each
+read only notes when it began waiting. When the deadline comes it looks at the
+read in progress: silent for `idle_seconds` -> cancel the reading task;
+otherwise the deadline is set again for when the current wait would reach the
+limit. A fast stream thus costs a callback per `idle_seconds`, not per chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from gateway_core.deadline_timer import DeadlineTimer
+
 T = TypeVar("T")
 
-# The loop may run a timer up to one clock tick early; such a tick counts as the limit reached.
-_CLOCK_TICK = time.get_clock_info("monotonic").resolution
+# A DeadlineTimer runs a deadline up to 1 ms early (libuv times in whole milliseconds, as a timer of
+# the watch's own would): a wait that close to the limit counts as having reached it.
+_EARLY_SECONDS = 0.001
 
 
 class IdleTimeout(Exception):
@@ -39,14 +43,17 @@ class IdleWatch:
     still propagates as CancelledError.
     """
 
-    def __init__(self, idle_seconds: float) -> None:
+    def __init__(self, idle_seconds: float, timer: DeadlineTimer | None = None) -> None:
+        """timer: where the watch keeps its deadline (one shared by many watches of one event loop);
+        a timer of its own if None."""
         self._idle = idle_seconds
         self._loop = asyncio.get_running_loop()
+        self._timer = timer if timer is not None else DeadlineTimer()
         self._waiting_since: float | None = None
         self._task: asyncio.Task[object] | None = None  # the reading task
         self._cancelling = 0
         self._fired = False
-        self._handle: asyncio.TimerHandle | None = None
+        self._armed = False  # the watch has a deadline on the timer
 
     def __enter__(self) -> IdleWatch:
         return self
@@ -55,10 +62,10 @@ class IdleWatch:
         self.stop()
 
     def stop(self) -> None:
-        """Ends the watch: its timer is cancelled (for a watch that outlives one `with` block)."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        """Ends the watch: its deadline is removed (for a watch that outlives one `with` block)."""
+        if self._armed:
+            self._armed = False
+            self._timer.remove(self)
 
     async def read(self, waiting: Awaitable[T]) -> T:
         """Awaits `waiting` (an awaitable), cancelling it if it stays silent for idle_seconds."""
@@ -79,15 +86,16 @@ class IdleWatch:
     #     finally: watch.waited()
 
     def waiting(self) -> None:
-        """A wait begins: its silence counts from now (the timer is armed at the first)."""
+        """A wait begins: its silence counts from now (the deadline is set at the first)."""
         task = self._task
         if task is None:  # the first read: the reading task is the one for the whole stream
             task = self._task = asyncio.current_task()
         # As asyncio.timeout at each entry: cancellations already pending are not ours.
         self._cancelling = task.cancelling() if task is not None else 0
-        self._waiting_since = self._loop.time()
-        if self._handle is None:
-            self._handle = self._loop.call_at(self._waiting_since + self._idle, self._check)
+        since = self._waiting_since = self._loop.time()
+        if not self._armed:
+            self._armed = True
+            self._timer.add(self, since + self._idle, self._check)
 
     def timed_out(self) -> bool:
         """Called with the wait's CancelledError: True if the watch alone cancelled it (its
@@ -104,18 +112,19 @@ class IdleWatch:
 
     def set_limit(self, idle_seconds: float) -> None:
         """A new limit for the waits from now on (a stream's first chunk may have its own)."""
-        if idle_seconds < self._idle and self._handle is not None:  # armed for later than the new limit allows
-            self._handle.cancel()
-            self._handle = None
+        if idle_seconds < self._idle and self._armed:  # set for later than the new limit allows
+            self._armed = False
+            self._timer.remove(self)
         self._idle = idle_seconds
 
     def _check(self) -> None:
-        self._handle = None
+        self._armed = False
         since = self._waiting_since
         now = self._loop.time()
-        if since is not None and now - since + _CLOCK_TICK >= self._idle and self._task is not None and not self._task.done():
+        if since is not None and now - since + _EARLY_SECONDS >= self._idle and self._task is not None and not self._task.done():
             self._fired = True
             self._task.cancel()
             return
         # Not silent long enough (or between reads): look again when the current wait could expire.
-        self._handle = self._loop.call_at((since if since is not None else now) + self._idle, self._check)
+        self._armed = True
+        self._timer.add(self, (since if since is not None else now) + self._idle, self._check)

@@ -78,12 +78,13 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     while True:
                         chunk = run.poll()
                         if chunk is EMPTY:
-                            chunk = await run.next()
+                            chunk = await run.wait()
                         if chunk is None:
                             break
                         if not headers_sent:  # the first chunk: the hold is written, its limit headers go first
                             headers_sent = True
-                            await _send_limit_headers(context, observer)
+                            if headers := _limit_headers(observer):  # no coroutine for a call without limits
+                                await context.send_initial_metadata(headers)
                         if chunk.HasField("usage"):  # type: ignore[union-attr]
                             observer.usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)  # type: ignore[union-attr]
                         yield chunk  # type: ignore[misc]

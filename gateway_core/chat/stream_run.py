@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway_core.chat.meter import Admission, RequestMeter, billed_usage, cancelled_before_upstream
+from gateway_core.chat.meter import Admission, RequestMeter, cancelled_before_upstream, set_billed_usage
 from gateway_core.chat.upstream_drain import UpstreamDrain
 from gateway_core.handoff import EMPTY, Handoff
-from gateway_core.metering.outcome import Hold, UsageStatus
-from gateway_core.pb.gateway.v1 import chat_pb2, types_pb2
+from gateway_core.metering.outcome import Hold, UsageOutcome, UsageStatus
+from gateway_core.pb.gateway.v1 import chat_pb2
 
 if TYPE_CHECKING:
     from gateway_core.chat.pipeline import ChatPipeline, _Prepared
@@ -40,11 +40,20 @@ Chunk = chat_pb2.StreamChatCompletionResponse
 # stream holds for a slow reader stays bounded in chunks (QUEUE_DEPTH x BATCH_LIMIT), not in reads.
 QUEUE_DEPTH = 8
 BATCH_LIMIT = 64
-_END = object()  # queued after the last chunk (the final usage chunk)
+
+
+class _Last:
+    """The last item queued for a stream that ended well: its held chunks and the final chunk, then the
+    end, in one hand-off (one put, one take) instead of one item each."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: list[Chunk]) -> None:
+        self.chunks = chunks
 
 
 class _Failed:
-    """Queued instead of _END when the stream failed: the reader raises `error` after the chunks before it."""
+    """Queued instead of a _Last when the stream failed: the reader raises `error` after the chunks before it."""
 
     __slots__ = ("error",)
 
@@ -58,18 +67,19 @@ class StreamRun:
         run = StreamRun(pipeline, prepared, admitted)   # the hold is written in the run's task
         try:
             while (chunk := run.poll()) is not None:   # or `async for chunk in run`
-                if chunk is EMPTY: chunk = await run.next() ...
+                if chunk is EMPTY: chunk = await run.wait() ...
         finally:
             run.close()                                 # the reader is done (or gone)
 
     The queue carries the upstream's chunks that have choices (their usage is
-    replaced by the billed usage), a list per upstream read, then one final
-    chunk with the billed usage once the settlement is written, then the end;
-    or, instead of the end, the failure (a refused hold's before any chunk).
-    The list of a read that ended the upstream stream is queued only after the
-    settlement, with the final chunk: the reader takes them in one wake-up. `admission` is set before the
-    first item is queued. The reader waits for nothing but items: no wake-up
-    when the hold is written, the upstream request starts in the same step.
+    replaced by the billed usage), a list per upstream read, then, once the
+    settlement is written, one _Last: the final chunk with the billed usage,
+    then the end; or, instead of that, the failure (a refused hold's before any
+    chunk). The list of a read that ended the upstream stream is queued only
+    after the settlement, in the _Last before the final chunk: the reader takes
+    them in one wake-up. `admission` is set before the first item is queued.
+    The reader waits for nothing but items: no wake-up when the hold is
+    written, the upstream request starts in the same step.
     """
 
     _HOLD, _UPSTREAM, _SETTLE, _DONE = "hold", "upstream", "settle", "done"
@@ -116,6 +126,10 @@ class StreamRun:
             return self._taken(await self._queue.get())
         return item  # type: ignore[return-value]
 
+    async def wait(self) -> Chunk | None:
+        """next() for a reader whose poll() has just given EMPTY: waits without polling again."""
+        return self._taken(await self._queue.get())
+
     def __aiter__(self) -> StreamRun:
         return self
 
@@ -128,17 +142,17 @@ class StreamRun:
         return item  # type: ignore[return-value]
 
     def _taken(self, item: Any) -> Chunk | None:
-        if type(item) is list:  # the chunks of one upstream read: the first now, the rest by poll()
-            if len(item) > 1:
-                self._batch, self._index = item, 1
-            return item[0]  # type: ignore[no-any-return]
-        if item is _END:
+        kind = type(item)
+        if kind is _Last:  # the last chunks (at least the final one), then the end: None once poll() has them all
             self._finished = True
-            return None
-        if type(item) is _Failed:
+            item = item.chunks
+        elif kind is _Failed:
             self._finished = True
             raise item.error
-        return item  # type: ignore[no-any-return]  # the final chunk
+        # The chunks of one upstream read (or the last ones): the first now, the rest by poll().
+        if len(item) > 1:
+            self._batch, self._index = item, 1
+        return item[0]  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """The reader is done: if the stream has not ended for it, the run finishes alone."""
@@ -200,11 +214,13 @@ class StreamRun:
                 batch = stream.first
                 while batch is not None:  # the chunks of one upstream read, handed on together
                     observe(batch)
+                    # The upstream stream has ended cleanly: its next read would give None at once (not made).
+                    ended = stream.ended
                     if not self._abandoned:  # upstream usage is replaced by the billed usage: choices only
                         batch = [chunk for chunk in batch if chunk.choices]
                         for chunk in batch:
                             chunk.provider = provider
-                        if batch and stream.ended:
+                        if batch and ended:
                             # Nothing more will come (a short answer arrives whole): the last chunks wait
                             # for the settlement and leave with the billed usage, one hand-off and one
                             # write to the client instead of two.
@@ -215,7 +231,7 @@ class StreamRun:
                                     queue.put_nowait(part)  # the usual case: room in the queue, no coroutine
                                 except asyncio.QueueFull:
                                     await queue.put(part)  # a slow reader: wait for room (backpressure)
-                    batch = await stream.next_batch()
+                    batch = None if ended else await stream.next_batch()
             except BaseException as error:
                 await stream.close(error)
                 raise
@@ -249,12 +265,13 @@ class StreamRun:
             await queue.put(_Failed(error))  # the held chunks stay unsent: the answer was not billed
             return
         self._phase = self._DONE
-        if held and not self._abandoned:
-            await queue.put(held)
-        if not self._abandoned:  # (it may have left while waiting for room)
-            await queue.put(_final_chunk(meter, billed_usage(outcome, settlement.charged_micros)))
-        if not self._abandoned:  # (it may have left while waiting for room)
-            await queue.put(_END)
+        if not self._abandoned:
+            final = _final_chunk(meter, outcome, settlement.charged_micros)
+            last = _Last([*held, final] if held else [final])
+            try:
+                queue.put_nowait(last)  # the usual case: room in the queue, no coroutine
+            except asyncio.QueueFull:
+                await queue.put(last)  # a slow reader: wait for room (backpressure)
 
     def _end_upstream(self) -> None:
         """The upstream read is over: no cut may reach the settlement (UpstreamDrain.end_upstream)."""
@@ -275,13 +292,14 @@ def _parts(batch: list[Chunk]) -> list[list[Chunk]]:
     return [batch[start:start + BATCH_LIMIT] for start in range(0, len(batch), BATCH_LIMIT)]
 
 
-def _final_chunk(meter: RequestMeter, usage: types_pb2.Usage) -> Chunk:
+def _final_chunk(meter: RequestMeter, outcome: UsageOutcome, charged_micros: int) -> Chunk:
     """The stream's last chunk: no choices, the billed usage, the id and time of the upstream's chunks."""
     template, admission = meter.template, meter.admission
-    return chat_pb2.StreamChatCompletionResponse(
+    chunk = chat_pb2.StreamChatCompletionResponse(
         id=template.id if template else "chatcmpl-" + admission.call.request_id,
         created=template.created if template else int(time.time()),
         model=admission.call.client_model,
         provider=admission.provider.name,
-        usage=usage,
     )
+    set_billed_usage(chunk.usage, outcome, charged_micros)  # in place: no Usage message built and copied in
+    return chunk

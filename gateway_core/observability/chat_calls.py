@@ -22,6 +22,7 @@ from gateway_core.observability import tracing
 from gateway_core.observability.request_record import CANCELLED, UNKNOWN_MODEL, RequestRecord, current
 
 INTERNAL = "INTERNAL"
+_STREAMS_IN_FLIGHT = metrics.hot_gauge(metrics.STREAMS_IN_FLIGHT)
 
 
 class CallObserver:
@@ -94,7 +95,7 @@ class _ObservedCall:
         record = self._record = RequestRecord(mode=self._mode, model=self._model, request_id=_request_id(self._metadata))
         self._token = current.set(record)
         if self._mode == "stream":
-            metrics.STREAMS_IN_FLIGHT.inc()
+            _STREAMS_IN_FLIGHT.inc()
         return CallObserver(record, None)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
@@ -104,7 +105,7 @@ class _ObservedCall:
                 record.fail(CANCELLED)
         finally:
             if self._mode == "stream":
-                metrics.STREAMS_IN_FLIGHT.dec()
+                _STREAMS_IN_FLIGHT.dec()
             try:
                 current.reset(self._token)
             except ValueError:  # reset from another context (a closed generator): harmless
@@ -120,7 +121,7 @@ def _observe_traced(
     token = current.set(record)
     in_flight = mode == "stream"
     if in_flight:
-        metrics.STREAMS_IN_FLIGHT.inc()
+        _STREAMS_IN_FLIGHT.inc()
     try:
         with _server_span(tracer, model, metadata) as span:
             try:
@@ -130,7 +131,7 @@ def _observe_traced(
                 raise
     finally:
         if in_flight:
-            metrics.STREAMS_IN_FLIGHT.dec()
+            _STREAMS_IN_FLIGHT.dec()
         with contextlib.suppress(ValueError):  # reset from another context (a closed generator): harmless
             current.reset(token)
         record.end_call()

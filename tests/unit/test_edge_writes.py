@@ -245,3 +245,28 @@ async def test_a_stopped_disconnect_watch_stays_quiet() -> None:
     for task in running:
         task.cancel()
     await asyncio.gather(*running, return_exceptions=True)
+
+
+async def test_stopping_a_watch_twice_leaves_another_watch_of_the_request_armed() -> None:
+    """A stream's route and its writer both stop the one watch: the second stop changes nothing."""
+    stopped, armed = asyncio.Event(), asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        watch = DisconnectWatch(receive, stopped.set)
+        DisconnectWatch(receive, armed.set)
+        watch.stop()
+        watch.stop()
+        await asyncio.sleep(3600)
+
+    protocol, _ = _connected(app)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+    for _ in range(3):
+        await asyncio.sleep(0)
+    protocol.connection_lost(None)
+    await asyncio.wait_for(armed.wait(), 1)
+    assert not stopped.is_set()
+    running = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)

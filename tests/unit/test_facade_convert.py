@@ -10,7 +10,7 @@ import pytest
 from gateway_core.pb.gateway.v1 import chat_pb2 as pb
 from gateway_core.pb.gateway.v1 import types_pb2
 from http_facade.convert_request import DENIED_FIELDS, parse_json_object, to_chat_request
-from http_facade.convert_response import ChunkEncoder, completion_json
+from http_facade.convert_response import FINISH_REASONS, ROLE_NAMES, ChunkEncoder, completion_json, usage_json
 from http_facade.errors import ApiError
 
 USER = {"role": "user", "content": "hi"}
@@ -730,3 +730,31 @@ def test_encode_gives_the_bytes_of_the_general_path(choice: pb.ChoiceDelta, incl
     message = stream_message(choice)
     encoder = ChunkEncoder(message, include_usage=include_usage)
     assert encoder.encode(message) == b"".join(encoder.events(message))
+
+
+@pytest.mark.parametrize("usage", [
+    types_pb2.Usage(),
+    types_pb2.Usage(prompt_tokens=12, completion_tokens=16, total_tokens=28, cost_micros=12),
+    types_pb2.Usage(prompt_tokens=2**62, completion_tokens=-1, total_tokens=2**63 - 1, cached_tokens=7,
+                    reasoning_tokens=9, estimated=True),
+])
+def test_usage_chunk_gives_the_bytes_of_the_general_path(usage: types_pb2.Usage) -> None:
+    """The usage chunk's short path (integers formatted in) writes exactly what usage_json + orjson writes."""
+    first = stream_message(pb.ChoiceDelta(index=0, delta=pb.Delta(role=types_pb2.ROLE_ASSISTANT, content="")))
+    encoder = ChunkEncoder(first, include_usage=True)
+    final = pb.StreamChatCompletionResponse(id=first.id, usage=usage)
+    assert encoder.encode(final) == b"".join(encoder.events(final))
+    [event] = encoder.events(final)
+    assert orjson.loads(event.removeprefix(b"data: "))["usage"] == usage_json(usage)
+
+
+@pytest.mark.parametrize("role", [*ROLE_NAMES, 99])
+@pytest.mark.parametrize("finish", [*FINISH_REASONS, types_pb2.FINISH_REASON_UNSPECIFIED, 99])
+def test_role_and_finish_chunks_give_the_bytes_of_the_general_path(role: int, finish: int) -> None:
+    """A stream's first and last chunks (role, text, finish reason; any index) take the short path too:
+    the same bytes as the dicts through orjson, unknown roles and finish reasons included."""
+    for delta in (pb.Delta(role=role), pb.Delta(role=role, content="tok \u00e9"), pb.Delta()):  # type: ignore[arg-type]
+        for index in (0, 2):
+            message = stream_message(pb.ChoiceDelta(index=index, delta=delta, finish_reason=finish))  # type: ignore[arg-type]
+            encoder = ChunkEncoder(message, include_usage=True)
+            assert encoder.encode(message) == b"".join(encoder.events(message))

@@ -68,3 +68,16 @@ def test_other_metric_types_get_their_own_children() -> None:
 def test_the_hot_path_metrics_are_hot() -> None:
     assert type(metrics.HotLabels(metrics.REQUESTS).labels("m", "p", "r", "ok")).__name__ == "_HotCounter"
     assert type(metrics.HotLabels(metrics.GATEWAY_OVERHEAD).labels("unary")).__name__ == "_HotHistogram"
+
+
+def test_a_hot_gauge_moves_the_gauges_own_value() -> None:
+    registry = CollectorRegistry()
+    gauge = Gauge("hot_test_open", "g", registry=registry)
+    hot = metrics.hot_gauge(gauge)
+    assert type(hot).__name__ == "_HotGauge"
+    hot.inc()
+    hot.inc()
+    gauge.inc(3)
+    hot.dec()
+    assert registry.get_sample_value("hot_test_open") == 4
+    assert type(metrics.hot_gauge(metrics.STREAMS_IN_FLIGHT)).__name__ == "_HotGauge"

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from gateway_core.chat.idle_watch import IdleTimeout, IdleWatch
+from gateway_core.deadline_timer import DeadlineTimer
 
 
 async def _after(seconds: float, value: str = "chunk") -> str:
@@ -64,13 +65,34 @@ async def test_a_cancellation_that_races_the_timeout_still_propagates() -> None:
         await task
 
 
-async def test_leaving_the_watch_cancels_its_timer() -> None:
-    loop = asyncio.get_running_loop()
-    before = len(loop._scheduled)  # type: ignore[attr-defined]
-    with IdleWatch(30) as watch:
+async def test_leaving_the_watch_removes_its_deadline() -> None:
+    timer = DeadlineTimer()
+    with IdleWatch(30, timer) as watch:
         await watch.read(_after(0))
-        assert len(loop._scheduled) == before + 1  # type: ignore[attr-defined]
-    assert all(h.cancelled() for h in loop._scheduled[before:])  # type: ignore[attr-defined]
+        assert len(timer) == 1
+        await watch.read(_after(0))
+        assert len(timer) == 1, "one deadline for the whole stream, not one per read"
+    assert len(timer) == 0
+
+
+async def test_watches_sharing_a_timer_add_no_loop_timer_of_their_own() -> None:
+    """Many streams on one DeadlineTimer: one loop timer between them; each times out on its own."""
+    loop = asyncio.get_running_loop()
+    timer = DeadlineTimer()
+    quiet = IdleWatch(0.05, timer)
+    busy = IdleWatch(30, timer)
+    def armed() -> int:
+        return len([h for h in loop._scheduled if not h.cancelled()])  # type: ignore[attr-defined]
+
+    before = armed()
+    with busy:
+        assert await busy.read(_after(0)) == "chunk"
+        with quiet, pytest.raises(IdleTimeout):
+            await quiet.read(_after(5))
+        assert armed() <= before + 1
+        assert await busy.read(_after(0.01)) == "chunk", "the other watch's deadline is untouched"
+        assert len(timer) == 1
+    assert len(timer) == 0
 
 
 async def test_a_shorter_limit_set_after_the_first_read_applies_to_the_next_wait() -> None:
