@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import json
 import os
 import signal
@@ -269,8 +270,10 @@ def _wait_port(port: int, proc: subprocess.Popen[str], timeout: float = 60.0) ->
 class Gateway:
     """One `tollgate serve` from a source tree, with its demo key."""
 
-    def __init__(self, tree: Path, upstream_port: int, workdir: Path, cprofile: Path | None = None) -> None:
+    def __init__(self, tree: Path, upstream_port: int, workdir: Path, cprofile: Path | None = None,
+                 callgrind: bool = False) -> None:
         self.tree = tree
+        self.callgrind_out = str(workdir / "callgrind.out") if callgrind else ""
         self.port = _free_port()
         workdir.mkdir(parents=True)
         models = "".join(MODEL.format(name=name) for name in ("bench-model", *KINDS[1:]))
@@ -283,9 +286,13 @@ class Gateway:
             code = ("import atexit, cProfile, sys, time; profile = cProfile.Profile(time.thread_time); "
                     f"atexit.register(lambda: (profile.disable(), profile.dump_stats({str(cprofile)!r}))); "
                     "profile.enable(); from gateway_core.cli import main; sys.argv[0] = 'tollgate'; main()")
+        command = [sys.executable, "-c", code, "serve", "--config", str(workdir / "tollgate.toml")]
+        if callgrind:  # instruction counts: ~50x slower, but the same on a busy machine as on a quiet one
+            env["PYTHONMALLOC"] = "malloc"
+            command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.callgrind_out}",
+                       "--dump-instr=no", "--collect-atstart=yes", *command]
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "serve", "--config", str(workdir / "tollgate.toml")],
-            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         assert self.proc.stdout is not None
         self.key = ""
@@ -295,7 +302,7 @@ class Gateway:
                 break
         if not self.key:
             raise RuntimeError(f"no demo key printed by the gateway of {tree}")
-        _wait_port(self.port, self.proc)
+        _wait_port(self.port, self.proc, timeout=300 if callgrind else 60)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -314,6 +321,22 @@ async def _measure(gateway: Gateway, kind: str, count: int, concurrency: int) ->
     await asyncio.sleep(0.1)  # the last settlements land inside the window
     main1, other1 = _thread_cpu(gateway.proc.pid)
     return (main1 - main0) / count * 1e6, (other1 - other0) / count * 1e6
+
+
+async def _instructions(gateway: Gateway, kind: str, count: int, concurrency: int) -> float:
+    """Thousands of user-space instructions per request of one kind, every thread of the gateway (callgrind)."""
+    await _load(gateway.port, gateway.key, kind, max(count // 5, 4), concurrency)  # settle in
+    await asyncio.sleep(0.5)
+    subprocess.run(["callgrind_control", "--zero", str(gateway.proc.pid)], check=True, capture_output=True)
+    await _load(gateway.port, gateway.key, kind, count, concurrency)
+    await asyncio.sleep(1.0)  # the last settlements land inside the window
+    dumped = set(glob.glob(gateway.callgrind_out + "*"))
+    subprocess.run(["callgrind_control", "--dump", str(gateway.proc.pid)], check=True, capture_output=True)
+    total = 0
+    for path in set(glob.glob(gateway.callgrind_out + "*")) - dumped:
+        with open(path) as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith(("summary:", "totals:")))
+    return total / count / 1e3
 
 
 async def _profile(gateway: Gateway, kind: str, args: argparse.Namespace) -> None:
@@ -357,7 +380,18 @@ async def _run(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory(prefix="micro-stream-") as tmp:
             for number, tree in enumerate(trees):
                 cprofile = Path(args.profile_out) if args.cprofile and number == 0 else None
-                gateways.append(Gateway(tree, upstream_port, Path(tmp) / f"g{number}", cprofile))
+                gateways.append(Gateway(tree, upstream_port, Path(tmp) / f"g{number}", cprofile,
+                                        callgrind=bool(args.callgrind)))
+            if args.callgrind:
+                print(f"thousands of user-space instructions per request (callgrind, {args.callgrind} requests "
+                      f"of each kind, concurrency {args.concurrency}, median of {args.rounds})")
+                for kind in kinds:
+                    for number, gateway in enumerate(gateways):
+                        counted = [await _instructions(gateway, kind, args.callgrind, args.concurrency)
+                                   for _ in range(args.rounds)]
+                        print(f"  {kind:<9} {statistics.median(counted):9.1f}  {[round(c) for c in counted]}  "
+                              f"{gateway.tree}", flush=True)
+                return
             if args.profile:
                 await _profile(gateways[0], args.profile, args)
                 return
@@ -410,6 +444,8 @@ def main() -> None:
     parser.add_argument("--profile", choices=KINDS, help="instead of measuring, py-spy the first tree under this load")
     parser.add_argument("--cprofile", action="store_true",
                         help="with --profile and --profile-out: cProfile (CPU time) of the gateway's loop thread")
+    parser.add_argument("--callgrind", type=int, metavar="N",
+                        help="instead of CPU time: user-space instructions per request over N requests (valgrind)")
     parser.add_argument("--perf", action="store_true", help="with --profile: perf record instead of py-spy")
     parser.add_argument("--profile-seconds", type=int, default=10)
     parser.add_argument("--profile-out", help="where the collapsed stacks go (default /tmp/micro-stream-KIND.txt)")
