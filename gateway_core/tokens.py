@@ -174,10 +174,14 @@ def _message_tokens(message: chat_pb2.Message) -> int:
             tokens += TOKENS_PER_TOOL_CALL + estimate_text_tokens(
                 f"{call.id} {call.function.name} {call.function.arguments}"
             )
-    return (
-        tokens + estimate_text_tokens(message.tool_call_id) + estimate_text_tokens(message.refusal)
-        + estimate_text_tokens(message.extra_json)
-    )
+    # Most messages have none of these three: no call for an empty one (estimate_text_tokens("") is 0).
+    if tool_call_id := message.tool_call_id:
+        tokens += estimate_text_tokens(tool_call_id)
+    if refusal := message.refusal:
+        tokens += estimate_text_tokens(refusal)
+    if extra_json := message.extra_json:
+        tokens += estimate_text_tokens(extra_json)
+    return tokens
 
 
 def _part_tokens(part: chat_pb2.ContentPart) -> int:

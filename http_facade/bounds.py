@@ -100,20 +100,33 @@ def _check_string(value: str, limits: EdgeLimits) -> None:
 
 
 def _check_top_level(payload: dict[str, Any], limits: EdgeLimits) -> None:
-    _max_length(payload.get("messages"), "messages", limits.max_messages)
-    _max_length(payload.get("tools"), "tools", OPENAI_MAX_TOOLS)
-    _at_most(payload.get("n"), "n", limits.max_n)
-    for field in ("max_tokens", "max_completion_tokens"):
-        _at_most(payload.get(field), field, limits.max_tokens_ceiling)
-    for field in _NAME_FIELDS:
-        _short(payload.get(field), field)
     messages = payload.get("messages")
-    for i, message in enumerate(messages if isinstance(messages, list) else ()):
-        if isinstance(message, dict):
+    _max_length(messages, "messages", limits.max_messages)
+    # Only the bounded fields the request has are looked at (most have one or two of these nine);
+    # checked in the order listed in _TOP_LEVEL, so the first broken bound is the one reported.
+    for field in _TOP_LEVEL:
+        if field not in payload:
+            continue
+        value = payload[field]
+        if field == "tools":
+            _max_length(value, "tools", OPENAI_MAX_TOOLS)
+        elif field in _NAME_FIELDS:
+            _short(value, field)
+        else:
+            _at_most(value, field, limits.max_n if field == "n" else limits.max_tokens_ceiling)
+    if not isinstance(messages, list):
+        return
+    for i, message in enumerate(messages):
+        # (`in` before any call: few messages carry a name or a tool_call_id.)
+        if isinstance(message, dict) and ("name" in message or "tool_call_id" in message):
             for field in ("name", "tool_call_id"):
                 value = message.get(field)
                 if isinstance(value, str) and len(value) > _MAX_NAME_CHARS:  # the param is named only then
                     _short(value, f"messages[{i}].{field}")
+
+
+# The top-level fields with a bound of their own besides `messages`, in the order they are checked.
+_TOP_LEVEL = ("tools", "n", "max_tokens", "max_completion_tokens", *_NAME_FIELDS)
 
 
 def _max_length(value: Any, param: str, limit: int) -> None:

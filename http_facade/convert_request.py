@@ -82,9 +82,9 @@ _STRINGS = ("user", "reasoning_effort")
 _HANDLED_FIRST = ("model", "messages", "stream", "stream_options")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a setattr call per field (once per request)
 class ChatCall:
-    """A validated chat request and how its answer must be delivered."""
+    """A validated chat request and how its answer must be delivered. Never changed."""
 
     request: ChatRequest
     stream: bool

@@ -42,7 +42,7 @@ def completion_json(response: pb.CreateChatCompletionResponse) -> bytes:
             {
                 "index": choice.index,
                 "message": _message(choice.message),
-                "logprobs": _logprobs(choice.logprobs_json),
+                "logprobs": _logprobs(choice.logprobs_json) if choice.logprobs_json else None,
                 # An unknown enum value maps to null: never invent a finish reason.
                 "finish_reason": FINISH_REASONS.get(choice.finish_reason),
             }
@@ -154,7 +154,8 @@ def _event(chunk: dict[str, Any]) -> bytes:
 def _message(message: pb.Message) -> dict[str, Any]:
     out: dict[str, Any] = {
         "role": "assistant",
-        "content": _content(message),
+        # _content's first answer inline: most answers are text.
+        "content": message.content if message.HasField("content") else _content(message),
         "refusal": message.refusal if message.HasField("refusal") else None,
     }
     if message.tool_calls:

@@ -25,11 +25,12 @@ def validate_request(request: ChatRequest) -> None:
     """Raises an INVALID_REQUEST GatewayError for the first problem found."""
     if not request.model:
         raise invalid_request("you must provide a model parameter", "model")
-    if not request.messages:
+    messages = request.messages
+    if not messages:
         raise invalid_request("'messages' must contain at least one message", "messages")
-    if len(request.messages) > MAX_MESSAGES:
+    if len(messages) > MAX_MESSAGES:
         raise invalid_request(f"'messages' has more than {MAX_MESSAGES} messages", "messages")
-    for i, message in enumerate(request.messages):
+    for i, message in enumerate(messages):
         _validate_message(message, i)
     _validate_sampling(request)
     if request.tools:
@@ -39,8 +40,11 @@ def validate_request(request: ChatRequest) -> None:
         raise invalid_request("a named tool_choice needs a function name", "tool_choice")
     if request.response_format.type == chat_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
         _require_json_object(request.response_format.json_schema.schema_json, "response_format.json_schema.schema")
-    _require_json_object(request.logit_bias_json, "logit_bias")
-    _require_json_object(request.extra_json, "extra_json")
+    # (Empty text is no JSON to check: most requests carry neither, so no call for them.)
+    if request.logit_bias_json:
+        _require_json_object(request.logit_bias_json, "logit_bias")
+    if request.extra_json:
+        _require_json_object(request.extra_json, "extra_json")
 
 
 def _validate_message(message: chat_pb2.Message, index: int) -> None:

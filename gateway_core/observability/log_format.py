@@ -94,11 +94,19 @@ def _masked(redactor: redaction.Redactor, name: str, value: Any) -> Any:
 
 
 def _masked_dict(redactor: redaction.Redactor, value: dict[Any, Any]) -> dict[str, Any]:
-    """mask_names of a dict field, entry by entry through _masked."""
+    """mask_names of a dict field, entry by entry through _masked (its first answers inline, as in
+    format_info: the upstream_attempt line's nine fields cost a call each otherwise)."""
     masked: dict[str, Any] = {}
+    unmasked = _UNMASKED_NAMES
     for key, item in value.items():
         name = key if type(key) is str else str(key)
-        masked[name] = _masked(redactor, name, item)
+        kind = type(item)
+        if name in unmasked and (
+            kind is int or item is None or kind is bool or (kind is str and "=" not in item and ":" not in item)
+        ):
+            masked[name] = item
+        else:
+            masked[name] = _masked(redactor, name, item)
     return masked
 
 

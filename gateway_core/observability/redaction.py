@@ -44,6 +44,12 @@ _NAMED_VALUE = re.compile(r"([\"']?)\b([A-Za-z][A-Za-z0-9_\-]*)\1\s*[:=]\s*")
 _SECRET_NAME_SET = frozenset(SECRET_NAMES)
 _PROMPT_NAME_SET = frozenset(PROMPT_NAMES)
 _MASKED_NAMES = _SECRET_NAME_SET | _PROMPT_NAME_SET
+# The masked names that hold no other masked name: a text holds some masked name exactly when it
+# holds one of these ("proxy-authorization" holds "authorization", "admin_token" "token", ...), so
+# redact() asks 19 substring questions instead of 25 (the largest cost of a log line with `=` in it).
+_NAME_NEEDLES = tuple(sorted(
+    name for name in _MASKED_NAMES if not any(other != name and other in name for other in _MASKED_NAMES)
+))
 
 
 def masked_names() -> frozenset[str]:
@@ -98,7 +104,7 @@ class Redactor:
                     break
         if not names or ("=" not in text and ":" not in text):
             return text  # a `name: value` pair needs its `:` or `=`
-        for name in _MASKED_NAMES:
+        for name in _NAME_NEEDLES:
             if name in lowered:
                 return _mask_named_values(text)
         return text  # no masked name anywhere in the text

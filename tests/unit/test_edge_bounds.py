@@ -150,3 +150,33 @@ def test_escaped_text_never_hides_a_long_string() -> None:
     body = b'{"messages":[{"role":"user","content":"' + b"\\u0041" * 31 + b'"}]}'
     payload = orjson.loads(body)
     assert _outcome(payload, SMALL, body) == _outcome(payload, SMALL, None) is not None
+
+
+TOP_LEVEL_BREAKS: dict[str, Any] = {
+    "messages": HI * 3, "tools": [{}] * 129, "n": 5, "max_tokens": 101, "max_completion_tokens": 101,
+    "model": "m" * 257, "user": "u" * 257, "safety_identifier": "s" * 257, "prompt_cache_key": "p" * 257,
+}
+
+
+@given(st.lists(st.sampled_from(sorted(TOP_LEVEL_BREAKS)), min_size=1, unique=True), st.randoms())
+@settings(max_examples=200, deadline=None)
+def test_of_several_broken_top_level_bounds_the_first_in_check_order_is_reported(
+    broken: list[str], rng: Any
+) -> None:
+    """Only the fields present are looked at now; which one is reported must not depend on that
+    (nor on the payload's key order): messages, tools, n, the output limits, then the names."""
+    order = ["messages", "tools", "n", "max_tokens", "max_completion_tokens", "model", "user", "safety_identifier",
+             "prompt_cache_key"]
+    rng.shuffle(broken)
+    payload = {name: TOP_LEVEL_BREAKS[name] for name in broken}
+    payload.setdefault("messages", HI)
+    error = _refusal(payload, EdgeLimits(max_messages=2, max_n=4, max_tokens_ceiling=100))
+    assert error.param == min(broken, key=order.index)
+
+
+def test_a_long_message_name_or_tool_call_id_is_refused_with_its_place() -> None:
+    messages = [*HI, {"role": "tool", "content": "x", "tool_call_id": "t" * 257}]
+    assert _refusal({"messages": messages}, EdgeLimits()).param == "messages[1].tool_call_id"
+    messages = [{"role": "user", "content": "x", "name": "n" * 257}, *HI]
+    assert _refusal({"messages": messages}, EdgeLimits()).param == "messages[0].name"
+    check_bounds({"messages": [{"role": "user", "content": "x", "name": "n" * 256}]}, EdgeLimits())

@@ -57,11 +57,16 @@ _SMUGGLED = frozenset({
     "custom_llm_provider", "timeout", "user_api_key",
 })
 _INT64 = range(-(2**63), 2**64)
+_SCALAR_NAMES = frozenset(_SCALARS)
+# The fields _add_options reads: it has something to add only when the request has one of them.
+_OPTION_FIELDS = frozenset({
+    "stop", "user", "tools", "tool_choice", "response_format", "logit_bias_json", "reasoning_effort", "metadata",
+})
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a setattr call per field (once per request)
 class PreparedRequest:
-    """A request body ready for one upstream, and what was left out of it."""
+    """A request body ready for one upstream, and what was left out of it. Never changed."""
 
     body: dict[str, Any]
     # Unsupported parameters the client set that the dialect said to drop.
@@ -91,10 +96,17 @@ def _openai_body(call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
         "model": call.upstream_model,
         "messages": [_message(m, f"messages[{i}]") for i, m in enumerate(request.messages)],
     }
-    for name in _SCALARS:
-        if request.HasField(name):
-            body[name] = getattr(request, name)
-    _add_options(body, request)
+    # One pass over the fields the request has (ListFields: set optionals, non-empty others, in field
+    # number order, which is _SCALARS' order) instead of a HasField per scalar and a test per option.
+    options = False
+    for field, value in request.ListFields():
+        name = field.name
+        if name in _SCALAR_NAMES:
+            body[name] = value
+        elif name in _OPTION_FIELDS:
+            options = True
+    if options:  # most requests set none of them
+        _add_options(body, request)
     if stream:
         # Usage is always asked for: metering needs it whatever the client wants.
         options: dict[str, Any] = {"include_usage": True}
