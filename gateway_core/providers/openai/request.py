@@ -98,14 +98,14 @@ def _openai_body(call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
     }
     # One pass over the fields the request has (ListFields: set optionals, non-empty others, in field
     # number order, which is _SCALARS' order) instead of a HasField per scalar and a test per option.
-    options = False
+    has_options = False
     for field, value in request.ListFields():
         name = field.name
         if name in _SCALAR_NAMES:
             body[name] = value
         elif name in _OPTION_FIELDS:
-            options = True
-    if options:  # most requests set none of them
+            has_options = True
+    if has_options:  # most requests set none of them
         _add_options(body, request)
     if stream:
         # Usage is always asked for: metering needs it whatever the client wants.
