@@ -19,7 +19,7 @@ from collections.abc import Callable, Hashable
 
 # libuv times in whole milliseconds, so a timer may run up to 1 ms before the time it was set
 # for by loop.time(); a deadline that close is due (a timer per call would have fired too).
-_EARLY_SECONDS = 0.001
+EARLY_SECONDS = 0.001
 
 
 class DeadlineTimer:
@@ -57,7 +57,7 @@ class DeadlineTimer:
     def _fire(self) -> None:
         self._timer = None
         self._armed_at = math.inf
-        now = asyncio.get_running_loop().time() + _EARLY_SECONDS
+        now = asyncio.get_running_loop().time() + EARLY_SECONDS
         due = [(key, expire) for key, (at, expire) in self._deadlines.items() if at <= now]
         for key, _ in due:
             del self._deadlines[key]

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from starlette.types import Message, Receive, Send
 
-from gateway_core.deadline_timer import DeadlineTimer
+from gateway_core.deadline_timer import EARLY_SECONDS, DeadlineTimer
 from gateway_core.pb.gateway.v1 import chat_pb2 as pb
 from http_facade.convert_response import ChunkEncoder
 from http_facade.disconnect import DisconnectWatch, cancelled_by_disconnect
@@ -42,8 +42,6 @@ EVENT_STREAM_HEADERS: list[tuple[bytes, bytes]] = [
     *((k.encode(), v.encode()) for k, v in SSE_HEADERS.items()),
     (b"content-type", b"text/event-stream; charset=utf-8"),
 ]
-# libuv fires timers by whole milliseconds, up to 1 ms early (as DeadlineTimer allows for).
-_EARLY_SECONDS = 0.001
 
 
 class _Heartbeat:
@@ -77,7 +75,7 @@ class _Heartbeat:
     def _fire(self) -> None:
         now = self._loop.time()
         due = self.last_write + self._seconds
-        if now + _EARLY_SECONDS >= due:
+        if now + EARLY_SECONDS >= due:
             if not self.writing and self._pinging is None:
                 self._pinging = self._loop.create_task(self._ping())
             due = now + self._seconds  # after a ping, or a write waiting on a slow client: a period later

@@ -139,7 +139,7 @@ class RouteAttempts:
         self.budget = budget or RetryBudget(settings.retry_budget_ratio, settings.retry_budget_burst)
         self._rng = rng or random.Random()
         # Every stream's silence limit, on one timer of the event loop the streams run on (see idle_watch).
-        self._idle_timer = DeadlineTimer()
+        self._idle_timer: DeadlineTimer | None = None  # made by the first stream, on its loop
         self._idle_timer_loop: asyncio.AbstractEventLoop | None = None
 
     def order(self, model: ModelSettings) -> tuple[Route, ...]:
@@ -189,9 +189,11 @@ class RouteAttempts:
     def _idle_deadlines(self) -> DeadlineTimer:
         """The streams' shared DeadlineTimer, on the running loop (a new one if the loop is another)."""
         loop = asyncio.get_running_loop()
-        if self._idle_timer_loop is not loop:  # the first stream, or one on another loop (tests run many)
-            self._idle_timer, self._idle_timer_loop = DeadlineTimer(), loop
-        return self._idle_timer
+        timer = self._idle_timer
+        if timer is None or self._idle_timer_loop is not loop:  # the first stream, or one on another loop (tests run many)
+            timer = self._idle_timer = DeadlineTimer()
+            self._idle_timer_loop = loop
+        return timer
 
     async def _run(
         self, meter: RequestMeter, attempt: Callable[[Admission, ProviderSettings], Awaitable[T]]

@@ -17,13 +17,9 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from gateway_core.deadline_timer import DeadlineTimer
+from gateway_core.deadline_timer import EARLY_SECONDS, DeadlineTimer
 
 T = TypeVar("T")
-
-# A DeadlineTimer runs a deadline up to 1 ms early (libuv times in whole milliseconds, as a timer of
-# the watch's own would): a wait that close to the limit counts as having reached it.
-_EARLY_SECONDS = 0.001
 
 
 class IdleTimeout(Exception):
@@ -121,7 +117,8 @@ class IdleWatch:
         self._armed = False
         since = self._waiting_since
         now = self._loop.time()
-        if since is not None and now - since + _EARLY_SECONDS >= self._idle and self._task is not None and not self._task.done():
+        # (The shared timer may run the deadline up to EARLY_SECONDS early: that close counts as reached.)
+        if since is not None and now - since + EARLY_SECONDS >= self._idle and self._task is not None and not self._task.done():
             self._fired = True
             self._task.cancel()
             return

@@ -123,7 +123,7 @@ class StreamRun:
         """The next chunk, waiting for it; None at the end; raises the stream's failure."""
         item = self.poll()
         if item is EMPTY:
-            return self._taken(await self._queue.get())
+            return await self.wait()
         return item  # type: ignore[return-value]
 
     async def wait(self) -> Chunk | None:
@@ -136,7 +136,7 @@ class StreamRun:
     async def __anext__(self) -> Chunk:
         item = self.poll()
         if item is EMPTY:
-            item = await self.next()
+            item = await self.wait()
         if item is None:
             raise StopAsyncIteration
         return item  # type: ignore[return-value]
