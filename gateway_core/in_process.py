@@ -41,14 +41,11 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 from gateway_core.deadline_timer import DeadlineTimer
-from gateway_core.eager_task import start_eagerly
 from gateway_core.handoff import EMPTY, Handoff
 from gateway_core.observability import after_answer
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
-T = TypeVar("T")
-_F = TypeVar("_F", bound="asyncio.Future[Any]")
 MetadataPairs = Sequence[tuple[str, str | bytes]]
 
 # How many messages a stream's handler may produce before the reader takes them.
@@ -76,7 +73,7 @@ class InProcessServices:
         # Stream methods whose handler is an async generator function: run in the reader's task.
         self._inline_methods: set[str] = set()
         # Strong references: a call's task must not be collected while it runs.
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         # Stream calls whose handler runs in the reader's task (InlineStreamCall), until their handler ends.
         self._inline: set[Any] = set()
         # Deferred observation of unary calls that ended, waiting to run (see run_after_answer),
@@ -117,17 +114,11 @@ class InProcessServices:
         # A fresh context, as a server gives each RPC: nothing of the caller's leaks in.
         return self._kept(asyncio.get_running_loop().create_task(coroutine, context=contextvars.Context()))
 
-    def spawn_eagerly(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
-        """spawn(), its first step run now (start_eagerly): a task, or a done future if that step ended it."""
-        if self._stopping:
-            return self.spawn(coroutine)
-        return self._kept(start_eagerly(coroutine, context=contextvars.Context()))
-
     def track(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Runs a call's own cleanup in a task that stop() waits for (never refused: the call exists)."""
         return self._kept(asyncio.get_running_loop().create_task(coroutine))
 
-    def _kept(self, task: _F) -> _F:
+    def _kept(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
         """task, referenced until it ends (and waited for by stop())."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -137,7 +128,7 @@ class InProcessServices:
     def stopping(self) -> bool:
         return self._stopping
 
-    def run_after_answer(self, task: asyncio.Future[Any] | None, deferred: after_answer.AfterAnswer) -> None:
+    def run_after_answer(self, task: asyncio.Task[Any], deferred: after_answer.AfterAnswer) -> None:
         """Runs a call's deferred observation after its caller has the answer, batched with other calls'.
 
         task is the call's own, still running. The batch runs AFTER_ANSWER_BATCH_SECONDS
@@ -157,10 +148,7 @@ class InProcessServices:
                 self._batch_timer.cancel()
                 self._batch_timer = None
             self._batch = []
-            if task is None:  # the call ended in its first step (spawn_eagerly): the caller is in this pass
-                asyncio.get_running_loop().call_soon(_run_all, batch)
-            else:
-                task.add_done_callback(lambda _task: _run_all(batch))
+            task.add_done_callback(lambda _task: _run_all(batch))
         elif self._batch_timer is None:
             self._batch_timer = asyncio.get_running_loop().call_later(AFTER_ANSWER_BATCH_SECONDS, self._run_batch)
 
@@ -303,12 +291,6 @@ class _Context:
         return grpc.aio.Metadata(*self._trailing)
 
 
-def _own_task() -> asyncio.Task[Any]:
-    task = asyncio.current_task()
-    assert task is not None
-    return task
-
-
 def _rpc_error(code: grpc.StatusCode, details: str | None, initial: MetadataPairs = (),
                trailing: MetadataPairs = ()) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(
@@ -360,63 +342,53 @@ class UnaryUnaryCall(Generic[ResponseT]):
                  metadata: MetadataPairs | None, timeout: float | None) -> None:
         self._context = _Context(metadata, timeout)
         self._services = services
-        self._task: asyncio.Future[ResponseT] | None = None  # None while the handler's first step runs
-        # The handler starts now, as a call starts when made, and gets as far as it can in this pass
-        # of the loop (a request's hold is on its way to the writer before the caller awaits).
-        self._task = services.spawn_eagerly(self._run(handler, request, timeout))
+        self._task = services.spawn(self._run(handler, request, timeout))
 
     async def _run(self, handler: grpc.RpcMethodHandler | None, request: Any, timeout: float | None) -> ResponseT:
         if handler is None or handler.unary_unary is None:
             raise _unimplemented()
         # The deadline as asyncio.timeout would enforce it (cancel the handler's task when it passes,
         # report DEADLINE_EXCEEDED if that cancellation is what ended it), with no timer handle
-        # (the services' DeadlineTimer) and no context-manager coroutines per call. The first step
-        # runs in the caller's task (spawn_eagerly): the call's own task is looked up only where a
-        # cancellation has arrived, which is never before the first wait. A new task has no
-        # cancellation pending (one requested before its first step never lets the coroutine begin).
+        # (the services' DeadlineTimer) and no context-manager coroutines per call.
         deadlines = self._services.deadlines if timeout is not None else None
         expired = False
-        cancelling = 0
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
         if deadlines is not None:
             def expire() -> None:
                 nonlocal expired
                 expired = True
-                assert self._task is not None  # a timer fires in a later pass than the first step
-                self._task.cancel()
+                task.cancel()
 
-            deadlines.add(self, self._context.deadline(), expire)
+            deadlines.add(task, self._context.deadline(), expire)
         # The handler's observation (log lines, metrics) waits until the caller has the answer.
         deferred, token = after_answer.open_for_call()
         try:
             response: ResponseT = await handler.unary_unary(request, self._context)
         except asyncio.CancelledError:
             # Our deadline, and no cancel() besides: the caller sees DEADLINE_EXCEEDED, as from grpc.aio.
-            if expired and _own_task().uncancel() <= cancelling:
+            if expired and task.uncancel() <= cancelling:
                 raise _deadline_exceeded() from None
             raise
         except grpc.aio.AioRpcError:
             raise
         except Exception as exc:
             if expired:
-                _own_task().uncancel()
+                task.uncancel()
             raise _call_error(exc, self._context, expired) from None
         finally:
             if deadlines is not None:
-                deadlines.remove(self)
+                deadlines.remove(task)
             after_answer.close_for_call(token)
             if deferred.close():
-                self._services.run_after_answer(self._task, deferred)
+                self._services.run_after_answer(task, deferred)
         if expired:  # the handler swallowed the deadline's cancellation and answered: as asyncio.timeout
-            _own_task().uncancel()
+            task.uncancel()
         return response
 
     def __await__(self) -> Any:
-        return self._started().__await__()
-
-    def _started(self) -> asyncio.Future[ResponseT]:
-        task = self._task
-        assert task is not None  # set when __init__ returns, before anyone holds the call
-        return task
+        return self._task.__await__()
 
     def initial_metadata_pairs(self) -> tuple[tuple[str, str | bytes], ...]:
         """The initial metadata the handler has sent so far, as (key, value) pairs, without waiting
@@ -425,13 +397,13 @@ class UnaryUnaryCall(Generic[ResponseT]):
 
     def cancel(self) -> bool:
         self._context._cancelled = True
-        return self._started().cancel()
+        return self._task.cancel()
 
     def cancelled(self) -> bool:
-        return self._started().cancelled()
+        return self._task.cancelled()
 
     def done(self) -> bool:
-        return self._started().done()
+        return self._task.done()
 
     async def initial_metadata(self) -> grpc.aio.Metadata:
         return self._context.initial()

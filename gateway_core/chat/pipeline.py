@@ -23,7 +23,6 @@ from gateway_core.chat.stream_run import StreamRun
 from gateway_core.chat.upstream_drain import UpstreamDrain
 from gateway_core.chat.validate import validate_request
 from gateway_core.config import MeteringSettings, ModelSettings, Route, RoutingSettings
-from gateway_core.eager_task import own_task, start_eagerly
 from gateway_core.limits.enforcer import LimitEnforcer, Lease
 from gateway_core.metering.ledger import Ledger
 from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome, UsageStatus
@@ -138,8 +137,7 @@ class ChatPipeline:
         # The task hands its outcome over through `answer`, which is all a cancellation of this
         # caller cancels (as asyncio.shield would keep the task apart, one loop pass sooner).
         answer: asyncio.Future[chat_pb2.CreateChatCompletionResponse] = asyncio.get_running_loop().create_future()
-        # Started at once: the hold is handed to the writer in this loop pass, not the next one.
-        work = start_eagerly(run.run(answer))
+        work = asyncio.ensure_future(run.run(answer))
         try:
             return await answer
         except asyncio.CancelledError:
@@ -260,9 +258,6 @@ class _UnaryRun:
         if self._abandoned:  # the caller left while the hold was written: settle it at zero
             await pipeline._settle_with_retries(hold, cancelled_before_upstream(prepared.hold_args))
             return None
-        # The rest needs the task's own identity (deadlines cancel it): if the hold was written without
-        # a wait, this is still the caller's pass (start_eagerly in unary()).
-        await own_task()
         admission = prepared.admission(hold)
         self._admitted(admission)
         meter = RequestMeter(admission)
@@ -297,11 +292,10 @@ class _UnaryRun:
             self._drain.release()
         await self._pipeline._settle_with_retries(meter.admission.hold, meter.outcome(UsageStatus.CANCELLED))
 
-    def abandon(self, work: asyncio.Future[Any]) -> None:
+    def abandon(self, work: asyncio.Task[Any]) -> None:
         """The caller was cancelled: the task finishes alone, watched by the pipeline's background tasks."""
         if work.done():
             return
-        assert isinstance(work, asyncio.Task)  # start_eagerly gives a task unless the run had ended
         pipeline = self._pipeline
         self._abandoned = True
         pipeline._background.adopt(work)

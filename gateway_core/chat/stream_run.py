@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 from gateway_core.chat.meter import Admission, RequestMeter, cancelled_before_upstream, set_billed_usage
 from gateway_core.chat.upstream_drain import UpstreamDrain
-from gateway_core.eager_task import own_task, start_eagerly
 from gateway_core.handoff import EMPTY, Handoff
 from gateway_core.metering.outcome import Hold, UsageOutcome, UsageStatus
 from gateway_core.pb.gateway.v1 import chat_pb2
@@ -99,8 +98,7 @@ class StreamRun:
         self._drain: UpstreamDrain | None = None  # set once the reader left during the upstream read
         # Set once the hold is written, before anything is queued: the first item read finds it set.
         self.admission: Admission | None = None
-        # Started at once: the hold reaches the writer in this loop pass, not the next one.
-        self.task: asyncio.Future[None] = start_eagerly(self._run())
+        self.task = asyncio.get_running_loop().create_task(self._run())
 
     # --- the reader's side ---
 
@@ -166,7 +164,6 @@ class StreamRun:
         pipeline = self._pipeline
         if self.task.done():
             return
-        assert isinstance(self.task, asyncio.Task)  # start_eagerly gives a task unless the run had ended
         pipeline._background.adopt(self.task)
         if self._phase == self._HOLD:
             pipeline._drop_lease(self._prepared)
@@ -198,9 +195,6 @@ class StreamRun:
             self._phase = self._SETTLE
             await pipeline._settle_with_retries(hold, cancelled_before_upstream(prepared.hold_args))
             return
-        # The rest needs the task's own identity (the drain cancels it): if the hold was written
-        # without a wait, this is still the caller's pass (start_eagerly in __init__).
-        await own_task()
         admission = self.admission = prepared.admission(hold)
         self._admitted(admission)
         await self._stream(admission, hold)
@@ -282,8 +276,8 @@ class StreamRun:
     def _end_upstream(self) -> None:
         """The upstream read is over: no cut may reach the settlement (UpstreamDrain.end_upstream)."""
         self._phase = self._SETTLE
-        if self._drain is not None:  # set by close() while the run went on: self.task is a Task then
-            self._drain.end_upstream(self.task if isinstance(self.task, asyncio.Task) else None)
+        if self._drain is not None:
+            self._drain.end_upstream(self.task)
 
     async def _bill_abandoned(self, meter: RequestMeter) -> None:
         if self._drain is not None:
