@@ -103,11 +103,18 @@ class _Timing:
         self._failures: dict[Route, int] = {}
 
     def remaining(self) -> float | None:
-        return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        return 0.0 if 0.0 > left else left  # max(left, 0.0) without the builtin (~8x a comparison)
 
     def wait(self, route: Route) -> float:
-        local = max(self._local_not_before.get(route, 0.0) - time.monotonic(), 0.0)
-        return max(self._health.wait_seconds(route), local)
+        # Comparisons rather than max(): this runs for every attempt, and the builtin costs ~8x as much.
+        local = self._local_not_before.get(route, 0.0) - time.monotonic()
+        if 0.0 > local:
+            local = 0.0
+        health = self._health.wait_seconds(route)
+        return local if local > health else health
 
     def affordable(self, wait: float) -> bool:
         remaining = self.remaining()
@@ -285,12 +292,14 @@ class RouteAttempts:
     def _admission_for(self, first: Admission, route: Route, timing: _Timing) -> Admission:
         limits = self._limits(route)
         remaining = timing.remaining()
-        timeout = limits.total_timeout_seconds if remaining is None else min(limits.total_timeout_seconds, remaining)
+        timeout = limits.total_timeout_seconds
+        if remaining is not None and remaining < timeout:  # min(), minus the builtin's cost
+            timeout = remaining
         # Built field by field: dataclasses.replace inspects the fields on every call (twice per attempt).
         base = first.call
         call = UpstreamCall(
             request=base.request, upstream_model=route.model, client_model=base.client_model,
-            request_id=base.request_id, timeout_seconds=max(timeout, 0.001), forward_headers=base.forward_headers,
+            request_id=base.request_id, timeout_seconds=0.001 if 0.001 > timeout else timeout, forward_headers=base.forward_headers,
         )
         return Admission(
             model=first.model, provider=self._providers[route.provider], call=call, hold=first.hold,

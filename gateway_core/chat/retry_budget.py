@@ -27,7 +27,8 @@ class RetryBudget:
 
     def on_request(self) -> None:
         """A new request arrived: it earns the process a fraction of a retry."""
-        self._tokens = min(self._tokens + self._ratio, self._burst)
+        tokens = self._tokens + self._ratio
+        self._tokens = self._burst if self._burst < tokens else tokens  # min() without the builtin's cost
 
     def try_retry(self) -> bool:
         """Takes one retry from the budget; False (and nothing taken) when it is spent."""

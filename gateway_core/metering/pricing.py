@@ -28,9 +28,9 @@ def _ceil_div(numerator: int, denominator: int) -> int:
 
 def cost_micros(prices: Prices, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> int:
     """The cost of one request. cached_tokens is the part of prompt_tokens served from cache."""
-    if min(prompt_tokens, completion_tokens, cached_tokens) < 0:
+    if prompt_tokens < 0 or completion_tokens < 0 or cached_tokens < 0:
         raise ValueError("token counts must not be negative")
-    cached = min(cached_tokens, prompt_tokens)
+    cached = prompt_tokens if prompt_tokens < cached_tokens else cached_tokens  # min(), minus the builtin's cost
     cached_price = prices.input_micros if prices.cached_input_micros is None else prices.cached_input_micros
     numerator = (
         (prompt_tokens - cached) * prices.input_micros

@@ -65,10 +65,11 @@ class CheckedUsage:
 
 def check_usage(usage: types_pb2.Usage, *, max_completion_tokens: int) -> CheckedUsage:
     """Clamps an upstream's usage into range; `clamped` says whether anything moved."""
-    prompt = min(max(usage.prompt_tokens, 0), MAX_PLAUSIBLE_PROMPT_TOKENS)
-    completion = min(max(usage.completion_tokens, 0), max_completion_tokens)
-    cached = min(max(usage.cached_tokens, 0), prompt)
-    reasoning = min(max(usage.reasoning_tokens, 0), completion)
+    # _clamp, not min(max(...)): the builtins cost ~8x a comparison, and this runs before each answer.
+    prompt = _clamp(usage.prompt_tokens, MAX_PLAUSIBLE_PROMPT_TOKENS)
+    completion = _clamp(usage.completion_tokens, max_completion_tokens)
+    cached = _clamp(usage.cached_tokens, prompt)
+    reasoning = _clamp(usage.reasoning_tokens, completion)
     clamped = (prompt, completion, cached, reasoning) != (
         usage.prompt_tokens,
         usage.completion_tokens,
@@ -76,6 +77,12 @@ def check_usage(usage: types_pb2.Usage, *, max_completion_tokens: int) -> Checke
         usage.reasoning_tokens,
     )
     return CheckedUsage(prompt, completion, cached, reasoning, usage.estimated, clamped)
+
+
+def _clamp(count: int, most: int) -> int:
+    """min(max(count, 0), most), the same for every int."""
+    count = count if count > 0 else 0
+    return most if most < count else count
 
 
 def charge_micros(model: ModelSettings, usage: CheckedUsage, *, held: int) -> tuple[int, bool]:
@@ -86,4 +93,4 @@ def charge_micros(model: ModelSettings, usage: CheckedUsage, *, held: int) -> tu
         completion_tokens=usage.completion_tokens,
         cached_tokens=usage.cached_tokens,
     )
-    return min(cost, held), cost > held
+    return (held if held < cost else cost), cost > held  # min(cost, held) without the builtin's cost

@@ -95,13 +95,22 @@ class Redactor:
                 if value in text:
                     text = pattern.sub(MASK, text)
                     break
-        lowered = text.lower()
-        for needles, shape in _SHAPES:
-            for needle in needles:
-                if needle in lowered:
-                    text = shape.sub(_keep_prefix, text)
-                    lowered = text.lower()
-                    break
+        if text.isascii():
+            # In ASCII text a `(?i)` keyword matches only its ASCII case variants, which lower() maps
+            # onto the needle: a shape whose needles are all absent cannot match.
+            lowered = text.lower()
+            for needles, shape in _SHAPES:
+                for needle in needles:
+                    if needle in lowered:
+                        text = shape.sub(_keep_prefix, text)
+                        lowered = text.lower()
+                        break
+        else:
+            # `(?i)` also matches look-alikes lower() leaves alone or splits (ſ for s, ı and İ for i):
+            # no substring test is sound here, so every shape runs (rare: log lines are mostly ASCII).
+            for _, shape in _SHAPES:
+                text = shape.sub(_keep_prefix, text)
+            lowered = text.lower()
         if not names or ("=" not in text and ":" not in text):
             return text  # a `name: value` pair needs its `:` or `=`
         for name in _NAME_NEEDLES:

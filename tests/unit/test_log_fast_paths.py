@@ -25,10 +25,8 @@ def _redact_the_long_way(redactor: Redactor, text: str, names: bool = True) -> s
     """Redactor.redact before its shortcuts: every pass always runs."""
     if redactor._literal_pattern is not None:
         text = redactor._literal_pattern.sub(MASK, text)
-    lowered = text.lower()
-    for needles, shape in _SHAPES:
-        if any(n in lowered for n in needles):
-            text = shape.sub(_keep_prefix, text)
+    for _, shape in _SHAPES:
+        text = shape.sub(_keep_prefix, text)
     return _mask_named_values(text) if names else text
 
 
@@ -44,6 +42,7 @@ TEXTS = [
     "text=hello world",
     "url https://x/y?key=AIzaSyA-1234567890abcdefghijkl&alt=sse",
     "İnput: ünïcode text: value",
+    "Baſic dXNlcjpwYXNz and basıc dXNlcjpwYXNz, ?Key=abc",
     '{"message":"x","arguments":"{\\"a\\": 1}","tool_calls":[1,2]}',
 ]
 
