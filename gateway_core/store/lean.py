@@ -120,17 +120,18 @@ def _utc_text_fast_path(sql_type: Any, processor: _Processor) -> _Processor:
 
     SQLite stores datetimes as text: UTCDateTime makes the value naive
     (astimezone, replace) and SQLAlchemy formats it with a %-format of nine
-    fields, ~20k instructions per value, twice per request (a transaction's
-    'now' is converted once, see _remember_last). isoformat(" ",
-    "microseconds") of the aware value minus its "+00:00" is the same text in
-    one C call. Used only where processor was checked to give exactly that
-    text for probe values across the whole range; every other value (another
-    zone, a naive datetime, None) still goes through processor.
+    named fields, ~20k instructions per value, twice per request (a
+    transaction's 'now' is converted once, see _remember_last). The same
+    fields read straight off the aware value into a positional %-format give
+    the same text for a third of that (isoformat() costs more: its keyword
+    parsing and sprintf). Used only where processor was checked to give
+    exactly that text for probe values across the whole range; every other
+    value (another zone, a naive datetime, None) still goes through processor.
     """
     if not isinstance(getattr(sql_type, "impl_instance", sql_type), DateTime):  # (a TypeDecorator's impl)
         return processor
     try:
-        same = all(processor(probe) == probe.isoformat(" ", "microseconds")[:-6] for probe in _DATETIME_PROBES)
+        same = all(processor(probe) == _utc_text(probe) for probe in _DATETIME_PROBES)
     except Exception:  # noqa: BLE001 - a processor that cannot take these values keeps its own way
         same = False
     if not same:
@@ -138,10 +139,17 @@ def _utc_text_fast_path(sql_type: Any, processor: _Processor) -> _Processor:
 
     def convert(value: Any) -> Any:
         if type(value) is datetime and value.tzinfo is UTC:
-            return value.isoformat(" ", "microseconds")[:-6]
+            return _utc_text(value)
         return processor(value)
 
     return convert
+
+
+def _utc_text(value: datetime) -> str:
+    """An aware UTC datetime's naive text, as SQLAlchemy stores a DATETIME on SQLite."""
+    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031 - the fastest of the spellings measured
+        value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond,
+    )  # fmt: skip
 
 
 def _remember_last(processor: _Processor) -> _Processor:
