@@ -99,7 +99,9 @@ def _handshake(word: str) -> None:
     sys.stdin.readline()
 
 
-async def _measure(concurrency: int, pairs: int, statements: bool, callgrind: bool = False) -> dict[str, Any]:
+async def _measure(
+    concurrency: int, pairs: int, statements: bool, callgrind: bool = False, page_size: int = 0
+) -> dict[str, Any]:
     # Imported here: the child's sys.path decides which tree these come from.
     from gateway_core.metering.ledger import Ledger
     from gateway_core.metering.outcome import UsageOutcome, UsageStatus
@@ -108,6 +110,13 @@ async def _measure(concurrency: int, pairs: int, statements: bool, callgrind: bo
 
     table = _trace_statements() if statements else {}
     with tempfile.TemporaryDirectory() as tmp:
+        if page_size:  # a database made with this page size (WAL mode fixes it: the gateway keeps it)
+            import sqlite3
+
+            made = sqlite3.connect(f"{tmp}/writer.db")
+            made.execute(f"PRAGMA page_size={page_size}")
+            made.execute("PRAGMA journal_mode=WAL")
+            made.close()
         store = await open_store(f"sqlite:///{tmp}/writer.db")
         try:
             account = await store.create_account("bench")
@@ -154,21 +163,24 @@ async def _measure(concurrency: int, pairs: int, statements: bool, callgrind: bo
 
 def _child(args: argparse.Namespace) -> None:
     sys.path.insert(0, args.tree)
-    print(json.dumps(asyncio.run(_measure(args.concurrency, args.pairs, args.statements, args.callgrind > 0))))
+    print(json.dumps(asyncio.run(_measure(args.concurrency, args.pairs, args.statements, args.callgrind > 0, args.page_size))))
 
 
-def _run_child(tree: str, concurrency: int, pairs: int, statements: bool) -> dict[str, Any]:
+def _run_child(tree: str, concurrency: int, pairs: int, statements: bool, page_size: int = 0) -> dict[str, Any]:
     argv = [sys.executable, __file__, "--child", "--tree", tree, "--concurrency", str(concurrency)]
+    argv += ["--page-size", str(page_size)]
     argv += ["--pairs", str(pairs)] + (["--statements"] if statements else [])
     out = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=tree).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-def _callgrind_child(tree: str, concurrency: int, pairs: int, out: str, keep: Path | None, name: str) -> dict[str, float]:
+def _callgrind_child(
+    tree: str, concurrency: int, pairs: int, out: str, keep: Path | None, name: str, page_size: int = 0
+) -> dict[str, float]:
     """Thousands of instructions per pair, by thread ('loop' is the main thread, the writer's is 'writer',
     the rest 'other'), of one tree's child under callgrind."""
     argv = [sys.executable, __file__, "--child", "--tree", tree, "--concurrency", str(concurrency),
-            "--pairs", str(pairs), "--callgrind", str(pairs)]  # fmt: skip
+            "--pairs", str(pairs), "--callgrind", str(pairs), "--page-size", str(page_size)]  # fmt: skip
     command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
                "--separate-threads=yes", *argv]  # fmt: skip
     env = {**os.environ, "PYTHONMALLOC": "malloc"}  # valgrind sees every block
@@ -212,7 +224,9 @@ def _run_callgrind(args: argparse.Namespace, trees: list[tuple[str, str]]) -> No
             print(f"thousands of instructions per hold+settle pair (callgrind, {args.callgrind} pairs, conc {concurrency}):")
             for number, (label, tree) in enumerate(trees):
                 out = str(Path(tmp) / f"callgrind-{concurrency}-{number}")
-                counts = _callgrind_child(tree, concurrency, args.callgrind, out, keep, f"tree{number}.c{concurrency}")
+                counts = _callgrind_child(
+                    tree, concurrency, args.callgrind, out, keep, f"tree{number}.c{concurrency}", args.page_size
+                )
                 shown = "  ".join(f"{role} {counts.get(role, 0.0):8.1f}" for role in ("writer", "loop", "other"))
                 print(f"  {label:8} {shown}  [{tree}]")
 
@@ -230,6 +244,8 @@ def main() -> None:
     parser.add_argument("--callgrind", type=int, default=0, metavar="N",
                         help="instructions of N pairs per thread instead, under valgrind's callgrind (one run per tree)")
     parser.add_argument("--callgrind-keep", metavar="DIR", help="with --callgrind: keep the dumps here")
+    parser.add_argument("--page-size", type=int, default=0,
+                        help="make the database with this SQLite page size (default: the tree's own choice)")
     args = parser.parse_args()
     if args.child:
         _child(args)
@@ -241,7 +257,7 @@ def main() -> None:
     for concurrency in args.concurrency_levels:
         if args.statements:
             for label, tree in trees:
-                result = _run_child(tree, concurrency, args.pairs, True)
+                result = _run_child(tree, concurrency, args.pairs, True, args.page_size)
                 print(f"conc {concurrency:3} {label:8} writer {result['writer_us']:6.0f} us/pair  [{tree}]")
                 for name, (us, per_pair) in sorted(result["statements"].items(), key=lambda item: -item[1][0] * item[1][1]):
                     print(f"    {us * per_pair:6.1f} us/pair  ({us:6.1f} us x {per_pair:4.2f})  {name}")
@@ -249,7 +265,7 @@ def main() -> None:
         runs: dict[str, list[float]] = {label: [] for label, _ in trees}
         for round_ in range(args.rounds):
             for label, tree in trees if round_ % 2 == 0 else list(reversed(trees)):
-                runs[label].append(_run_child(tree, concurrency, args.pairs, False)["writer_us"])
+                runs[label].append(_run_child(tree, concurrency, args.pairs, False, args.page_size)["writer_us"])
         for label, tree in trees:
             values = runs[label]
             print(
