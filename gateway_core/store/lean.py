@@ -109,14 +109,14 @@ def compile_statement(
 # Aware UTC datetimes whose stored text a fast path must reproduce exactly (see _utc_text_fast_path).
 _DATETIME_PROBES = (
     datetime(2026, 11, 26, 17, 48, 41, 123000, tzinfo=UTC),
-    datetime(2026, 1, 1, tzinfo=UTC),  # microsecond 0: isoformat() alone would leave the fraction out
+    datetime(2026, 1, 1, tzinfo=UTC),  # microsecond 0: the fraction is still written, as six zeros
     datetime(1, 1, 1, tzinfo=UTC),
     datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
 )
 
 
 def _utc_text_fast_path(sql_type: Any, processor: _Processor) -> _Processor:
-    """processor, with aware UTC datetimes turned into text by one isoformat() call if that is what it does.
+    """processor, with aware UTC datetimes turned into text by one positional %-format if that is what it does.
 
     SQLite stores datetimes as text: UTCDateTime makes the value naive
     (astimezone, replace) and SQLAlchemy formats it with a %-format of nine
