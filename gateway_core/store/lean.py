@@ -18,7 +18,9 @@ OperationalError, ...), as the Session path would, without the bound values.
 from __future__ import annotations
 
 import contextlib
+import copy
 import operator
+import re
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -95,8 +97,11 @@ def compile_statement(
     # Placeholders are the bind names as they are (these statements have no names needing escapes).
     assert not compiled.escaped_bind_names, compiled.escaped_bind_names
     positions = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup is not None else None
+    sql = compiled.string
+    if positions is not None and dialect.name == "sqlite" and len(set(positions)) < len(positions):
+        sql, positions = _numbered(statement, dialect, column_keys, sql) or (sql, positions)
     return CompiledStatement(
-        compiled.string,
+        sql,
         positions,
         _picker(positions),
         constants,
@@ -104,6 +109,31 @@ def compile_statement(
         tuple(result_processors),
         frozenset(param_names),
     )
+
+
+_NUMBERED = re.compile(r":(\d+)")
+
+
+def _numbered(
+    statement: ClauseElement, dialect: Dialect, column_keys: Sequence[str], qmark_sql: str
+) -> tuple[str, tuple[str, ...]] | None:
+    """SQLite: statement with one numbered placeholder (?NNN) per distinct bind, and their names in order.
+
+    With qmark placeholders a bind used twice (the budget period in three
+    CASEs, the hold amount in SET and WHERE, a constant 0) is bound once per
+    use; every bind is a driver call and SQLite copies every text value it is
+    given. The money statements bind 97 values per hold+settle pair that way,
+    73 numbered. The SQL comes from SQLAlchemy's own numeric paramstyle
+    (':N', deduplicated), turned into SQLite's '?N'; None (keep the qmark
+    form) unless the two texts are the same but for their placeholders.
+    """
+    twin = copy.copy(dialect)
+    twin.paramstyle = "numeric"
+    numbered = statement.compile(dialect=twin, column_keys=list(column_keys) or None)
+    assert isinstance(numbered, SQLCompiler)
+    if numbered.positiontup is None or _NUMBERED.sub("", numbered.string) != qmark_sql.replace("?", ""):
+        return None
+    return _NUMBERED.sub(r"?\1", numbered.string), tuple(numbered.positiontup)
 
 
 # Aware UTC datetimes whose stored text a fast path must reproduce exactly (see _utc_text_fast_path).
