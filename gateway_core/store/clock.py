@@ -17,7 +17,8 @@ with a query.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 from sqlmodel import Session
@@ -27,6 +28,7 @@ from gateway_core.store.lean import LeanConnection
 # clock_timestamp(), not now(): now() is frozen at the start of the transaction,
 # which under lock waits can be long before the write that uses it.
 _POSTGRESQL_NOW = text("SELECT clock_timestamp()")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def db_now(session: Session) -> datetime:
@@ -51,8 +53,9 @@ def transaction_now(lean: LeanConnection) -> datetime:
 
 def sqlite_now() -> datetime:
     """SQLite's time on this machine, as strftime('%Y-%m-%d %H:%M:%f', 'now') would give it (see above)."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+    # datetime.now(UTC) truncated to the millisecond, from the same clock in whole milliseconds: a
+    # third of the instructions of now() and replace() (whose keyword parsing alone is ~6k).
+    return _EPOCH + timedelta(0, 0, 0, time.time_ns() // 1_000_000)
 
 
 def _aware_utc(value: object) -> datetime:

@@ -18,6 +18,14 @@ from sqlalchemy.pool import StaticPool
 # Execution option that marks a connection's next transaction as a write.
 WRITE_OPTION = "tollgate_write"
 SQLITE_BUSY_TIMEOUT_MS = 5000
+# Page size of a new SQLite database (an existing one keeps its own: WAL mode fixes it). Every page
+# a transaction changes is written to the WAL whole and checksummed byte by byte at COMMIT, and the
+# money path's transactions change a few rows on each of ~9 pages: at 2 KiB instead of SQLite's
+# 4 KiB a hold+settle pair costs ~6 % fewer instructions on the writer thread, and up to ~15 %
+# less writer CPU with group commits (bench/micro_writer.py --page-size). Not smaller: an index
+# entry longer than ~(page size / 4) spills into an overflow page, and at 2 KiB (488 bytes) no
+# key of the money path's indexes can (request ids are at most 255 characters).
+SQLITE_PAGE_SIZE = 2048
 
 
 def _on_sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
@@ -27,6 +35,7 @@ def _on_sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> No
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")  # before WAL mode writes the first page
         _enter_wal_mode(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         # Money: under WAL with synchronous=NORMAL a commit can be lost on power failure.

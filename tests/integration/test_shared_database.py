@@ -24,7 +24,7 @@ from gateway_core.store.leader import LeaderLock
 from tests.ledger_support import check_invariants, funded_key, make_stale
 from tests.postgres_support import PostgresServer
 
-HEAD = "0004"
+HEAD = "0005"
 _TERMINATE_LOCK_HOLDERS = (
     "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
     " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"

@@ -58,7 +58,7 @@ async def test_migrated_schema_matches_the_models(store: Store) -> None:
     with store.db.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
         assert compare_metadata(context, SQLModel.metadata) == []
-        assert context.get_current_revision() == "0004"
+        assert context.get_current_revision() == "0005"
 
 
 async def test_schema_comparison_would_notice_a_drift(store: Store) -> None:
@@ -77,7 +77,7 @@ def test_migrations_ship_in_the_package_with_one_head() -> None:
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()
     assert (migrate.MIGRATIONS_DIR / "script.py.mako").is_file()
     scripts = ScriptDirectory.from_config(migrate.alembic_config())
-    assert scripts.get_heads() == ["0004"]
+    assert scripts.get_heads() == ["0005"]
 
 
 def test_upgrade_by_url_is_idempotent(database_url: str) -> None:
