@@ -15,10 +15,11 @@ never wait on anything but this machine's own CPU and disk for it:
   write in every MAX_INLINE_RUN goes to the thread anyway, with the
   connection's own settings back, so checkpoints keep happening there;
 - a slow disk: a durable write fsyncs the WAL inline (~0.2 ms here), but once
-  an inline write has taken longer than SLOW_INLINE_SECONDS (a stalled or
-  slow disk, or pages read cold) no write runs inline for PAUSE_SECONDS:
-  a hand-over to the thread costs ~0.3 ms, a blocked loop stalls every
-  stream of the process.
+  inline writes take longer than SLOW_INLINE_SECONDS on average (a moving
+  average, so one write delayed by the scheduler or a GC pause does not
+  count, and one stalled fsync of 25 ms does) no write runs inline for
+  PAUSE_SECONDS: a hand-over to the thread costs ~0.3 ms, a loop blocked on
+  a stalled disk would stall every other request of the process.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from gateway_core.store.lean import LeanConnection
 # Inline writes in a row before one goes to the thread, whose commit then checkpoints
 # (at ~10 WAL pages per request, about one checkpoint chance per 1000-page autocheckpoint).
 MAX_INLINE_RUN = 128
-# An inline write slower than this pauses inlining: the thread's hand-over costs ~0.3 ms.
+# Inline writes slower than this on average pause inlining: the thread's hand-over costs ~0.3 ms.
 SLOW_INLINE_SECONDS = 0.003
+# Weight of the newest write in the moving average of inline write times.
+_NEWEST_WEIGHT = 0.125
 PAUSE_SECONDS = 1.0
 # SQLite's default, which the engine's connections keep (store/engine.py sets none).
 _WAL_AUTOCHECKPOINT_PAGES = 1000
@@ -57,16 +60,20 @@ class InlineGate:
         self._pause_seconds = pause_seconds
         self._run = 0
         self._paused_until = 0.0
+        self._average_seconds = 0.0
 
     def is_open(self) -> bool:
         """Whether a write may run inline now."""
         return self._run < self._max_run and (not self._paused_until or time.monotonic() >= self._paused_until)
 
     def ran_inline(self, seconds: float) -> None:
-        """Counts an inline write that took seconds; a slow one closes the gate for a while."""
+        """Counts an inline write that took seconds; once they are slow on average, the gate closes a while."""
         self._run += 1
-        if seconds > self._slow_seconds:
+        average = self._average_seconds = self._average_seconds + (seconds - self._average_seconds) * _NEWEST_WEIGHT
+        if average > self._slow_seconds:
+            # After the pause the writes are tried again from a clean slate: slow ones close it again.
             self._paused_until = time.monotonic() + self._pause_seconds
+            self._average_seconds = 0.0
         elif self._paused_until:
             self._paused_until = 0.0
 
