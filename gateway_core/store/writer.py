@@ -139,6 +139,7 @@ class WriterThread:
             # A caller cancelled before its write started: like a never-started job, skip it.
             writes = [write for write in writes if not write[1].cancelled()]
             self.thread_writes += len(writes)
+            self._done(taken - len(writes))
             while writes:
                 group = self._take_group(writes)
                 with self._running:
@@ -146,9 +147,14 @@ class WriterThread:
                         outcomes = self._run_group(group)
                     except BaseException as exc:  # noqa: BLE001 - every caller of the group must hear of it
                         outcomes = [(False, exc)] * len(group)
+                # Counted out before its callers hear of it: a caller resumed by it may write inline at once.
+                self._done(len(group))
                 _deliver(group, outcomes)
+
+    def _done(self, count: int) -> None:
+        if count:
             with self._lock:
-                self._handed -= taken
+                self._handed -= count
 
     def _take_group(self, writes: list[Pending]) -> list[Pending]:
         """Removes and returns the oldest writes that may share a transaction, at most max_group."""
