@@ -205,8 +205,9 @@ class Database:
         """On the caller's thread, the writer thread idle: fn alone in one transaction; None if it must wait.
 
         None (nothing written) when the gate is closed (store/inline.py), when
-        in-memory SQLite's one connection is busy on the pool, or when another
-        process holds the write lock (SQLITE_BUSY at once, busy_timeout 0).
+        the writer has no connection open yet (a file's), when in-memory
+        SQLite's one connection is busy on the pool, or when another process
+        holds the write lock (SQLITE_BUSY at once, busy_timeout 0).
         """
         if kind == _SESSION or not self._inline_gate.is_open():
             return None
@@ -214,13 +215,14 @@ class Database:
         if memory_lock is not None:
             if not memory_lock.acquire(blocking=False):
                 return None
-        elif self._inline_connection is None or self._inline_connection is not self._writer_lean:
-            try:  # a new writer connection (or one the thread used): set it up for inline writes
-                lean, _ = self._writer_connection()
-                enter_inline_mode(lean)
+        elif self._writer_lean is None or self._writer_pool is not self._engine.pool:
+            return None  # (re)opened on the thread: opening one may wait (for the pool, for WAL mode's set-up)
+        elif self._inline_connection is not self._writer_lean:
+            try:  # the thread used it last: set it up for inline writes
+                enter_inline_mode(self._writer_lean)
             except Exception:  # noqa: BLE001 - it cannot be set up here: the thread will use (or replace) it
                 return None
-            self._inline_connection = lean
+            self._inline_connection = self._writer_lean
         try:
             started = time.perf_counter()
             ok, value = self._run_writes([(fn, None, kind)])[0]  # type: ignore[list-item]  # no future: inline

@@ -42,6 +42,8 @@ def test_requests_one_at_a_time_hold_and_settle_inline(gateway: RunningGateway, 
     client = openai.OpenAI(base_url=f"{gateway.http_url}/v1", api_key=secret, max_retries=0)
     db = gateway.core.store.db
     before = gateway.account(account_id).balance_micros
+    client.chat.completions.create(model="mock-chat", messages=HELLO)  # the first hold opens the writer's connection
+    _wait_for_inline_writes(gateway, 1)
     inline, thread = db.writes_run_inline, db.writes_run_on_thread
     for index in range(REQUESTS):
         if stream:

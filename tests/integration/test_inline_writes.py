@@ -24,6 +24,12 @@ from gateway_core.store.inline import MAX_INLINE_RUN
 from tests.ledger_support import check_invariants, funded_key, outcome
 
 
+async def _first_request(ledger: Ledger, key: Any) -> None:
+    """A hold and its settlement; the hold goes to the thread, which opens the writer's connection."""
+    hold = await ledger.hold(request_id="first", account_id=key.account_id, api_key_id=key.key_id, amount_micros=1)
+    await ledger.settle(hold, outcome(1))
+
+
 def _writer_pragma(db: Database, name: str) -> int:
     """A PRAGMA of the writer's own connection, read on it (between writes: nothing else uses it then)."""
     connection = db._writer_pooled.driver_connection  # the writer's connection: no other way to see its settings
@@ -37,6 +43,10 @@ async def test_one_request_at_a_time_holds_and_settles_inline(tmp_path: Path) ->
         ledger = Ledger(db, instance_id="alone")
         await ledger.ensure_instance()
         inline, thread = db.writes_run_inline, db.writes_run_on_thread
+        await _first_request(ledger, key)
+        # The first hold opens the writer's connection, on the thread; its settlement finds it open.
+        assert (db.writes_run_inline - inline, db.writes_run_on_thread - thread) == (1, 1)
+        inline, thread = db.writes_run_inline, db.writes_run_on_thread
         for index in range(5):
             hold = await ledger.hold(request_id=f"r{index}", account_id=key.account_id, api_key_id=key.key_id,
                                      amount_micros=1_000)  # fmt: skip
@@ -45,7 +55,7 @@ async def test_one_request_at_a_time_holds_and_settles_inline(tmp_path: Path) ->
         assert (db.writes_run_inline - inline, db.writes_run_on_thread - thread) == (10, 0)
         # Set up for the loop: never waiting for another process's lock, never checkpointing there.
         assert (_writer_pragma(db, "busy_timeout"), _writer_pragma(db, "wal_autocheckpoint")) == (0, 0)
-        assert (await store.get_account(key.account_id)).balance_micros == 10_000 - 5 * 300
+        assert (await store.get_account(key.account_id)).balance_micros == 10_000 - 1 - 5 * 300
         snapshot = check_invariants(db.engine)
         assert set(snapshot.holds.values()) == {"settled"}
 
@@ -55,7 +65,7 @@ async def test_a_second_open_hold_sends_the_writes_to_the_thread(tmp_path: Path)
         key = await funded_key(Store(db), 10_000)
         ledger = Ledger(db, instance_id="two")
         ids = {"account_id": key.account_id, "api_key_id": key.key_id}
-        first = await ledger.hold(request_id="first", amount_micros=100, **ids)  # alone: inline
+        first = await ledger.hold(request_id="first", amount_micros=100, **ids)
         inline, thread = db.writes_run_inline, db.writes_run_on_thread
         second = await ledger.hold(request_id="second", amount_micros=100, **ids)  # "first" is open
         await ledger.settle(first, outcome(10))  # "second" is open too
@@ -74,6 +84,7 @@ async def test_a_run_of_inline_writes_leaves_a_turn_to_the_thread(tmp_path: Path
         key = await funded_key(Store(db), 10_000_000)
         ledger = Ledger(db, instance_id="run")
         await ledger.ensure_instance()
+        await _first_request(ledger, key)
         inline, thread = db.writes_run_inline, db.writes_run_on_thread
         for index in range(MAX_INLINE_RUN):
             hold = await ledger.hold(request_id=f"r{index}", account_id=key.account_id, api_key_id=key.key_id,
@@ -131,7 +142,7 @@ async def test_a_write_that_finds_the_lock_taken_waits_on_the_thread_not_the_loo
         key = await funded_key(Store(db), 10_000)
         ledger = Ledger(db, instance_id="busy")
         ids = {"account_id": key.account_id, "api_key_id": key.key_id}
-        held = await ledger.hold(request_id="held", amount_micros=500, **ids)  # inline: sets the connection up
+        held = await ledger.hold(request_id="held", amount_micros=500, **ids)  # opens the writer's connection
         if write == "hold":
             await ledger.settle(held, outcome(100))  # nothing open any more: the next hold tries inline
         writer_connection = db._writer_pooled.driver_connection
@@ -185,9 +196,9 @@ async def test_an_inline_commit_that_fails_gives_the_caller_the_error_and_charge
         assert (await store.get_account(key.account_id)).balance_micros == 10_000
         with pytest.raises(sqlite3.ProgrammingError, match="closed"):  # mid-transaction once: discarded
             writer_connection.execute("SELECT 1")
-        settlement = await ledger.settle(hold, outcome(400))  # a retry, inline on a new connection
+        settlement = await ledger.settle(hold, outcome(400))  # a retry, on the thread: it opens a new connection
         assert (settlement.charged_micros, settlement.replayed) == (400, False)
-        assert db.writes_run_inline - inline == 2
+        assert db.writes_run_inline - inline == 1
         check_invariants(db.engine)
 
 
