@@ -15,11 +15,12 @@ never wait on anything but this machine's own CPU and disk for it:
   write in every MAX_INLINE_RUN goes to the thread anyway, with the
   connection's own settings back, so checkpoints keep happening there;
 - a slow disk: a durable write fsyncs the WAL inline (~0.2 ms here), but once
-  inline writes take longer than SLOW_INLINE_SECONDS on average (a moving
-  average, so one write delayed by the scheduler or a GC pause does not
-  count, and one stalled fsync of 25 ms does) no write runs inline for
-  PAUSE_SECONDS: a hand-over to the thread costs ~0.3 ms, a loop blocked on
-  a stalled disk would stall every other request of the process.
+  inline writes wait longer than SLOW_INLINE_SECONDS on average (wall time
+  less the thread's own CPU time: the disk, or being preempted; a moving
+  average, so one write delayed by the scheduler does not count, and one
+  stalled fsync of 25 ms does) no write runs inline for PAUSE_SECONDS: a
+  hand-over to the thread costs ~0.3 ms, a loop blocked on a stalled disk
+  would stall every other request of the process.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from gateway_core.store.lean import LeanConnection
 # Inline writes in a row before one goes to the thread, whose commit then checkpoints
 # (at ~10 WAL pages per request, about one checkpoint chance per 1000-page autocheckpoint).
 MAX_INLINE_RUN = 128
-# Inline writes slower than this on average pause inlining: the thread's hand-over costs ~0.3 ms.
+# Inline writes waiting longer than this on average pause inlining: the thread's hand-over costs ~0.3 ms.
 SLOW_INLINE_SECONDS = 0.003
 # Weight of the newest write in the moving average of inline write times.
 _NEWEST_WEIGHT = 0.125
@@ -43,7 +44,7 @@ _WAL_AUTOCHECKPOINT_PAGES = 1000
 
 
 class InlineGate:
-    """Whether the next write may run inline: the run of inline writes and the slow-write pause.
+    """Whether the next write may run inline: the run of inline writes and the pause after slow ones.
 
     One per Database; used only under the writer's lock (store/writer.py), so not locked itself.
     """
@@ -64,18 +65,22 @@ class InlineGate:
 
     def is_open(self) -> bool:
         """Whether a write may run inline now."""
-        return self._run < self._max_run and (not self._paused_until or time.monotonic() >= self._paused_until)
+        if self._run >= self._max_run:
+            return False
+        if self._paused_until:
+            if time.monotonic() < self._paused_until:
+                return False
+            self._paused_until = 0.0
+        return True
 
     def ran_inline(self, seconds: float) -> None:
-        """Counts an inline write that took seconds; once they are slow on average, the gate closes a while."""
+        """Counts an inline write that waited seconds; once they wait long on average, the gate closes a while."""
         self._run += 1
         average = self._average_seconds = self._average_seconds + (seconds - self._average_seconds) * _NEWEST_WEIGHT
         if average > self._slow_seconds:
             # After the pause the writes are tried again from a clean slate: slow ones close it again.
             self._paused_until = time.monotonic() + self._pause_seconds
             self._average_seconds = 0.0
-        elif self._paused_until:
-            self._paused_until = 0.0
 
     def ran_on_thread(self) -> None:
         """The thread ran a group: a new run of inline writes may start."""
