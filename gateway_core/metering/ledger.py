@@ -112,7 +112,8 @@ class Ledger:
             # instance-less hold and release it at once.
             await self.heartbeat()
         # durable=False: losing it to a power cut is losing a hold never answered (store/db.py).
-        hold = await self._db.run_lean(ReserveWrite(request), durable=False, inline=self._inline_writes and not self._open_holds)
+        alone = self._inline_writes and not self._open_holds
+        hold = await self._db.run_lean(ReserveWrite(request), durable=False, inline=alone)
         self._opened(hold.request_id)
         return hold
 

@@ -98,10 +98,10 @@ class WriterThread:
                 return None
         try:
             outcome = self._run_inline(fn, kind)
+            if outcome is not None:
+                self.inline_writes += 1  # under _running: callers on other threads' loops count too
         finally:
             self._running.release()
-        if outcome is not None:
-            self.inline_writes += 1
         return outcome
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
