@@ -36,7 +36,7 @@ from functools import partial
 from sqlmodel import Session
 
 from gateway_core import metrics
-from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome
+from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome, UsageStatus
 from gateway_core.observability.request_record import observe_settlement
 from gateway_core.store import holds, instances
 from gateway_core.store.db import Database
@@ -123,8 +123,15 @@ class Ledger:
         Idempotent by hold.request_id: safe to retry and to call concurrently.
         """
         # A group commit runs the settlements (and holds) queued with it together (store/holds_together.py).
+        # Only an answered request's settlement: one of a cancelled or failed run keeps the thread path,
+        # whose await the run's cancellation handling was written against (an inline settlement at a
+        # drain's cut left the upstream connection open: tests/e2e/test_openai_sdk.py client disconnect).
         open_holds = self._open_holds
-        alone = self._inline_writes and (not open_holds or (len(open_holds) == 1 and hold.request_id in open_holds))
+        alone = (
+            self._inline_writes
+            and outcome.status == UsageStatus.OK
+            and (not open_holds or (len(open_holds) == 1 and hold.request_id in open_holds))
+        )
         settlement = await self._db.run_lean(SettleWrite(hold.request_id, outcome), inline=alone)
         self._closed(hold.request_id)
         observe_settlement(hold, outcome, settlement)
