@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from gateway_core.store.inline import InlineGate
 from tests.gateway_support import TRANSPORTS, RunningGateway, running_gateway, settings_for
 from tests.ledger_support import check_invariants
 
@@ -58,6 +59,8 @@ for _ in sys.stdin:
 def test_requests_one_at_a_time_hold_and_settle_inline(gateway: RunningGateway, stream: bool) -> None:
     account_id, _, secret = gateway.create_key(balance_micros=5_000_000)
     db = gateway.core.store.db
+    # Counts below are exact: a busy test machine (preempting the loop mid-write) must not close the gate.
+    db._inline_gate = InlineGate(slow_seconds=float("inf"))
     before = gateway.account(account_id).balance_micros
     client = subprocess.Popen(
         [sys.executable, "-c", _CLIENT, f"{gateway.http_url}/v1", secret, "stream" if stream else "unary"],

@@ -20,7 +20,7 @@ from gateway_core.errors import GatewayError
 from gateway_core.metering.ledger import Ledger
 from gateway_core.store import Database, Store, lean, wal_sync
 from gateway_core.store.engine import SQLITE_BUSY_TIMEOUT_MS
-from gateway_core.store.inline import MAX_INLINE_RUN
+from gateway_core.store.inline import MAX_INLINE_RUN, InlineGate
 from tests.ledger_support import check_invariants, funded_key, outcome
 
 
@@ -28,6 +28,12 @@ async def _first_request(ledger: Ledger, key: Any) -> None:
     """A hold and its settlement; the hold goes to the thread, which opens the writer's connection."""
     hold = await ledger.hold(request_id="first", account_id=key.account_id, api_key_id=key.key_id, amount_micros=1)
     await ledger.settle(hold, outcome(1))
+
+
+def _never_paused(db: Database) -> Database:
+    """Counts below are exact: a busy test machine (preempting the loop mid-write) must not close the gate."""
+    db._inline_gate = InlineGate(slow_seconds=float("inf"))  # the pause after slow writes: tests/unit/test_inline_gate.py
+    return db
 
 
 def _writer_pragma(db: Database, name: str) -> int:
@@ -38,6 +44,7 @@ def _writer_pragma(db: Database, name: str) -> int:
 
 async def test_one_request_at_a_time_holds_and_settles_inline(tmp_path: Path) -> None:
     async with await Database.open(f"sqlite:///{tmp_path}/alone.db") as db:
+        _never_paused(db)
         store = Store(db)
         key = await funded_key(store, 10_000)
         ledger = Ledger(db, instance_id="alone")
@@ -62,6 +69,7 @@ async def test_one_request_at_a_time_holds_and_settles_inline(tmp_path: Path) ->
 
 async def test_a_second_open_hold_sends_the_writes_to_the_thread(tmp_path: Path) -> None:
     async with await Database.open(f"sqlite:///{tmp_path}/two.db") as db:
+        _never_paused(db)
         key = await funded_key(Store(db), 10_000)
         ledger = Ledger(db, instance_id="two")
         ids = {"account_id": key.account_id, "api_key_id": key.key_id}
@@ -81,6 +89,7 @@ async def test_a_second_open_hold_sends_the_writes_to_the_thread(tmp_path: Path)
 async def test_a_run_of_inline_writes_leaves_a_turn_to_the_thread(tmp_path: Path) -> None:
     """Inline commits do not checkpoint; one write in every MAX_INLINE_RUN goes to the thread, whose commits do."""
     async with await Database.open(f"sqlite:///{tmp_path}/run.db") as db:
+        _never_paused(db)
         key = await funded_key(Store(db), 10_000_000)
         ledger = Ledger(db, instance_id="run")
         await ledger.ensure_instance()
@@ -139,6 +148,7 @@ async def test_callers_mixing_inline_and_thread_writes_keep_every_invariant(tmp_
 async def test_a_write_that_finds_the_lock_taken_waits_on_the_thread_not_the_loop(tmp_path: Path, write: str) -> None:
     path = tmp_path / "busy.db"
     async with await Database.open(f"sqlite:///{path}") as db:
+        _never_paused(db)
         key = await funded_key(Store(db), 10_000)
         ledger = Ledger(db, instance_id="busy")
         ids = {"account_id": key.account_id, "api_key_id": key.key_id}
@@ -174,6 +184,7 @@ async def test_an_inline_commit_that_fails_gives_the_caller_the_error_and_charge
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with await Database.open(f"sqlite:///{tmp_path}/commit.db") as db:
+        _never_paused(db)
         store = Store(db)
         key = await funded_key(store, 10_000)
         ledger = Ledger(db, instance_id="commit")
@@ -205,6 +216,7 @@ async def test_an_inline_commit_that_fails_gives_the_caller_the_error_and_charge
 async def test_an_inline_fsync_that_fails_gives_the_caller_the_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As on the thread: the caller hears of the failure, the connection is replaced, a retry replays the settlement."""
     async with await Database.open(f"sqlite:///{tmp_path}/fsync.db") as db:
+        _never_paused(db)
         store = Store(db)
         key = await funded_key(store, 10_000)
         ledger = Ledger(db, instance_id="fsync")
@@ -230,6 +242,7 @@ async def test_an_inline_fsync_that_fails_gives_the_caller_the_error(tmp_path: P
 
 async def test_in_memory_sqlite_writes_inline_too(tmp_path: Path) -> None:
     async with await Database.open("sqlite://") as db:
+        _never_paused(db)
         store = Store(db)
         key = await funded_key(store, 10_000)
         ledger = Ledger(db, instance_id="memory")
