@@ -109,3 +109,50 @@ async def test_stop_runs_what_was_handed_in_before_it() -> None:
     await asyncio.to_thread(writer.stop)
     assert await asyncio.gather(*futures) == [0, 1, 2]
     assert recorder.groups == [["lean"] * 3]
+
+
+def _inline_writer(recorder: Recorder, ran: list[str], decline: bool = False) -> WriterThread:
+    """A writer whose inline runner records the writes run on the caller's thread (or declines them all)."""
+
+    def run_inline(fn: Any, kind: str) -> Outcome | None:
+        if decline:
+            return None
+        ran.append(threading.current_thread().name)
+        return True, fn(None)
+
+    return WriterThread(recorder, max_group=128, name="test-writer", same_group=lambda a, b: True, run_inline=run_inline)
+
+
+async def test_an_idle_writer_lets_the_caller_run_its_write_and_a_busy_one_does_not() -> None:
+    recorder, ran = Recorder(), []
+    writer = _inline_writer(recorder, ran)
+    assert writer.run_inline(lambda _: "now", "lean") == (True, "now")
+    assert ran == [threading.current_thread().name] and writer.inline_writes == 1
+    recorder.gate.clear()  # the thread's next group blocks while running
+    queued = writer.submit(lambda _: "queued", "lean")
+    assert writer.run_inline(lambda _: "batched", "lean") is None  # handed in, not yet handed over
+    await asyncio.to_thread(recorder.running.wait, 10)
+    assert writer.run_inline(lambda _: "running", "lean") is None  # the thread is running a group
+    recorder.gate.set()
+    assert await queued == "queued"
+    # Counted out before its caller heard of it: the caller may write inline at once.
+    assert writer.run_inline(lambda _: "after", "lean") == (True, "after")
+    assert (writer.inline_writes, writer.thread_writes) == (2, 1) and len(ran) == 2
+    await asyncio.to_thread(writer.stop)
+    assert writer.run_inline(lambda _: "stopped", "lean") is None
+
+
+async def test_an_inline_write_that_fails_gives_its_outcome_and_a_declined_one_is_not_counted() -> None:
+    recorder, ran = Recorder(), []
+    writer = _inline_writer(recorder, ran)
+
+    def fail(_: Any) -> None:
+        raise ValueError("inline")
+
+    with pytest.raises(ValueError, match="inline"):
+        writer.run_inline(fail, "lean")  # the runner here lets it out; Database's turns it into an outcome
+    await asyncio.to_thread(writer.stop)
+    declining = _inline_writer(Recorder(), ran, decline=True)
+    assert declining.run_inline(lambda _: 1, "lean") is None and declining.inline_writes == 0
+    assert await declining.submit(lambda _: 2, "lean") == 2  # it still runs writes handed in
+    await asyncio.to_thread(declining.stop)
