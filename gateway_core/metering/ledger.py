@@ -20,13 +20,6 @@ commit without waiting for fsync on SQLite (see store/db.py, _RELAXED_SYNCHRONOU
 Each process leases its holds under its ``instance_id``; keep the lease fresh
 with ``heartbeat()`` (the Reconciler does this), or other processes will
 release its holds once ``stale_after_seconds`` have passed.
-
-The Ledger knows how many requests this process is serving (its open holds),
-so it tells the database when a write may run inline, on the event loop,
-instead of being handed to SQLite's writer thread (store/inline.py): a hold
-when no other hold is open, a settlement when its own hold is the only one.
-That saves two thread hand-overs per write when requests come one at a time;
-under load writes still meet in the writer thread's group commits.
 """
 
 from __future__ import annotations
@@ -36,7 +29,7 @@ from functools import partial
 from sqlmodel import Session
 
 from gateway_core import metrics
-from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome, UsageStatus
+from gateway_core.metering.outcome import Hold, Settlement, UsageOutcome
 from gateway_core.observability.request_record import observe_settlement
 from gateway_core.store import holds, instances
 from gateway_core.store.db import Database
@@ -50,10 +43,8 @@ ORPHAN_BATCH = 100
 class Ledger:
     """Holds and settlements of one core process (its instance_id) on a shared database."""
 
-    def __init__(self, db: Database, *, instance_id: str, inline_writes: bool = True) -> None:
+    def __init__(self, db: Database, *, instance_id: str) -> None:
         self._db = db
-        # False: every hold and settlement goes through the writer thread's queue (tests of group commits).
-        self._inline_writes = inline_writes
         self._instance_id = instances.check_instance_id(instance_id)
         self._registered = False
         # Holds this process took and has not settled yet: the holds_outstanding gauge, exactly.
@@ -112,8 +103,7 @@ class Ledger:
             # instance-less hold and release it at once.
             await self.heartbeat()
         # durable=False: losing it to a power cut is losing a hold never answered (store/db.py).
-        alone = self._inline_writes and not self._open_holds
-        hold = await self._db.run_lean(ReserveWrite(request), durable=False, inline=alone)
+        hold = await self._db.run_lean(ReserveWrite(request), durable=False)
         self._opened(hold.request_id)
         return hold
 
@@ -123,16 +113,7 @@ class Ledger:
         Idempotent by hold.request_id: safe to retry and to call concurrently.
         """
         # A group commit runs the settlements (and holds) queued with it together (store/holds_together.py).
-        # Only an answered request's settlement: one of a cancelled or failed run keeps the thread path,
-        # whose await the run's cancellation handling was written against (an inline settlement at a
-        # drain's cut left the upstream connection open: tests/e2e/test_openai_sdk.py client disconnect).
-        open_holds = self._open_holds
-        alone = (
-            self._inline_writes
-            and outcome.status == UsageStatus.OK
-            and (not open_holds or (len(open_holds) == 1 and hold.request_id in open_holds))
-        )
-        settlement = await self._db.run_lean(SettleWrite(hold.request_id, outcome), inline=alone)
+        settlement = await self._db.run_lean(SettleWrite(hold.request_id, outcome))
         self._closed(hold.request_id)
         observe_settlement(hold, outcome, settlement)
         return settlement

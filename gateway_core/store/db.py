@@ -17,11 +17,6 @@ writes that asked for durable=False (the Ledger's holds) is committed without
 fsync; see _RELAXED_SYNCHRONOUS for why that loses no money. Any other write
 in the group makes the writer fsync the WAL after COMMIT, before any caller
 hears of it (store/wal_sync.py): the fsync synchronous=FULL would do.
-
-A lean write whose caller asks for it (inline=True: the Ledger, when this
-process serves one request) runs at once on the caller's thread, on the
-writer's connection, if the writer thread is idle (store/writer.py) and the
-write can start without waiting (store/inline.py); otherwise it is queued.
 """
 
 from __future__ import annotations
@@ -29,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -41,7 +35,6 @@ from sqlmodel import Session
 
 from gateway_core.store.engine import WRITE_OPTION, is_sqlite_memory, make_engine
 from gateway_core.store.grouped import run_grouped
-from gateway_core.store.inline import InlineGate, enter_inline_mode, is_busy, leave_inline_mode
 from gateway_core.store.lean import LeanConnection, statements_for
 from gateway_core.store.migrate import upgrade_engine
 from gateway_core.store.writer import Outcome as _Outcome
@@ -87,26 +80,19 @@ class Database:
         # In-memory SQLite has one connection for everyone: the writer thread and the
         # pool's one worker take turns on it. Elsewhere each has its own connection.
         memory = engine.dialect.name == "sqlite" and isinstance(engine.pool, StaticPool)
-        self._memory_lock = threading.RLock() if memory else None
-        self._serial: contextlib.AbstractContextManager[Any] = (
-            self._memory_lock if self._memory_lock is not None else contextlib.nullcontext()
-        )
+        self._serial: contextlib.AbstractContextManager[Any] = threading.RLock() if memory else contextlib.nullcontext()
         # The writer thread's own connection (see _writer_connection); the pool has one extra for it.
         self._keep_writer_connection = self._group_writes and not memory
         self._writer_pool: Any = None
         self._writer_pooled: Any = None
         self._writer_lean: LeanConnection | None = None
         self._writer_wal: WalSync | None = None
-        # Inline writes (store/inline.py): when they may run, and the writer connection set up for them.
-        self._inline_gate = InlineGate()
-        self._inline_connection: LeanConnection | None = None
         self._writer = (
             WriterThread(
                 self._run_group,
                 max_group=MAX_WRITES_PER_COMMIT,
                 name="tollgate-db-writer",
                 same_group=lambda a, b: (a == _SESSION) == (b == _SESSION),
-                run_inline=self._run_inline,
             )
             if self._group_writes
             else None
@@ -159,7 +145,7 @@ class Database:
             return await self._write_grouped(fn, _SESSION)
         return await self._submit(partial(self._transaction, fn, write))
 
-    async def run_lean(self, fn: Callable[[LeanConnection], T], *, durable: bool = True, inline: bool = False) -> T:
+    async def run_lean(self, fn: Callable[[LeanConnection], T], *, durable: bool = True) -> T:
         """Runs fn(lean) in one write transaction on the raw connection; commits unless fn raises.
 
         For the money path's hot statements (store/holds.py). durable=False
@@ -168,92 +154,19 @@ class Database:
         merely takes holds may ask for it. fn must only touch the database:
         on SQLite it may run more than once (see _lean_group), and only its
         last run's writes are committed.
-
-        inline=True says no other write of this process is expected now: on
-        SQLite the write then runs at once on this thread if it can without
-        waiting (see the module's docstring); same outcome, same durability.
-        Ignored elsewhere (PostgreSQL's writes run on the pool).
         """
         if self._group_writes:
-            return await self._write_grouped(fn, _LEAN_DURABLE if durable else _LEAN_RELAXED, inline)
+            return await self._write_grouped(fn, _LEAN_DURABLE if durable else _LEAN_RELAXED)
         return await self._submit(partial(self._lean_transaction, fn))
 
-    @property
-    def writes_run_inline(self) -> int:
-        """How many writes ran on their caller's thread (inline) rather than the writer thread's."""
-        return self._writer.inline_writes if self._writer is not None else 0
-
-    @property
-    def writes_run_on_thread(self) -> int:
-        """How many writes the writer thread ran (0 where there is none: PostgreSQL)."""
-        return self._writer.thread_writes if self._writer is not None else 0
-
-    async def _write_grouped(self, fn: Callable[[Any], T], kind: str, inline: bool = False) -> T:
+    async def _write_grouped(self, fn: Callable[[Any], T], kind: str) -> T:
         if self._closed or self._writer is None:
             raise RuntimeError("database is closed")
-        if inline:
-            outcome = self._writer.run_inline(fn, kind)
-            if outcome is not None:
-                ok, value = outcome
-                if ok:
-                    return value  # type: ignore[no-any-return]  # fn's own result
-                raise value
         result: T = await self._writer.submit(fn, kind)
         return result
 
-    def _run_inline(self, fn: Callable[[Any], Any], kind: str) -> _Outcome | None:
-        """On the caller's thread, the writer thread idle: fn alone in one transaction; None if it must wait.
-
-        None (nothing written) when the gate is closed (store/inline.py), when
-        the writer has no connection open yet (a file's), when in-memory
-        SQLite's one connection is busy on the pool, or when another process
-        holds the write lock (SQLITE_BUSY at once, busy_timeout 0).
-        """
-        if kind == _SESSION or not self._inline_gate.is_open():
-            return None
-        memory_lock = self._memory_lock
-        if memory_lock is not None:
-            if not memory_lock.acquire(blocking=False):
-                return None
-        elif self._writer_lean is None or self._writer_pool is not self._engine.pool:
-            return None  # (re)opened on the thread: opening one may wait (for the pool, for WAL mode's set-up)
-        elif self._inline_connection is not self._writer_lean:
-            try:  # the thread used it last: set it up for inline writes
-                enter_inline_mode(self._writer_lean)
-            except Exception:  # noqa: BLE001 - it cannot be set up here: the thread will use (or replace) it
-                return None
-            self._inline_connection = self._writer_lean
-        try:
-            started, cpu_started = time.perf_counter(), time.thread_time()
-            ok, value = self._run_writes([(fn, None, kind)])[0]  # type: ignore[list-item]  # no future: inline
-            # What the loop waited for (the disk, mostly), not what it computed.
-            self._inline_gate.ran_inline((time.perf_counter() - started) - (time.thread_time() - cpu_started))
-        finally:
-            if memory_lock is not None:
-                memory_lock.release()
-        if not ok and is_busy(value):
-            return None  # rolled back (or never begun): the thread runs it, waiting its turn off the loop
-        return ok, value
-
     def _run_group(self, group: list[_Pending]) -> list[_Outcome]:
         """On the writer thread: one group of writes of one path in one transaction."""
-        if self._inline_connection is not None:
-            self._leave_inline_mode()
-        self._inline_gate.ran_on_thread()
-        return self._run_writes(group)
-
-    def _leave_inline_mode(self) -> None:
-        """Gives the writer connection back its waiting and checkpointing settings (store/inline.py)."""
-        lean, self._inline_connection = self._inline_connection, None
-        if lean is None or lean is not self._writer_lean:
-            return  # dropped since: a new connection has the engine's settings
-        try:
-            leave_inline_mode(lean)
-        except Exception:  # noqa: BLE001 - it must not serve the thread without waiting: replace it
-            self._drop_writer_connection(invalidate=True)
-
-    def _run_writes(self, group: list[_Pending]) -> list[_Outcome]:
-        """One group of writes of one path in one transaction (on the writer thread, or inline)."""
         fns = [fn for fn, _, _ in group]
         with self._serial:
             try:
@@ -280,13 +193,10 @@ class Database:
             # FULL would not sync its empty commit either.
             if durable and wal is not None and lean.driver_connection.total_changes != changes:
                 wal.sync()
-        except BaseException as exc:
+        except BaseException:
             # BEGIN, COMMIT or the WAL's fsync failed (or worse): the connection may be mid-transaction,
-            # so it must not serve another write. A new one is cheap. An inline write that found the
-            # lock taken at once (store/inline.py) left it as it was: it stays, and the thread retries.
-            inline_busy = lean is self._inline_connection and is_busy(exc)
-            if not (inline_busy and not lean.driver_connection.in_transaction):
-                self._drop_writer_connection(invalidate=True)
+            # so it must not serve another write. A new one is cheap.
+            self._drop_writer_connection(invalidate=True)
             raise
         if not self._keep_writer_connection:
             self._drop_writer_connection(invalidate=False)
@@ -460,7 +370,6 @@ class Database:
         self._closed = True
         if self._writer is not None:  # runs every write handed in before close, then ends
             await asyncio.to_thread(self._writer.stop)
-            self._leave_inline_mode()  # back to the pool with the engine's settings
             self._drop_writer_connection(invalidate=False)
         # Jobs whose caller was cancelled may still be running on the pool: let
         # them finish and check their connections in first, or dispose() would

@@ -7,11 +7,6 @@ loop, one hand-over to the thread per loop iteration (writes queued in the
 same iteration travel together) and one callback per group back on the loop
 that resolves every caller's future of the group. A caller's future resolves
 only after the transaction holding its write has committed (or failed).
-
-When the thread is idle a caller may instead run its write itself, at once
-(run_inline): at concurrency 1 that saves two thread hand-overs and a loop
-iteration per write. Under load writes keep going to the thread, where they
-form group commits.
 """
 
 from __future__ import annotations
@@ -29,8 +24,6 @@ Pending = tuple[Callable[[Any], Any], "asyncio.Future[Any]", str]
 Outcome = tuple[bool, Any]
 # Runs one group of writes of the same kind in one transaction; one outcome per write, in order.
 GroupRunner = Callable[[list[Pending]], list[Outcome]]
-# Runs one write alone on the caller's thread; None if it declined to (the write then goes to the thread).
-InlineRunner = Callable[[Callable[[Any], Any], str], "Outcome | None"]
 
 _STOP = None
 
@@ -44,29 +37,15 @@ class WriterThread:
     """
 
     def __init__(
-        self,
-        run_group: GroupRunner,
-        *,
-        max_group: int,
-        name: str,
-        same_group: Callable[[str, str], bool],
-        run_inline: InlineRunner | None = None,
+        self, run_group: GroupRunner, *, max_group: int, name: str, same_group: Callable[[str, str], bool]
     ) -> None:
         self._run_group = run_group
-        self._run_inline = run_inline
         self._same_group = same_group
         self._max_group = max_group
         self._queue: queue.SimpleQueue[list[Pending] | None] = queue.SimpleQueue()
         # Writes of each loop's current iteration, handed over together by _hand_over.
         self._batches: dict[asyncio.AbstractEventLoop, list[Pending]] = {}
-        self._lock = threading.Lock()  # guards _batches and _handed: loops in other threads may submit too
-        # Writes submitted and not yet run (batched, queued or in a running group): the thread is idle at 0.
-        self._handed = 0
-        # Held around every group the thread runs and every inline write: one writer at a time.
-        self._running = threading.Lock()
-        self._stopped = False
-        self.inline_writes = 0  # writes run by their caller (run_inline)
-        self.thread_writes = 0  # writes run by the thread
+        self._lock = threading.Lock()  # guards _batches: loops in other threads may submit too
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -80,29 +59,7 @@ class WriterThread:
                 batch = self._batches[loop] = []
                 loop.call_soon(self._hand_over, loop)
             batch.append((fn, future, kind))
-            self._handed += 1
         return future
-
-    def run_inline(self, fn: Callable[[Any], Any], kind: str) -> Outcome | None:
-        """Runs fn on the caller's thread now if the thread is idle; its outcome, or None if it did not run.
-
-        Idle means nothing submitted is waiting or running (on any loop) and no
-        other inline write is running; the write then cannot be interrupted, like
-        a group the thread has started. None also when the database's inline
-        runner declined (it could not start without waiting): submit() it then.
-        """
-        if self._run_inline is None:
-            return None
-        with self._lock:
-            if self._handed or self._stopped or not self._running.acquire(blocking=False):
-                return None
-        try:
-            outcome = self._run_inline(fn, kind)
-            if outcome is not None:
-                self.inline_writes += 1  # under _running: callers on other threads' loops count too
-        finally:
-            self._running.release()
-        return outcome
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
@@ -114,7 +71,6 @@ class WriterThread:
         """Hands over what is still batched, lets the thread run it all, and waits for the thread to end."""
         with self._lock:
             batches, self._batches = list(self._batches.values()), {}
-            self._stopped = True
         for batch in batches:
             self._queue.put(batch)
         self._queue.put(_STOP)
@@ -135,26 +91,15 @@ class WriterThread:
                     stopping = True
                     break
                 writes.extend(more)
-            taken = len(writes)
             # A caller cancelled before its write started: like a never-started job, skip it.
             writes = [write for write in writes if not write[1].cancelled()]
-            self.thread_writes += len(writes)
-            self._done(taken - len(writes))
             while writes:
                 group = self._take_group(writes)
-                with self._running:
-                    try:
-                        outcomes = self._run_group(group)
-                    except BaseException as exc:  # noqa: BLE001 - every caller of the group must hear of it
-                        outcomes = [(False, exc)] * len(group)
-                # Counted out before its callers hear of it: a caller resumed by it may write inline at once.
-                self._done(len(group))
+                try:
+                    outcomes = self._run_group(group)
+                except BaseException as exc:  # noqa: BLE001 - every caller of the group must hear of it
+                    outcomes = [(False, exc)] * len(group)
                 _deliver(group, outcomes)
-
-    def _done(self, count: int) -> None:
-        if count:
-            with self._lock:
-                self._handed -= count
 
     def _take_group(self, writes: list[Pending]) -> list[Pending]:
         """Removes and returns the oldest writes that may share a transaction, at most max_group."""

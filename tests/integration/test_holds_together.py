@@ -147,7 +147,7 @@ async def test_a_group_of_holds_on_one_account_takes_one_update_of_it(tmp_path: 
     async with await Database.open(f"sqlite:///{tmp_path}/one-update.db") as db:
         store = Store(db)
         key = await funded_key(store, 100_000)
-        ledger = Ledger(db, instance_id="together", inline_writes=False)  # groups, as under load
+        ledger = Ledger(db, instance_id="together")
         await ledger.ensure_instance()
         statements = _trace_statements(db)
         ids = {"account_id": key.account_id, "api_key_id": key.key_id}
@@ -177,7 +177,7 @@ async def test_holds_that_do_not_fit_together_are_decided_one_by_one_in_order(tm
         store = Store(db)
         key = await funded_key(store, 1_000)
         limited = await funded_key(store, 10_000, spend_limit_micros=500)
-        ledger = Ledger(db, instance_id="together", inline_writes=False)  # groups, as under load
+        ledger = Ledger(db, instance_id="together")
         ids = {"account_id": key.account_id, "api_key_id": key.key_id}
         limited_ids = {"account_id": limited.account_id, "api_key_id": limited.key_id}
         await ledger.ensure_instance()
@@ -204,7 +204,7 @@ async def test_a_monthly_budget_is_kept_exactly_by_a_group(tmp_path: Path) -> No
         account = await store.create_account("budgeted", limits=AccountLimitsUpdate(monthly_budget_micros=1_000))
         await store.top_up(account.id, 100_000, "seed")
         key, _ = await store.create_api_key(account.id, pepper="p")
-        ledger = Ledger(db, instance_id="together", inline_writes=False)  # groups, as under load
+        ledger = Ledger(db, instance_id="together")
         ids = {"account_id": account.id, "api_key_id": key.id}
         fits = await asyncio.gather(*(ledger.hold(request_id=f"fit{i}", amount_micros=250, **ids) for i in range(4)))
         assert len(fits) == 4  # exactly the budget, together
@@ -221,7 +221,7 @@ async def test_a_group_of_settlements_with_a_replay_a_repeat_and_an_unknown_id(t
     async with await Database.open(f"sqlite:///{tmp_path}/replays.db") as db:
         store = Store(db)
         key = await funded_key(store, 50_000)
-        ledger = Ledger(db, instance_id="together", inline_writes=False)  # groups, as under load
+        ledger = Ledger(db, instance_id="together")
         ids = {"account_id": key.account_id, "api_key_id": key.key_id}
         first, second, third = await asyncio.gather(*(ledger.hold(request_id=r, amount_micros=5_000, **ids) for r in "xyz"))
         done = await ledger.settle(first, outcome(1_000))
@@ -256,7 +256,7 @@ async def test_many_callers_on_few_accounts_keep_every_invariant(tmp_path: Path,
     async with await Database.open(f"sqlite:///{tmp_path}/herd.db") as db:
         store = Store(db)
         keys = [await funded_key(store, 60_000), await funded_key(store, 30_000, spend_limit_micros=20_000)]
-        ledger = Ledger(db, instance_id="together", inline_writes=False)  # groups, as under load
+        ledger = Ledger(db, instance_id="together")
         chance = random.Random(concurrency)
         admitted: list[str] = []
         statements = _trace_statements(db)
@@ -301,7 +301,7 @@ async def test_two_of_a_kind_run_one_by_one(tmp_path: Path) -> None:
     """Below GroupedWrite.least_together (3) running together does not pay: no savepoint, the ordinary path."""
     async with await Database.open(f"sqlite:///{tmp_path}/two.db") as db:
         key = await funded_key(Store(db), 10_000)
-        ledger = Ledger(db, instance_id="together", inline_writes=False)  # groups, as under load
+        ledger = Ledger(db, instance_id="together")
         await ledger.ensure_instance()
         ids = {"account_id": key.account_id, "api_key_id": key.key_id}
         statements = _trace_statements(db)

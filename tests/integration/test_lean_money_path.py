@@ -346,7 +346,7 @@ async def test_the_writes_of_one_sqlite_transaction_share_its_time(tmp_path: Any
     async with await Database.open(f"sqlite:///{tmp_path}/group-time.db") as db:
         store = Store(db)
         key = await funded_key(store, 10_000)
-        ledger = Ledger(db, instance_id="group-time", inline_writes=False)  # four holds as one group
+        ledger = Ledger(db, instance_id="group-time")
         await ledger.ensure_instance()
         ids = {"account_id": key.account_id, "api_key_id": key.key_id}
         statements = _trace_statements(db)
