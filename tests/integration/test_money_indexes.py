@@ -60,6 +60,28 @@ async def populate(url: str) -> None:
         make_stale(db.engine, "dead")
 
 
+async def serve_after_upgrade(url: str, before: dict[str, list[tuple[Any, ...]]]) -> Any:
+    """The upgraded database serves: a retried top-up credits once, the orphan goes, a new hold settles.
+
+    before is money_rows() of the populated database; returns check_invariants' snapshot afterwards.
+    """
+    async with await Database.open(url) as db:
+        store = Store(db)
+        account_id, key_id = before["accounts"][0][0], before["api_keys"][0][0]
+        balance = (await store.get_account(account_id)).balance_micros
+        await store.top_up(account_id, 5_000, "second-top-up", note="more")
+        assert (await store.get_account(account_id)).balance_micros == balance
+        live = Ledger(db, instance_id="live")
+        assert await live.release_orphans(stale_after_seconds=60) == 1
+        hold = await live.hold(request_id="after", account_id=account_id, api_key_id=key_id, amount_micros=10)
+        await live.settle(hold, outcome(4))
+    with engine_of(url) as engine:
+        snapshot = check_invariants(engine)
+    assert snapshot.holds["open-dead"] == "released"
+    assert snapshot.holds["after"] == "settled"
+    return snapshot
+
+
 async def test_upgrading_a_populated_database_keeps_every_row_and_guard(database_url: str) -> None:
     migrate.upgrade(database_url, PREVIOUS_HEAD)
     await populate(database_url)
@@ -87,22 +109,9 @@ async def test_upgrading_a_populated_database_keeps_every_row_and_guard(database
                 " WHERE request_id = 'second-top-up'"
             )
 
-    # The upgraded database serves: a retried top-up credits once, the orphan goes, the open hold settles.
-    async with await Database.open(database_url) as db:
-        store = Store(db)
-        account_id = before["accounts"][0][0]
-        key_id = before["api_keys"][0][0]
-        balance = (await store.get_account(account_id)).balance_micros
-        await store.top_up(account_id, 5_000, "second-top-up", note="more")
-        assert (await store.get_account(account_id)).balance_micros == balance
-        live = Ledger(db, instance_id="live")
-        assert await live.release_orphans(stale_after_seconds=60) == 1
-        hold = await live.hold(request_id="after", account_id=account_id, api_key_id=key_id, amount_micros=10)
-        await live.settle(hold, outcome(4))
+    snapshot = await serve_after_upgrade(database_url, before)
+    assert snapshot.holds["open-live"] == "open"
     with engine_of(database_url) as engine:
-        snapshot = check_invariants(engine)
-        assert snapshot.holds["open-dead"] == "released"
-        assert snapshot.holds["open-live"] == "open"
         assert entry_kinds(engine, "open-dead") == {"hold": 1, "release": 1}
         assert entry_kinds(engine, "after") == {"hold": 1, "settle": 1, "release": 1}
 

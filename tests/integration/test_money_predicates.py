@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway_core.metering.ledger import Ledger
 from gateway_core.store import Database, Store, migrate
-from tests.integration.test_money_indexes import engine_of, money_rows, populate
+from tests.integration.test_money_indexes import engine_of, money_rows, populate, serve_after_upgrade
 from tests.ledger_support import check_invariants, funded_key, make_stale, outcome
 
 NEW_STATUS_CHECK = "CHECK (status = 'open' OR status = 'settled' OR status = 'released')"
@@ -92,21 +92,7 @@ async def test_upgrading_a_populated_database_keeps_every_row_and_guard(database
             with engine.connect() as connection:
                 assert connection.exec_driver_sql("PRAGMA integrity_check").all() == [("ok",)]
 
-    # The upgraded database serves: a retried top-up credits once, the orphan goes, the open hold settles.
-    async with await Database.open(database_url) as db:
-        store = Store(db)
-        account_id, key_id = before["accounts"][0][0], before["api_keys"][0][0]
-        balance = (await store.get_account(account_id)).balance_micros
-        await store.top_up(account_id, 5_000, "second-top-up", note="more")
-        assert (await store.get_account(account_id)).balance_micros == balance
-        live = Ledger(db, instance_id="live")
-        assert await live.release_orphans(stale_after_seconds=60) == 1
-        held = await live.hold(request_id="after", account_id=account_id, api_key_id=key_id, amount_micros=10)
-        await live.settle(held, outcome(4))
-    with engine_of(database_url) as engine:
-        snapshot = check_invariants(engine)
-        assert snapshot.holds["open-dead"] == "released"
-        assert snapshot.holds["after"] == "settled"
+    await serve_after_upgrade(database_url, before)
 
 
 async def test_downgrade_restores_the_in_lists(database_url: str) -> None:
